@@ -1,0 +1,131 @@
+"""Bundle format: a directory with ``manifest.json``, graphs, tokenizer and tables.
+
+Bundles are written atomically (staged in a temporary sibling directory, then
+renamed) and carry the sha256 of every file, so readers can refuse a corrupt or
+tampered bundle with a clear message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from atp.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _bundle_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+
+
+@contextlib.contextmanager
+def staged_bundle(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Stage a bundle in a temporary sibling directory and move it into place on success.
+
+    Yields the staging directory; the caller writes files there and a partial manifest
+    into ``staging / "manifest.json"`` (see :func:`finalize_manifest`). On any exception the
+    staging directory is removed and ``out`` is left untouched.
+
+    Raises:
+        BundleError: ``out`` exists and ``overwrite`` is False.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out} already exists; pass --overwrite or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        yield staging
+        if not (staging / MANIFEST_NAME).exists():
+            raise BundleError("internal: bundle staged without a manifest")
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "bundle")
+            os.replace(staging, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def finalize_manifest(staging: Path, manifest: dict) -> dict:
+    """Add format version and per-file sha256 to ``manifest`` and write it into ``staging``."""
+    manifest = dict(manifest)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["files"] = {
+        p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in _bundle_files(staging)
+    }
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def read_manifest(bundle: Path, verify: bool = True) -> dict:
+    """Read and check a bundle's manifest.
+
+    Args:
+        bundle: Bundle directory.
+        verify: Also check every file's size and sha256 against the manifest.
+
+    Raises:
+        BundleError: missing bundle or manifest, unparsable JSON, unknown format version,
+            missing, extra-modified or tampered files.
+    """
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise BundleError(f"bundle {bundle} does not exist or is not a directory")
+    mpath = bundle / MANIFEST_NAME
+    if not mpath.is_file():
+        raise BundleError(f"{bundle} is not an atp bundle: {MANIFEST_NAME} is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath} is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath} does not hold a JSON object; re-export the bundle")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {bundle} has manifest format version {version!r}; this atp reads version "
+            f"{FORMAT_VERSION} only: re-export it with this atp, or use the atp release that wrote it"
+        )
+    if verify:
+        verify_files(bundle, manifest)
+    return manifest
+
+
+def verify_files(bundle: Path, manifest: dict) -> None:
+    """Check size and sha256 of every file the manifest lists."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{bundle}/{MANIFEST_NAME} lists no files; re-export the bundle")
+    for rel, meta in files.items():
+        path = bundle / rel
+        if not path.is_file():
+            raise BundleError(f"bundle {bundle} is incomplete: {rel} is missing")
+        if path.stat().st_size != meta.get("bytes"):
+            raise BundleError(f"bundle {bundle}: {rel} has the wrong size (checksum mismatch); the file was modified or truncated")
+        if sha256_file(path) != meta.get("sha256"):
+            raise BundleError(f"bundle {bundle}: checksum mismatch for {rel}; the file was modified after export")

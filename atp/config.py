@@ -1,0 +1,93 @@
+"""Frozen, validated configuration objects serialised into bundle manifests."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from atp.errors import ConfigError
+
+SUPPORTED_OPSETS = range(17, 22)
+
+
+def _check_keep(keep: int | None, keep_ratio: float | None) -> None:
+    if keep is not None and keep_ratio is not None:
+        raise ConfigError("give either keep (K) or keep_ratio, not both")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, int):
+            raise ConfigError(f"keep must be an integer, got {keep!r}")
+        if keep < 1:
+            raise ConfigError(f"keep must be >= 1 visual token, got {keep}")
+    if keep_ratio is not None:
+        if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)):
+            raise ConfigError(f"keep ratio must be a number in (0, 1], got {keep_ratio!r}")
+        if not (0.0 < float(keep_ratio) <= 1.0) or math.isnan(keep_ratio):
+            raise ConfigError(f"keep ratio must be in (0, 1], got {keep_ratio}")
+
+
+def resolve_keep(num_tokens: int, keep: int | None = None, keep_ratio: float | None = None) -> int:
+    """Turn a keep count or ratio into K for an image with ``num_tokens`` visual tokens.
+
+    A ratio keeps ``ceil(ratio * N)`` tokens (at least 1). With neither given, all N are kept.
+
+    Raises:
+        ConfigError: K <= 0, K > N, ratio outside (0, 1], or both given.
+    """
+    _check_keep(keep, keep_ratio)
+    if keep is not None:
+        if keep > num_tokens:
+            raise ConfigError(f"keep={keep} exceeds the {num_tokens} visual tokens of this model (1 <= K <= {num_tokens})")
+        return keep
+    if keep_ratio is not None:
+        return max(1, math.ceil(float(keep_ratio) * num_tokens - 1e-9))
+    return num_tokens
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """Which visual tokens the in-graph gate keeps by default.
+
+    Attributes:
+        scorer: Registered retention scorer name (``atp-export onnx --help`` lists them).
+        keep: Default kept-token count K, or None.
+        keep_ratio: Default kept fraction in (0, 1], or None. With neither, all tokens are kept.
+    """
+
+    scorer: str = "cls"
+    keep: int | None = None
+    keep_ratio: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.scorer, str) or not self.scorer:
+            raise ConfigError("scorer must be a non-empty name")
+        _check_keep(self.keep, self.keep_ratio)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How a checkpoint is turned into graphs.
+
+    Attributes:
+        opset: ONNX opset of the exported graphs.
+        pruning: Default token pruning recorded in the manifest.
+        external_data_threshold: Graphs whose weights exceed this many bytes store them in a
+            side file (protobuf cannot hold more than 2 GB).
+    """
+
+    opset: int = 21
+    pruning: PruningConfig = PruningConfig()
+    external_data_threshold: int = 1_800_000_000
+
+    def __post_init__(self):
+        if self.opset not in SUPPORTED_OPSETS:
+            raise ConfigError(
+                f"opset {self.opset} is not supported; use one of {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+            )
+        if self.external_data_threshold <= 0:
+            raise ConfigError("external_data_threshold must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

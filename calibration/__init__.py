@@ -1,0 +1,1 @@
+"""atp.calibration: token-retention scorers and (later) quantization sensitivity."""

@@ -1,0 +1,205 @@
+"""LLaVA-1.5 / llava-hf ``LlavaForConditionalGeneration`` with a CLIP tower and a
+Llama, Mistral or Qwen2 language model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atp.errors import CheckpointError
+from atp.export.decoder import LlamaLikeDecoder
+from atp.export.vision import ClipVisionGate
+from atp.registry import ARCHITECTURES
+
+log = logging.getLogger(__name__)
+
+_PROMPT_SENTINEL = "\x07ATP_PROMPT\x07"
+LLAVA15_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+
+
+def _plain_size(size) -> dict | None:
+    """transformers' size objects (dict, SizeDict, int) -> {"shortest_edge"|"height"|"width": int}."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return {"shortest_edge": size}
+    keys = ("shortest_edge", "longest_edge", "height", "width")
+    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    out = {k: int(get(k)) for k in keys if get(k) is not None}
+    return out or None
+
+
+@ARCHITECTURES.register("llava")
+class LlavaAdapter:
+    """Adapter for ``model_type == "llava"`` checkpoints.
+
+    Args:
+        model: A loaded ``LlavaForConditionalGeneration`` (fp32, eval mode).
+        processor: Its ``LlavaProcessor`` (tokenizer + image processor).
+        source: Where the model came from, recorded in the manifest.
+    """
+
+    model_types = ("llava",)
+    text_model_types = ("llama", "mistral", "qwen2")
+    vision_model_types = ("clip_vision_model",)
+
+    def __init__(self, model, processor, source: str):
+        self.model = model.eval().float()
+        self.processor = processor
+        self.source = source
+        cfg = model.config
+        self.config = cfg
+        self.text_config = cfg.text_config
+        self.vision_config = cfg.vision_config
+        self._check_supported()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "LlavaAdapter":
+        """Load a local llava-hf style checkpoint folder (weights + processor files).
+
+        Raises:
+            CheckpointError: the folder cannot be loaded as a LLaVA model with its processor.
+        """
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        try:
+            model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
+        except Exception as exc:  # transformers raises many kinds here
+            raise CheckpointError(f"cannot load {path} as a LLaVA model: {exc}") from exc
+        try:
+            processor = AutoProcessor.from_pretrained(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"cannot load the processor (tokenizer + image processor) of {path}: {exc}") from exc
+        return cls(model, processor, source=str(Path(path).resolve()))
+
+    def _check_supported(self) -> None:
+        tt, vt = self.text_config.model_type, self.vision_config.model_type
+        if tt not in self.text_model_types:
+            raise CheckpointError(f"unsupported LLaVA language model {tt!r}; supported: {', '.join(self.text_model_types)}")
+        if vt not in self.vision_model_types:
+            raise CheckpointError(f"unsupported LLaVA vision tower {vt!r}; supported: {', '.join(self.vision_model_types)}")
+        if not isinstance(self.config.vision_feature_layer, int):
+            raise CheckpointError("multi-layer vision_feature_layer (a list) is not supported yet; use a single layer")
+        if self.config.vision_feature_select_strategy not in ("default", "full"):
+            raise CheckpointError(f"unknown vision_feature_select_strategy {self.config.vision_feature_select_strategy!r}")
+        attn = self.model.model.language_model.layers[0].self_attn
+        if hasattr(attn, "q_norm") or getattr(self.text_config, "use_sliding_window", False):
+            raise CheckpointError(f"{tt} with q/k norms or sliding-window attention is not supported yet")
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_visual_tokens(self) -> int:
+        patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        return patches if self.config.vision_feature_select_strategy == "default" else patches + 1
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vision_config.image_size)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def image_token(self) -> str:
+        return getattr(self.processor, "image_token", None) or "<image>"
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_id)
+
+    def model_info(self) -> dict:
+        tc = self.text_config
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        return {
+            "model_type": self.config.model_type,
+            "text_model_type": tc.model_type,
+            "vision_model_type": self.vision_config.model_type,
+            "num_visual_tokens": self.num_visual_tokens,
+            "hidden_size": tc.hidden_size,
+            "vision_hidden_size": self.vision_config.hidden_size,
+            "vocab_size": tc.vocab_size,
+            "num_layers": tc.num_hidden_layers,
+            "num_attention_heads": tc.num_attention_heads,
+            "num_kv_heads": tc.num_key_value_heads,
+            "head_dim": head_dim,
+            "vision_feature_layer": self.config.vision_feature_layer,
+            "vision_feature_select_strategy": self.config.vision_feature_select_strategy,
+            "eos_token_ids": self.eos_token_ids(),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+
+    def eos_token_ids(self) -> list[int]:
+        ids = []
+        gen = getattr(self.model, "generation_config", None)
+        for src in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if src is None:
+                continue
+            ids += list(src) if isinstance(src, (list, tuple)) else [src]
+        return sorted({int(i) for i in ids})
+
+    def preprocessing(self) -> dict:
+        """The image processor's steps as plain data for torch-free runtimes."""
+        ip = self.processor.image_processor
+        size = _plain_size(ip.size)
+        crop = _plain_size(getattr(ip, "crop_size", None))
+        resample = getattr(ip, "resample", 3)
+        return {
+            "convert_rgb": bool(getattr(ip, "do_convert_rgb", True)),
+            "resize": size if getattr(ip, "do_resize", True) else None,
+            "resample": int(getattr(resample, "value", resample)) if resample is not None else 3,
+            "center_crop": crop if getattr(ip, "do_center_crop", False) and crop else None,
+            "rescale_factor": float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else None,
+            "mean": [float(x) for x in ip.image_mean] if getattr(ip, "do_normalize", True) else None,
+            "std": [float(x) for x in ip.image_std] if getattr(ip, "do_normalize", True) else None,
+            "image_size": [self.image_size, self.image_size],
+            "layout": "NCHW",
+        }
+
+    def prompt_template(self) -> str:
+        """The chat template rendered for one user turn (image + text), with ``{prompt}`` left open."""
+        messages_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _PROMPT_SENTINEL}]}]
+        for render in (
+            lambda: self.processor.apply_chat_template(messages_image, add_generation_prompt=True, tokenize=False),
+            lambda: self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"{self.image_token}\n{_PROMPT_SENTINEL}"}],
+                add_generation_prompt=True,
+                tokenize=False,
+            ),
+        ):
+            try:
+                text = render()
+            except Exception:  # no template, or one that wants other message shapes
+                continue
+            if isinstance(text, str) and _PROMPT_SENTINEL in text and self.image_token in text:
+                return text.replace(_PROMPT_SENTINEL, "{prompt}")
+        log.info("checkpoint has no usable chat template; using the LLaVA-1.5 prompt format")
+        return LLAVA15_TEMPLATE.replace("<image>", self.image_token)
+
+    # ------------------------------------------------------------------ graphs
+    def vision_module(self, scorer: torch.nn.Module) -> ClipVisionGate:
+        m = self.model.model
+        return ClipVisionGate(
+            getattr(m.vision_tower, "vision_model", m.vision_tower),  # transformers 4.x nests it
+            feature_layer=self.config.vision_feature_layer,
+            drop_cls=self.config.vision_feature_select_strategy == "default",
+            projector=m.multi_modal_projector,
+            scorer=scorer,
+        ).eval()
+
+    def decoder_module(self) -> LlamaLikeDecoder:
+        return LlamaLikeDecoder(self.model.model.language_model, self.model.lm_head, self.text_config).eval()
+
+    def embedding_table(self) -> np.ndarray:
+        return self.model.get_input_embeddings().weight.detach().float().numpy()
+
+    def save_tokenizer(self, out: Path) -> None:
+        self.tokenizer.save_pretrained(str(out))
+        if not (out / "tokenizer.json").is_file():
+            raise CheckpointError("the checkpoint's tokenizer has no fast (tokenizer.json) form; atp runtimes need it")

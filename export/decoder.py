@@ -1,0 +1,84 @@
+"""Decoder graph: one graph for prefill and decode with an explicit KV cache.
+
+Inputs ``inputs_embeds [B,S,D]``, ``attention_mask [B,P+S]`` (1 = real token),
+``position_ids [B,S]``, ``past_key_values.{i}.key/value [B,Hkv,P,hd]``; outputs
+``logits [B,1,V]`` (last position only: generation never needs more, and the
+lm_head over all prefill positions is a large share of prefill time for small
+models) and ``present.{i}.key/value [B,Hkv,P+S,hd]``. Names follow
+onnxruntime-genai. Attention is written out here (rather than traced through
+transformers' cache classes) so the graph is plain ONNX and the KV layout is ours.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
+
+
+class LlamaLikeDecoder(nn.Module):
+    """Llama / Mistral / Qwen2 decoder stack + lm_head with an explicit KV cache.
+
+    Args:
+        language_model: The ``*Model`` (``layers``, ``norm``, ``rotary_emb``).
+        lm_head: Output projection.
+        config: The text config (heads, kv heads, head_dim).
+    """
+
+    def __init__(self, language_model: nn.Module, lm_head: nn.Module, config):
+        super().__init__()
+        self.layers = language_model.layers
+        self.norm = language_model.norm
+        self.rotary_emb = language_model.rotary_emb
+        self.lm_head = lm_head
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def _attention(self, attn, x, cos, sin, past_k, past_v, bias):
+        b, s, _ = x.shape
+        q = attn.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k = torch.cat([past_k, k], dim=2)
+        v = torch.cat([past_v, v], dim=2)
+        groups = self.num_heads // self.num_kv_heads
+        scores = torch.matmul(q, _repeat_kv(k, groups).transpose(-1, -2)) * (self.head_dim**-0.5) + bias
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        out = torch.matmul(probs, _repeat_kv(v, groups)).transpose(1, 2).reshape(b, s, -1)
+        return attn.o_proj(out), k, v
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        s = inputs_embeds.shape[1]
+        total = attention_mask.shape[1]
+        past_len = total - s
+        # Causal + padding mask as an additive bias [B,1,S,T]; query i sits at cache slot past_len + i.
+        key_pos = torch.arange(total, device=inputs_embeds.device)
+        query_pos = torch.arange(s, device=inputs_embeds.device) + past_len
+        allowed = (key_pos[None, :] <= query_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+        neg = torch.finfo(inputs_embeds.dtype).min
+        bias = torch.where(allowed, torch.zeros((), dtype=inputs_embeds.dtype), torch.full((), neg, dtype=inputs_embeds.dtype))
+        cos, sin = self.rotary_emb(inputs_embeds, position_ids)
+        h = inputs_embeds
+        presents = []
+        for i, layer in enumerate(self.layers):
+            a, k, v = self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, past[2 * i], past[2 * i + 1], bias)
+            h = h + a
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            presents += [k, v]
+        logits = self.lm_head(self.norm(h[:, -1:]))
+        return (logits, *presents)

@@ -1,0 +1,183 @@
+"""Checkpoint -> bundle: the graphs, the embedding table, tokenizer, manifest.
+
+The bundle is staged in a temporary directory and renamed into place only when
+every step (including the ORT-vs-PyTorch validation) succeeded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import transformers
+
+import atp
+from atp.bundle import finalize_manifest, staged_bundle
+from atp.config import ExportConfig, resolve_keep
+from atp.errors import AtpError
+from atp.export.onnx_utils import describe_io, export_module, external_files
+from atp.registry import SCORERS
+
+log = logging.getLogger(__name__)
+
+VISION_FILE = "vision.onnx"
+DECODER_FILE = "decoder.onnx"
+EMBED_FILE = "embed_tokens.npy"
+TOKENIZER_DIR = "tokenizer"
+
+
+def _vision_example(adapter, batch: int = 2):
+    g = torch.Generator().manual_seed(0)
+    px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
+    return px, torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+
+
+def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2):
+    info = adapter.model_info()
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn(batch, seq, info["hidden_size"], generator=g) * 0.02
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    pos = torch.arange(past, past + seq, dtype=torch.int64).expand(batch, -1).contiguous()
+    kv = [torch.randn(batch, info["num_kv_heads"], past, info["head_dim"], generator=g) for _ in range(2 * info["num_layers"])]
+    return (embeds, mask, pos, *kv)
+
+
+def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
+    """(past input names, present output names) in genai order: key, value per layer."""
+    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    return past, present
+
+
+def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig) -> dict:
+    module = adapter.vision_module(scorer)
+    io = export_module(
+        module,
+        _vision_example(adapter),
+        staging / VISION_FILE,
+        input_names=["pixel_values", "keep"],
+        output_names=["image_embeds", "kept_index"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"}, "kept_index": {0: "batch", 1: "keep"}},
+        opset=cfg.opset,
+        external_data_threshold=cfg.external_data_threshold,
+    )
+    return {"file": VISION_FILE, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
+
+
+def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
+    n_layers = adapter.model_info()["num_layers"]
+    past, present = kv_names(n_layers)
+    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+    axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
+    axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
+    io = export_module(
+        adapter.decoder_module(),
+        _decoder_example(adapter),
+        staging / DECODER_FILE,
+        input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
+        output_names=["logits", *present],
+        dynamic_axes=axes,
+        opset=cfg.opset,
+        external_data_threshold=cfg.external_data_threshold,
+        fixed_output_dims={"logits": {1: 1}},
+    )
+    return {
+        "file": DECODER_FILE,
+        "external_data": external_files(staging / DECODER_FILE),
+        **describe_io(io),
+        "mode": "prefill+decode",
+        "logits": "last_position",
+        "kv_layout": "[batch, kv_heads, sequence, head_dim]",
+        "kv_dtype": "float32",
+    }
+
+
+def _validate(adapter, scorer, staging: Path) -> dict:
+    """Run both graphs in ONNX Runtime on example inputs and compare with PyTorch."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    report = {}
+    px, keep = _vision_example(adapter)
+    with torch.no_grad():
+        ref_embeds, ref_idx = adapter.vision_module(scorer)(px, keep)
+    sess = ort.InferenceSession(str(staging / VISION_FILE), so, providers=["CPUExecutionProvider"])
+    embeds, idx = sess.run(None, {"pixel_values": px.numpy(), "keep": keep.numpy()})
+    same_sets = all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
+    report["vision"] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same_sets else None, "same_kept_index": same_sets}
+    args = _decoder_example(adapter)
+    with torch.no_grad():
+        ref = adapter.decoder_module()(*args)
+    sess = ort.InferenceSession(str(staging / DECODER_FILE), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    outs = sess.run(None, dict(zip(names, (a.numpy() for a in args))))
+    report["decoder"] = {
+        "logits_max_abs_diff": float(np.abs(outs[0] - ref[0].numpy()).max()),
+        "present_max_abs_diff": float(max(np.abs(o - r.numpy()).max() for o, r in zip(outs[1:], ref[1:]))),
+    }
+    if not same_sets:
+        raise AtpError(f"validation failed: ONNX Runtime kept other tokens than PyTorch ({report})")
+    return report
+
+
+def export_bundle(adapter, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False, validate: bool = True) -> dict:
+    """Export ``adapter``'s model into a bundle directory at ``out``.
+
+    Args:
+        adapter: A loaded architecture adapter (e.g. ``LlavaAdapter.from_checkpoint(path)``).
+        out: Bundle directory to create.
+        config: Opset and default pruning.
+        overwrite: Replace an existing bundle at ``out``.
+        validate: Compare ONNX Runtime with PyTorch on example inputs and record the differences.
+
+    Returns:
+        The written manifest.
+    """
+    n = adapter.num_visual_tokens
+    default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
+    scorer = SCORERS.get(config.pruning.scorer)().eval()
+    steps = ["vision graph", "decoder graph", "embeddings + tokenizer", "validation" if validate else None]
+    steps = [s for s in steps if s]
+
+    def step(i, what):
+        log.info("[%d/%d] %s", i, len(steps), what)
+
+    with staged_bundle(Path(out), overwrite=overwrite) as staging:
+        step(1, f"exporting the vision graph ({n} visual tokens, scorer {config.pruning.scorer!r}, opset {config.opset})")
+        vision = _export_vision(adapter, scorer, staging, config)
+        step(2, "exporting the decoder graph (prefill + decode, KV cache)")
+        decoder = _export_decoder(adapter, staging, config)
+        step(3, "writing the embedding table and tokenizer")
+        table = adapter.embedding_table()
+        np.save(staging / EMBED_FILE, table)
+        (staging / TOKENIZER_DIR).mkdir()
+        adapter.save_tokenizer(staging / TOKENIZER_DIR)
+        manifest = {
+            "atp_version": atp.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": {"checkpoint": adapter.source, "architecture": "llava"},
+            "model": adapter.model_info(),
+            "graphs": {"vision": vision, "decoder": decoder},
+            "embeddings": {"file": EMBED_FILE, "dtype": str(table.dtype), "shape": list(table.shape)},
+            "pruning": {**config.pruning.to_dict(), "num_visual_tokens": n, "default_keep": default_keep,
+                        "gate": "in-graph TopK; keep is a runtime input (1..N)"},
+            "preprocessing": adapter.preprocessing(),
+            "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
+                       "image_token_id": adapter.image_token_id},
+            "tokenizer": {"dir": TOKENIZER_DIR, "file": f"{TOKENIZER_DIR}/tokenizer.json"},
+            "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
+                       "onnx": onnx.__version__},
+        }
+        if validate:
+            step(4, "validating ONNX Runtime against PyTorch")
+            manifest["validation"] = _validate(adapter, scorer, staging)
+            log.info("validation: %s", manifest["validation"])
+        manifest = finalize_manifest(staging, manifest)
+    log.info("bundle written to %s", out)
+    return manifest

@@ -1,0 +1,90 @@
+"""Vision graph: pixel_values -> vision tower -> scorer -> top-K gate -> projector.
+
+Only the encoder layers up to the feature layer run (LLaVA reads the penultimate
+layer, so the last layer is dead weight for it). The gate sits before the projector,
+so the projector runs on K tokens, not N.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atp.calibration.retention.base import Scorer, VisionContext
+from atp.export.gate import gather_tokens, topk_ascending
+
+
+def _layer_out(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def clip_cls_attention(layer: nn.Module, hidden: torch.Tensor, drop_cls: bool) -> torch.Tensor:
+    """CLS-query attention row of a CLIP encoder layer, mean over heads.
+
+    Computes only the CLS query against all keys (O(N) memory), as the layer itself would
+    inside its attention: ``softmax(q_cls . k^T * scale)``.
+
+    Args:
+        layer: A ``CLIPEncoderLayer`` (``layer_norm1``, ``self_attn.{q,k}_proj``).
+        hidden: ``[B, 1 + N, D]`` input of that layer.
+        drop_cls: Drop the CLS -> CLS entry (when the projector does not read the CLS token).
+
+    Returns:
+        ``[B, N]`` (or ``[B, 1 + N]`` when ``drop_cls`` is False) attention weights.
+    """
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden)
+    b, t, _ = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    q = attn.q_proj(x[:, :1]).view(b, 1, heads, hd).transpose(1, 2)  # [B,H,1,hd]
+    k = attn.k_proj(x).view(b, t, heads, hd).transpose(1, 2)  # [B,H,T,hd]
+    probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)  # [B,H,1,T]
+    row = probs.mean(dim=1)[:, 0]  # [B,T]
+    return row[:, 1:] if drop_cls else row
+
+
+class ClipVisionGate(nn.Module):
+    """LLaVA vision path with the in-graph gate, for CLIP-style towers (CLS token first).
+
+    Args:
+        vision_model: ``CLIPVisionTransformer`` (``embeddings``, ``pre_layrnorm``, ``encoder.layers``).
+        feature_layer: LLaVA's ``vision_feature_layer`` (index into hidden_states; -2 = penultimate).
+        drop_cls: True for LLaVA's ``"default"`` feature select strategy.
+        projector: The multimodal projector (per-token MLP).
+        scorer: Retention scorer module.
+    """
+
+    def __init__(self, vision_model: nn.Module, feature_layer: int, drop_cls: bool, projector: nn.Module, scorer: Scorer):
+        super().__init__()
+        layers = vision_model.encoder.layers
+        n_hidden = len(layers) + 1  # hidden_states = [embeddings, layer_0 out, ..., layer_{L-1} out]
+        idx = feature_layer if feature_layer >= 0 else n_hidden + feature_layer
+        if not 1 <= idx < n_hidden:
+            raise ValueError(f"vision_feature_layer {feature_layer} selects no encoder layer output")
+        self.embeddings = vision_model.embeddings
+        self.pre_layrnorm = vision_model.pre_layrnorm
+        self.layers = nn.ModuleList(list(layers)[:idx])
+        self.drop_cls = drop_cls
+        self.projector = projector
+        self.scorer = scorer
+
+    def features(self, pixel_values: torch.Tensor):
+        """(feature-layer tokens [B, N, Dv], lazy CLS attention [B, N])."""
+        h = self.pre_layrnorm(self.embeddings(pixel_values))
+        for layer in self.layers[:-1]:
+            h = _layer_out(layer(h, None))
+        last = self.layers[-1]
+        h_in = h
+        h = _layer_out(last(h_in, None))
+        feats = h[:, 1:] if self.drop_cls else h
+        return feats, (lambda: clip_cls_attention(last, h_in, self.drop_cls))
+
+    def scores(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [B, N], features [B, N, Dv]) without gating: the PyTorch reference path."""
+        feats, cls_attn = self.features(pixel_values)
+        return self.scorer(VisionContext(features=feats, cls_attention=cls_attn)), feats
+
+    def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor):
+        scores, feats = self.scores(pixel_values)
+        index = topk_ascending(scores, keep)
+        return self.projector(gather_tokens(feats, index)), index

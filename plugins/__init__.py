@@ -1,0 +1,1 @@
+"""atp.plugins: TensorRT plugins (TopKGate, MixedGemm) land here with the TensorRT issue."""

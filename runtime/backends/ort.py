@@ -1,0 +1,58 @@
+"""ONNX Runtime backends: ``ort`` (CPU, the embedded default) and ``ort-cuda``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from atp.errors import BundleError, MissingDependencyError, require
+from atp.registry import BACKENDS
+
+log = logging.getLogger(__name__)
+
+
+class _OrtBackend:
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    extra = "gpu"
+
+    def __init__(self, bundle: Path, manifest: dict, threads: int | None = None):
+        ort = require("onnxruntime", self.extra)
+        missing = [p for p in self.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise MissingDependencyError(
+                f"ONNX Runtime here lacks {', '.join(missing)}; install it with: pip install 'atp-edge[{self.extra}]'"
+            )
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sessions = {}
+        for name in ("vision", "decoder"):
+            path = bundle / manifest["graphs"][name]["file"]
+            try:
+                self.sessions[name] = ort.InferenceSession(str(path), so, providers=list(self.providers))
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+                raise BundleError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+        self.decoder_outputs = [o.name for o in self.sessions["decoder"].get_outputs()]
+
+    def run_vision(self, pixel_values: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+        embeds, index = self.sessions["vision"].run(None, {"pixel_values": pixel_values, "keep": np.array(keep, dtype=np.int64)})
+        return embeds, index
+
+    def run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.decoder_outputs, self.sessions["decoder"].run(None, feeds)))
+
+
+@BACKENDS.register("ort")
+class OrtCpuBackend(_OrtBackend):
+    """ONNX Runtime on the CPU."""
+
+
+@BACKENDS.register("ort-cuda")
+class OrtCudaBackend(_OrtBackend):
+    """ONNX Runtime with the CUDA execution provider (``pip install 'atp-edge[gpu]'``)."""
+
+    providers = ("CUDAExecutionProvider", "CPUExecutionProvider")

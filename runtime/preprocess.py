@@ -1,0 +1,82 @@
+"""Image preprocessing from a bundle manifest (Pillow + numpy, no torch).
+
+Mirrors transformers' PIL CLIP image processor: RGB, resize the shortest edge
+(keeping aspect), centre crop, rescale, normalise, HWC -> CHW.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from atp.errors import InputError
+
+
+def load_image(image):
+    """A path, PIL image or ``HxWx3`` uint8 array -> PIL image.
+
+    Raises:
+        InputError: missing or unreadable file, or an array of the wrong shape/dtype.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+            raise InputError(f"image array must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+        return Image.fromarray(image[..., :3])
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image {path} does not exist")
+        try:
+            img = Image.open(path)
+            img.load()
+            return img
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"cannot read image {path}: {exc.__class__.__name__}: not a readable image file") from None
+    raise InputError(f"unsupported image type {type(image).__name__}; give a path, PIL image or HxWx3 uint8 array")
+
+
+def _resize_shape(w: int, h: int, size: dict) -> tuple[int, int]:
+    if "shortest_edge" in size:
+        short, long = (w, h) if w <= h else (h, w)
+        new_short = size["shortest_edge"]
+        new_long = int(new_short * long / short)
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+    return size["width"], size["height"]
+
+
+def preprocess(image, spec: dict) -> np.ndarray:
+    """Image -> ``[1, 3, H, W]`` float32 pixel values per the manifest's ``preprocessing``."""
+    from PIL import Image
+
+    img = load_image(image)
+    if spec.get("convert_rgb", True) and img.mode != "RGB":
+        img = img.convert("RGB")
+    if spec.get("resize"):
+        new_w, new_h = _resize_shape(img.width, img.height, spec["resize"])
+        if (new_w, new_h) != img.size:
+            img = img.resize((new_w, new_h), resample=Image.Resampling(spec.get("resample", 3)))
+    arr = np.asarray(img, dtype=np.uint8)
+    if spec.get("center_crop"):
+        ch, cw = spec["center_crop"]["height"], spec["center_crop"]["width"]
+        h, w = arr.shape[:2]
+        if h < ch or w < cw:  # pad like transformers does, centred, with zeros
+            pad = np.zeros((max(h, ch), max(w, cw), arr.shape[2]), dtype=arr.dtype)
+            top, left = (pad.shape[0] - h) // 2, (pad.shape[1] - w) // 2
+            pad[top:top + h, left:left + w] = arr
+            arr, h, w = pad, pad.shape[0], pad.shape[1]
+        top, left = (h - ch) // 2, (w - cw) // 2
+        arr = arr[top:top + ch, left:left + cw]
+    x = arr.astype(np.float32)
+    if spec.get("rescale_factor") is not None:
+        x = x * np.float32(spec["rescale_factor"])
+    if spec.get("mean") is not None:
+        x = (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
+    expected = tuple(spec["image_size"])
+    if x.shape[:2] != expected:
+        raise InputError(f"preprocessed image is {x.shape[:2]}, the vision graph wants {expected}")
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])

@@ -1,0 +1,183 @@
+"""Session: load a bundle and generate text from an image and a prompt."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from atp.bundle import read_manifest
+from atp.config import resolve_keep
+from atp.errors import BundleError, ConfigError, InputError
+from atp.registry import BACKENDS
+from atp.runtime.preprocess import preprocess
+from atp.runtime.sampling import Sampler, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    """What :meth:`Session.generate` returns.
+
+    Attributes:
+        text: Decoded answer (special tokens skipped).
+        token_ids: Generated token ids (an end-of-sequence token, when reached, included).
+        kept: Number of visual tokens that reached the language model.
+        kept_index: Their indices among the N visual tokens, ascending.
+        prompt_tokens: Prompt length in tokens after inserting the kept visual tokens.
+        timings: Milliseconds: ``preprocess``, ``vision``, ``prefill``, ``ttft`` (preprocess + vision +
+            embed + prefill), ``decode_per_token`` (mean over decode steps), ``total``.
+    """
+
+    text: str
+    token_ids: list[int]
+    kept: int
+    kept_index: list[int]
+    prompt_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Session:
+    """A loaded bundle, ready to answer questions about images.
+
+    Args:
+        bundle: Bundle directory written by ``atp-export onnx``.
+        backend: Registered backend name (``ort`` = ONNX Runtime CPU, ``ort-cuda``).
+        verify: Check every file's sha256 against the manifest before loading.
+        threads: Intra-op threads for CPU backends (default: all cores).
+
+    Raises:
+        BundleError: missing, corrupt or tampered bundle, unknown format version.
+    """
+
+    def __init__(self, bundle: str | Path, backend: str = "ort", verify: bool = True, threads: int | None = None):
+        from tokenizers import Tokenizer
+
+        self.path = Path(bundle)
+        self.manifest = read_manifest(self.path, verify=verify)
+        m = self.manifest
+        self.backend = BACKENDS.get(backend)(self.path, m, threads=threads)
+        self.embeddings = np.load(self.path / m["embeddings"]["file"], mmap_mode="r")
+        self.tokenizer = Tokenizer.from_file(str(self.path / m["tokenizer"]["file"]))
+        self.num_visual_tokens = int(m["pruning"]["num_visual_tokens"])
+        self.default_keep = int(m["pruning"]["default_keep"])
+        self.image_token_id = int(m["prompt"]["image_token_id"])
+        self.eos_ids = set(m["model"]["eos_token_ids"])
+        info = m["model"]
+        self._n_layers, self._n_kv, self._head_dim = info["num_layers"], info["num_kv_heads"], info["head_dim"]
+
+    # ------------------------------------------------------------------ pieces
+    def resolve_keep(self, keep: int | None = None, keep_ratio: float | None = None) -> int:
+        """K for this request: explicit keep, else ratio, else the bundle's default."""
+        if keep is None and keep_ratio is None:
+            return self.default_keep
+        return resolve_keep(self.num_visual_tokens, keep, keep_ratio)
+
+    def prompt_ids(self, prompt: str, raw_prompt: bool = False) -> list[int]:
+        """Token ids of the full prompt, with one image token where the visual tokens go."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt must be a non-empty string")
+        image_token = self.manifest["prompt"]["image_token"]
+        if raw_prompt:
+            text = prompt
+        else:
+            text = self.manifest["prompt"]["template"].replace("{prompt}", prompt)
+        ids = self.tokenizer.encode(text, add_special_tokens=True).ids
+        count = ids.count(self.image_token_id)
+        if count != 1:
+            where = "the raw prompt" if raw_prompt else "the prompt"
+            raise InputError(f"{where} must contain the image placeholder {image_token!r} exactly once (found {count})")
+        return ids
+
+    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        shape = (batch, self._n_kv, 0, self._head_dim)
+        return {f"past_key_values.{i}.{kv}": np.zeros(shape, np.float32) for i in range(self._n_layers) for kv in ("key", "value")}
+
+    def _step(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
+        out = self.backend.run_decoder({"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **past})
+        present = {k.replace("present.", "past_key_values.", 1): v for k, v in out.items() if k.startswith("present.")}
+        return out["logits"][:, -1], present
+
+    # ------------------------------------------------------------------ main
+    def generate(
+        self,
+        image,
+        prompt: str,
+        keep: int | None = None,
+        keep_ratio: float | None = None,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        raw_prompt: bool = False,
+    ) -> GenerationResult:
+        """Answer ``prompt`` about ``image``, keeping K visual tokens.
+
+        Args:
+            image: Path, PIL image or HxWx3 uint8 array.
+            prompt: The question; wrapped in the bundle's chat template unless ``raw_prompt``.
+            keep: Visual tokens to keep (1..N); default: the bundle's default.
+            keep_ratio: Fraction of visual tokens to keep, in (0, 1].
+            max_new_tokens: Upper bound on generated tokens.
+            temperature: 0 = greedy; > 0 samples (with ``top_p``, ``top_k``, ``seed``).
+            raw_prompt: Use ``prompt`` verbatim; it must contain the image placeholder.
+
+        Raises:
+            ConfigError: bad keep / ratio / sampling settings.
+            InputError: unreadable image, empty prompt, placeholder missing.
+        """
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        k = self.resolve_keep(keep, keep_ratio)
+        sampler = Sampler(SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+        ids = self.prompt_ids(prompt, raw_prompt)
+        t = {}
+        t0 = time.perf_counter()
+        pixels = preprocess(image, self.manifest["preprocessing"])
+        t1 = time.perf_counter()
+        image_embeds, kept_index = self.backend.run_vision(pixels, k)
+        t2 = time.perf_counter()
+        pos = ids.index(self.image_token_id)
+        embeds = np.concatenate([self.embeddings[ids[:pos]], image_embeds[0], self.embeddings[ids[pos + 1:]]])[None].astype(np.float32)
+        length = embeds.shape[1]
+        mask = np.ones((1, length), np.int64)
+        logits, past = self._step(embeds, mask, np.arange(length, dtype=np.int64)[None], self._empty_past(1))
+        t3 = time.perf_counter()
+        out: list[int] = []
+        decode_times = []
+        while True:
+            token = sampler(logits[0])
+            out.append(token)
+            if token in self.eos_ids or len(out) >= max_new_tokens:
+                break
+            s = time.perf_counter()
+            mask = np.ones((1, length + len(out)), np.int64)
+            positions = np.array([[length + len(out) - 1]], np.int64)
+            logits, past = self._step(self.embeddings[[token]][None].astype(np.float32), mask, positions, past)
+            decode_times.append(time.perf_counter() - s)
+        t4 = time.perf_counter()
+        ms = 1000.0
+        t.update(
+            preprocess=(t1 - t0) * ms,
+            vision=(t2 - t1) * ms,
+            prefill=(t3 - t2) * ms,
+            ttft=(t3 - t0) * ms,
+            decode_per_token=(float(np.mean(decode_times)) * ms) if decode_times else 0.0,
+            total=(t4 - t0) * ms,
+        )
+        return GenerationResult(
+            text=self.tokenizer.decode(out, skip_special_tokens=True),
+            token_ids=out,
+            kept=int(k),
+            kept_index=[int(i) for i in kept_index[0]],
+            prompt_tokens=int(length),
+            timings=t,
+        )

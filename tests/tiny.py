@@ -1,0 +1,66 @@
+"""Tiny seeded random LLaVA checkpoints (with tokenizer and processor) for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "what colour is the circle", "is there a blue triangle", "how many shapes are in the image",
+    "the quick brown fox jumps over the lazy dog", "describe the picture in one word",
+    "red green blue yellow purple orange", "yes no maybe 0 1 2 3 4 5 6 7 8 9",
+    "USER: ASSISTANT: a small model answers questions about images.",
+]
+
+
+def build_tokenizer(out: Path):
+    """Byte-level BPE trained on a fixed corpus (deterministic), with an <image> token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return fast
+
+
+def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 32, patch: int = 8, text_model: str = "llama") -> Path:
+    """Save a seeded random LlavaForConditionalGeneration + LlavaProcessor to ``out``.
+
+    CLIP tower 3 x 32 (``image_size/patch`` squared tokens), Llama/Qwen2 2 x 64 with GQA.
+    """
+    import torch
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor, Qwen2Config)
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out)
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                          image_size=image_size, patch_size=patch)
+    tcls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[text_model]
+    tc = tcls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
+              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init, so logits are far from ties
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1)
+    proc.save_pretrained(out)
+    return out
