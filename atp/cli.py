@@ -1,0 +1,220 @@
+"""``atp-export``: the one command-line entry point.
+
+Heavy imports (torch, transformers, onnxruntime) happen inside the subcommands so
+``atp-export --help`` is instant. Every :class:`~atp.errors.AtpError` becomes one
+``error: ...`` line on stderr and exit code 2; ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+
+from atp.errors import AtpError, ConfigError
+
+log = logging.getLogger("atp")
+
+
+def _fmt(text: str) -> str:
+    return textwrap.dedent(text).strip("\n")
+
+
+MAIN_EPILOG = _fmt("""
+    examples:
+      atp-export onnx demo --out build/demo                       # embedded default (SmolLM2-135M + CLIP tower)
+      atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep-ratio 0.25
+      atp-export run build/demo --image assets/demo.png --prompt "What shapes do you see?" --keep 64
+      atp-export inspect build/demo
+      atp-export list
+""")
+
+ONNX_EPILOG = _fmt("""
+    examples:
+      atp-export onnx demo --out build/demo
+      atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep 144 --scorer cls
+      atp-export onnx ./my-llava --out build/my-llava --keep-ratio 0.25 --opset 21 --overwrite
+
+    CHECKPOINT is a local Hugging Face folder (config.json, weights, processor and tokenizer
+    files) of a registered architecture (see `atp-export list`), or `demo`. The keep count
+    stored here is only the default: the vision graph takes K as a run-time input.
+""")
+
+RUN_EPILOG = _fmt("""
+    examples:
+      atp-export run build/demo --image assets/demo.png --prompt "What shapes do you see?"
+      atp-export run build/demo --image assets/demo.png --prompt "Describe the image." --keep-ratio 0.25 --json
+      atp-export run build/demo --image assets/demo.png --raw-prompt --prompt "<image>
+    Colours:" --max-new-tokens 8
+""")
+
+INSPECT_EPILOG = _fmt("""
+    examples:
+      atp-export inspect build/demo
+      atp-export inspect build/demo --json
+""")
+
+
+def _add_keep_args(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--keep", type=int, metavar="K", help=f"visual tokens to keep {what} (1..N)")
+    g.add_argument("--keep-ratio", type=float, metavar="R", help=f"fraction of visual tokens to keep {what}, in (0, 1]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of ``atp-export``."""
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="atp-export", description="Prune, quantize and export vision-language models for edge GPUs.",
+                                epilog=MAIN_EPILOG, formatter_class=raw)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    o = sub.add_parser("onnx", help="export a checkpoint to an ONNX bundle", epilog=ONNX_EPILOG, formatter_class=raw,
+                       description="Export a VLM to an ONNX bundle: vision graph with an in-graph top-K token gate, decoder graph with KV cache.")
+    o.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or 'demo'")
+    o.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (atomically)")
+    _add_keep_args(o, "by default")
+    o.add_argument("--scorer", default="cls", metavar="NAME", help="token retention scorer (default: cls; `atp-export list` shows all)")
+    o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
+
+    r = sub.add_parser("run", help="answer a question about an image with a bundle", epilog=RUN_EPILOG, formatter_class=raw,
+                       description="Generate text from an image and a prompt (ONNX Runtime on CPU by default).")
+    r.add_argument("bundle", metavar="BUNDLE")
+    r.add_argument("--image", required=True, metavar="IMG", help="image file (PNG, JPEG, ...)")
+    r.add_argument("--prompt", required=True, metavar="TEXT", help="question or instruction")
+    _add_keep_args(r, "for this request")
+    r.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--top-k", type=int, default=0)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--raw-prompt", action="store_true", help="use --prompt verbatim (it must contain the image placeholder)")
+    r.add_argument("--backend", default="ort", help="ort (CPU, default) or ort-cuda")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+
+    i = sub.add_parser("inspect", help="print a bundle's manifest (and verify its checksums)", epilog=INSPECT_EPILOG,
+                       formatter_class=raw)
+    i.add_argument("bundle", metavar="BUNDLE")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+
+    sub.add_parser("list", help="list registered architectures, scorers and backends",
+                   epilog="example:\n  atp-export list", formatter_class=raw)
+    return p
+
+
+def _quiet_transformers() -> None:
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing is reported where it is needed
+        pass
+
+
+def cmd_onnx(args) -> int:
+    from atp.config import ExportConfig, PruningConfig
+
+    cfg = ExportConfig(opset=args.opset, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio))
+    from atp.registry import SCORERS
+
+    SCORERS.get(cfg.pruning.scorer)  # fail on a bad name before loading anything
+    _quiet_transformers()
+    from atp.export.exporter import export_bundle
+
+    if args.checkpoint == "demo":
+        from atp.export.demo import build_demo_adapter
+
+        adapter = build_demo_adapter()
+    else:
+        from atp.export.adapters import adapter_for_checkpoint
+
+        adapter = adapter_for_checkpoint(args.checkpoint).from_checkpoint(args.checkpoint)
+    manifest = export_bundle(adapter, args.out, cfg, overwrite=args.overwrite, validate=not args.no_validate)
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"wrote {args.out}: {manifest['pruning']['num_visual_tokens']} visual tokens (default keep "
+          f"{manifest['pruning']['default_keep']}), {len(manifest['files'])} files, {total / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from atp.runtime import Session
+
+    session = Session(args.bundle, backend=args.backend, threads=args.threads)
+    res = session.generate(args.image, args.prompt, keep=args.keep, keep_ratio=args.keep_ratio,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, seed=args.seed, raw_prompt=args.raw_prompt)
+    if args.json:
+        print(json.dumps({"text": res.text, "token_ids": res.token_ids, "kept": res.kept, "kept_index": res.kept_index,
+                          "timings": {k: round(v, 3) for k, v in res.timings.items()}}))
+        return 0
+    t = res.timings
+    print(res.text)
+    print(f"-- kept {res.kept}/{session.num_visual_tokens} visual tokens; prompt {res.prompt_tokens} tokens, "
+          f"generated {len(res.token_ids)}", file=sys.stderr)
+    print(f"-- timings (ms): vision {t['vision']:.1f}, prefill {t['prefill']:.1f}, time to first token {t['ttft']:.1f}, "
+          f"decode {t['decode_per_token']:.1f}/token, total {t['total']:.1f}", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from atp.bundle import read_manifest
+
+    m = read_manifest(args.bundle, verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    model, pr = m["model"], m["pruning"]
+    print(f"bundle      {args.bundle} (format {m['format_version']}, atp {m.get('atp_version')})")
+    print(f"source      {m['source']['checkpoint']} [{m['source']['architecture']}]")
+    print(f"model       {model['text_model_type']} {model['num_layers']} layers x {model['hidden_size']}, "
+          f"vocab {model['vocab_size']}; vision {model['vision_model_type']}, {model['num_visual_tokens']} visual tokens")
+    print(f"pruning     scorer {pr['scorer']}, default keep {pr['default_keep']}/{pr['num_visual_tokens']} (K is a run-time input)")
+    for name, g in m["graphs"].items():
+        def sig(vs):
+            return ", ".join(f"{v['name']}{v['shape']}" for v in vs[:4]) + (f", ... ({len(vs)} in all)" if len(vs) > 4 else "")
+        print(f"graph       {name}: {g['file']}\n              in:  {sig(g['inputs'])}\n              out: {sig(g['outputs'])}")
+    print(f"prompt      {json.dumps(m['prompt']['template'])}")
+    print(f"files       {len(m['files'])}, {sum(f['bytes'] for f in m['files'].values()) / 1e6:.1f} MB, "
+          f"{'sha256 verified' if not args.no_verify else 'not verified'}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from atp.registry import ARCHITECTURES, BACKENDS, SCORERS
+
+    for reg in (ARCHITECTURES, SCORERS, BACKENDS):
+        print(f"{reg.kind}s: {', '.join(reg.names())}")
+    return 0
+
+
+COMMANDS = {"onnx": cmd_onnx, "run": cmd_run, "inspect": cmd_inspect, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``atp-export``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not args.verbose:
+        for noisy in ("httpx", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except AtpError as exc:
+        if args.verbose:
+            log.exception("failed")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
