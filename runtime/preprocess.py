@@ -55,6 +55,9 @@ def preprocess(image, spec: dict) -> np.ndarray:
 
     img = load_image(image)
     if spec.get("convert_rgb", True) and img.mode != "RGB":
+        if "A" in img.getbands() or img.info.get("transparency") is not None:  # composite on white, as transformers does
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         img = img.convert("RGB")
     if spec.get("resize"):
         new_w, new_h = _resize_shape(img.width, img.height, spec["resize"])

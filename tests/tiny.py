@@ -32,11 +32,11 @@ def build_tokenizer(out: Path):
 def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 32, patch: int = 8, text_model: str = "llama") -> Path:
     """Save a seeded random LlavaForConditionalGeneration + LlavaProcessor to ``out``.
 
-    CLIP tower 3 x 32 (``image_size/patch`` squared tokens), Llama/Qwen2 2 x 64 with GQA.
+    CLIP tower 3 x 32 (``image_size/patch`` squared tokens), Llama/Qwen2/Mistral 2 x 64 with GQA.
     """
     import torch
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor, Qwen2Config)
+                              LlavaProcessor, MistralConfig, Qwen2Config)
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     out = Path(out)
@@ -45,7 +45,7 @@ def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 32, patch: int 
     image_token_id = tok.convert_tokens_to_ids("<image>")
     vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                           image_size=image_size, patch_size=patch)
-    tcls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[text_model]
+    tcls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[text_model]
     tc = tcls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

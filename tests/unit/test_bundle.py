@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from atp.bundle import FORMAT_VERSION, finalize_manifest, read_manifest, staged_bundle
+from atp.errors import BundleError
+
+
+def _write(out, payload=b"weights"):
+    with staged_bundle(out) as staging:
+        (staging / "graph.onnx").write_bytes(payload)
+        (staging / "tok").mkdir()
+        (staging / "tok" / "tokenizer.json").write_text("{}")
+        finalize_manifest(staging, {"graphs": {}})
+
+
+def test_roundtrip_and_checksums(tmp_path):
+    _write(tmp_path / "b")
+    m = read_manifest(tmp_path / "b")
+    assert m["format_version"] == FORMAT_VERSION
+    assert set(m["files"]) == {"graph.onnx", "tok/tokenizer.json"}
+    assert m["files"]["graph.onnx"]["bytes"] == 7
+
+
+def test_failure_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with staged_bundle(tmp_path / "b") as staging:
+            (staging / "graph.onnx").write_bytes(b"x")
+            raise RuntimeError("export failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_needs_overwrite(tmp_path):
+    _write(tmp_path / "b")
+    with pytest.raises(BundleError, match="already exists"):
+        _write(tmp_path / "b")
+    with staged_bundle(tmp_path / "b", overwrite=True) as staging:
+        (staging / "new.onnx").write_bytes(b"new")
+        finalize_manifest(staging, {})
+    assert set(read_manifest(tmp_path / "b")["files"]) == {"new.onnx"}
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+@pytest.mark.parametrize("tamper,msg", [
+    (lambda b: (b / "graph.onnx").write_bytes(b"weightz"), "checksum mismatch for graph.onnx"),
+    (lambda b: (b / "graph.onnx").write_bytes(b"weights!"), "wrong size"),
+    (lambda b: (b / "tok" / "tokenizer.json").unlink(), "tok/tokenizer.json is missing"),
+    (lambda b: (b / "manifest.json").write_text("{nope"), "not valid JSON"),
+    (lambda b: (b / "manifest.json").unlink(), "manifest.json is missing"),
+])
+def test_tampered_bundle_is_refused(tmp_path, tamper, msg):
+    _write(tmp_path / "b")
+    tamper(tmp_path / "b")
+    with pytest.raises(BundleError, match=msg):
+        read_manifest(tmp_path / "b")
+
+
+def test_unknown_version_is_refused(tmp_path):
+    _write(tmp_path / "b")
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    m["format_version"] = 99
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format version 99"):
+        read_manifest(tmp_path / "b", verify=False)
