@@ -46,8 +46,7 @@ RUN_EPILOG = _fmt("""
     examples:
       atp-export run build/demo --image assets/demo.png --prompt "What shapes do you see?"
       atp-export run build/demo --image assets/demo.png --prompt "Describe the image." --keep-ratio 0.25 --json
-      atp-export run build/demo --image assets/demo.png --raw-prompt --prompt "<image>
-    Colours:" --max-new-tokens 8
+      atp-export run build/demo --image assets/demo.png --raw-prompt --prompt "<image> The colours are" --max-new-tokens 8
 """)
 
 INSPECT_EPILOG = _fmt("""
