@@ -119,6 +119,10 @@ def _quiet_transformers() -> None:
 
 def cmd_onnx(args) -> int:
     from atp.config import ExportConfig, PruningConfig
+    from atp.errors import require
+
+    for module in ("torch", "transformers", "onnx"):
+        require(module, "export")
 
     cfg = ExportConfig(opset=args.opset, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio))
     from atp.registry import SCORERS
