@@ -48,13 +48,12 @@ def main() -> None:
 
     s = Session(args.bundle, backend=args.backend, threads=args.threads)
     ids = s.prompt_ids(PROMPT)
-    pos = ids.index(s.image_token_id)
     pixels = preprocess(args.image, s.manifest["preprocessing"])
     cases = []
     for r in args.ratios:
         k = s.resolve_keep(keep_ratio=r)
         image_embeds, _ = s.backend.run_vision(pixels, k)
-        embeds = np.concatenate([s.embeddings[ids[:pos]], image_embeds[0], s.embeddings[ids[pos + 1:]]])[None].astype(np.float32)
+        embeds = s.inputs_embeds(ids, image_embeds[0])
         cases.append({"ratio": r, "k": k, "embeds": embeds, "prefill": [], "ttft": []})
 
     def prefill(c):

@@ -96,6 +96,12 @@ class Session:
             raise InputError(f"{where} must contain the image placeholder {image_token!r} exactly once (found {count})")
         return ids
 
+    def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
+        """``[1, L - 1 + K, D]``: text token embeddings with the K visual tokens where the image token was."""
+        pos = ids.index(self.image_token_id)
+        table = self.embeddings
+        return np.concatenate([table[ids[:pos]], image_embeds, table[ids[pos + 1:]]])[None].astype(np.float32)
+
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
         shape = (batch, self._n_kv, 0, self._head_dim)
         return {f"past_key_values.{i}.{kv}": np.zeros(shape, np.float32) for i in range(self._n_layers) for kv in ("key", "value")}
@@ -145,8 +151,7 @@ class Session:
         t1 = time.perf_counter()
         image_embeds, kept_index = self.backend.run_vision(pixels, k)
         t2 = time.perf_counter()
-        pos = ids.index(self.image_token_id)
-        embeds = np.concatenate([self.embeddings[ids[:pos]], image_embeds[0], self.embeddings[ids[pos + 1:]]])[None].astype(np.float32)
+        embeds = self.inputs_embeds(ids, image_embeds[0])
         length = embeds.shape[1]
         mask = np.ones((1, length), np.int64)
         logits, past = self._step(embeds, mask, np.arange(length, dtype=np.int64)[None], self._empty_past(1))

@@ -62,13 +62,11 @@ def test_greedy_ids_equal_transformers_on_real_lm(demo, keep):
     adapter, session, _, _ = demo
     res = session.generate(IMAGE, PROMPT, keep=keep, max_new_tokens=12)
     ids = session.prompt_ids(PROMPT)
-    pos = ids.index(session.image_token_id)
     from atp.runtime.preprocess import preprocess
 
     image_embeds, index = session.backend.run_vision(preprocess(IMAGE, session.manifest["preprocessing"]), keep)
     assert index[0].tolist() == res.kept_index
-    table = session.embeddings
-    embeds = np.concatenate([table[ids[:pos]], image_embeds[0], table[ids[pos + 1:]]])[None].astype(np.float32)
+    embeds = session.inputs_embeds(ids, image_embeds[0])
     with torch.no_grad():
         ref = adapter.model.generate(inputs_embeds=torch.from_numpy(embeds), attention_mask=torch.ones(1, embeds.shape[1], dtype=torch.long),
                                      max_new_tokens=12, do_sample=False)

@@ -85,10 +85,8 @@ def test_pruned_prefill_logits_match_pytorch(tiny_session, hf_eager, k):
     image_embeds, index = tiny_session.backend.run_vision(px, k)
     assert set(index[0].tolist()) == set(ref_index[0].tolist())
     ids = tiny_session.prompt_ids(PROMPTS[0])
-    pos = ids.index(tiny_session.image_token_id)
-    table = tiny_session.embeddings
-    ours = np.concatenate([table[ids[:pos]], image_embeds[0], table[ids[pos + 1:]]])[None].astype(np.float32)
-    ref = np.concatenate([table[ids[:pos]], ref_embeds[0].numpy(), table[ids[pos + 1:]]])[None].astype(np.float32)
+    ours = tiny_session.inputs_embeds(ids, image_embeds[0])
+    ref = tiny_session.inputs_embeds(ids, ref_embeds[0].numpy())
     mask = np.ones((1, ours.shape[1]), np.int64)
     logits, _ = tiny_session._step(ours, mask, np.arange(ours.shape[1])[None], tiny_session._empty_past(1))
     np.testing.assert_allclose(logits, _ref_prefill_logits(hf_eager, ref, mask), atol=LOGITS_ATOL, rtol=0)
@@ -154,3 +152,20 @@ def test_other_text_models_generate_like_transformers(tmp_path, text_model):
         ref = model.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
     ours = Session(tmp_path / "bundle").generate(img, PROMPTS[1], max_new_tokens=10)
     assert len(ours.token_ids) >= 8 and ours.token_ids == ref
+
+
+def test_external_data_for_large_weights(tiny_ckpt, tiny_session, tmp_path):
+    """Weights over the threshold go to <graph>.data, listed in the manifest and checksummed."""
+    from atp.config import ExportConfig
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    m = export_bundle(adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt), tmp_path / "b",
+                      ExportConfig(external_data_threshold=1000), validate=False)
+    assert m["graphs"]["decoder"]["external_data"] == ["decoder.onnx.data"]
+    assert {"vision.onnx.data", "decoder.onnx.data"} <= set(m["files"])
+    assert (tmp_path / "b" / "decoder.onnx").stat().st_size < 100_000
+    img = random_image(0)
+    ours = Session(tmp_path / "b").generate(img, PROMPTS[0], max_new_tokens=8)
+    assert len(ours.token_ids) == 8 and ours.token_ids == tiny_session.generate(img, PROMPTS[0], max_new_tokens=8).token_ids
