@@ -35,6 +35,7 @@ ONNX_EPILOG = _fmt("""
     examples:
       atp-export onnx demo --out build/demo
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep 144 --scorer cls
+      atp-export onnx demo --out build/demo-ab --extra-scorers random         # A/B: pick the scorer per request
       atp-export onnx ./my-llava --out build/my-llava --keep-ratio 0.25 --opset 21 --overwrite
 
     CHECKPOINT is a local Hugging Face folder (config.json, weights, processor and tokenizer
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (atomically)")
     _add_keep_args(o, "by default")
     o.add_argument("--scorer", default="cls", metavar="NAME", help="token retention scorer (default: cls; `atp-export list` shows all)")
+    o.add_argument("--extra-scorers", nargs="+", default=[], metavar="NAME",
+                   help="also export vision graphs for these scorers (selectable per request, compared by eval)")
     o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=0)
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--raw-prompt", action="store_true", help="use --prompt verbatim (it must contain the image placeholder)")
+    r.add_argument("--scorer", default=None, metavar="NAME", help="one of the bundle's scorers (default: its default)")
     r.add_argument("--backend", default="ort", help="ort (CPU, default) or ort-cuda")
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
@@ -124,10 +128,12 @@ def cmd_onnx(args) -> int:
     for module in ("torch", "transformers", "onnx"):
         require(module, "export")
 
-    cfg = ExportConfig(opset=args.opset, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio))
+    cfg = ExportConfig(opset=args.opset, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio,
+                                                               extra_scorers=tuple(args.extra_scorers)))
     from atp.registry import SCORERS
 
-    SCORERS.get(cfg.pruning.scorer)  # fail on a bad name before loading anything
+    for name in cfg.pruning.scorers:
+        SCORERS.get(name)  # fail on a bad name before loading anything
     _quiet_transformers()
     from atp.export.exporter import export_bundle
 
@@ -152,7 +158,8 @@ def cmd_run(args) -> int:
     session = Session(args.bundle, backend=args.backend, threads=args.threads)
     res = session.generate(args.image, args.prompt, keep=args.keep, keep_ratio=args.keep_ratio,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           top_k=args.top_k, seed=args.seed, raw_prompt=args.raw_prompt)
+                           top_k=args.top_k, seed=args.seed, raw_prompt=args.raw_prompt,
+                           scorer=args.scorer)
     if args.json:
         print(json.dumps({"text": res.text, "token_ids": res.token_ids, "kept": res.kept, "kept_index": res.kept_index,
                           "timings": {k: round(v, 3) for k, v in res.timings.items()}}))

@@ -51,16 +51,26 @@ class PruningConfig:
         scorer: Registered retention scorer name (``atp-export onnx --help`` lists them).
         keep: Default kept-token count K, or None.
         keep_ratio: Default kept fraction in (0, 1], or None. With neither, all tokens are kept.
+        extra_scorers: More scorers to export as alternative vision graphs (for eval and A/B tests).
     """
 
     scorer: str = "cls"
     keep: int | None = None
     keep_ratio: float | None = None
+    extra_scorers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.scorer, str) or not self.scorer:
             raise ConfigError("scorer must be a non-empty name")
+        object.__setattr__(self, "extra_scorers", tuple(self.extra_scorers))
+        if len(set(self.scorers)) != len(self.scorers):
+            raise ConfigError(f"scorers listed twice: {', '.join(self.scorers)}")
         _check_keep(self.keep, self.keep_ratio)
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        """The default scorer first, then the extras."""
+        return (self.scorer, *self.extra_scorers)
 
     def to_dict(self) -> dict:
         return asdict(self)

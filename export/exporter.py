@@ -53,19 +53,24 @@ def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
-def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig) -> dict:
+def vision_graph_key(scorer: str, default: str) -> str:
+    """Manifest key of a scorer's vision graph: ``vision`` for the default, ``vision.<name>`` otherwise."""
+    return "vision" if scorer == default else f"vision.{scorer}"
+
+
+def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str = VISION_FILE) -> dict:
     module = adapter.vision_module(scorer)
     io = export_module(
         module,
         _vision_example(adapter),
-        staging / VISION_FILE,
+        staging / file,
         input_names=["pixel_values", "keep"],
         output_names=["image_embeds", "kept_index"],
         dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"}, "kept_index": {0: "batch", 1: "keep"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
     )
-    return {"file": VISION_FILE, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
+    return {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
 
 
 def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
@@ -97,20 +102,23 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
     }
 
 
-def _validate(adapter, scorer, staging: Path) -> dict:
-    """Run both graphs in ONNX Runtime on example inputs and compare with PyTorch."""
+def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
+    """Run every graph in ONNX Runtime on example inputs and compare with PyTorch."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     report = {}
     px, keep = _vision_example(adapter)
-    with torch.no_grad():
-        ref_embeds, ref_idx = adapter.vision_module(scorer)(px, keep)
-    sess = ort.InferenceSession(str(staging / VISION_FILE), so, providers=["CPUExecutionProvider"])
-    embeds, idx = sess.run(None, {"pixel_values": px.numpy(), "keep": keep.numpy()})
-    same_sets = all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
-    report["vision"] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same_sets else None, "same_kept_index": same_sets}
+    for key, scorer in scorers.items():
+        with torch.no_grad():
+            ref_embeds, ref_idx = adapter.vision_module(scorer)(px, keep)
+        sess = ort.InferenceSession(str(staging / graphs[key]["file"]), so, providers=["CPUExecutionProvider"])
+        embeds, idx = sess.run(None, {"pixel_values": px.numpy(), "keep": keep.numpy()})
+        same = all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
+        report[key] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same else None, "same_kept_index": same}
+        if not same:
+            raise AtpError(f"validation failed: ONNX Runtime kept other tokens than PyTorch in {key} ({report[key]})")
     args = _decoder_example(adapter)
     with torch.no_grad():
         ref = adapter.decoder_module()(*args)
@@ -121,8 +129,6 @@ def _validate(adapter, scorer, staging: Path) -> dict:
         "logits_max_abs_diff": float(np.abs(outs[0] - ref[0].numpy()).max()),
         "present_max_abs_diff": float(max(np.abs(o - r.numpy()).max() for o, r in zip(outs[1:], ref[1:]))),
     }
-    if not same_sets:
-        raise AtpError(f"validation failed: ONNX Runtime kept other tokens than PyTorch ({report})")
     return report
 
 
@@ -141,16 +147,17 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig = ExportConfig(
     """
     n = adapter.num_visual_tokens
     default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
-    scorer = SCORERS.get(config.pruning.scorer)().eval()
-    steps = ["vision graph", "decoder graph", "embeddings + tokenizer", "validation" if validate else None]
+    default = config.pruning.scorer
+    scorers = {vision_graph_key(name, default): SCORERS.get(name)().eval() for name in config.pruning.scorers}
+    steps = ["vision graph(s)", "decoder graph", "embeddings + tokenizer", "validation" if validate else None]
     steps = [s for s in steps if s]
 
     def step(i, what):
         log.info("[%d/%d] %s", i, len(steps), what)
 
     with staged_bundle(Path(out), overwrite=overwrite) as staging:
-        step(1, f"exporting the vision graph ({n} visual tokens, scorer {config.pruning.scorer!r}, opset {config.opset})")
-        vision = _export_vision(adapter, scorer, staging, config)
+        step(1, f"exporting the vision graph ({n} visual tokens, scorers {', '.join(config.pruning.scorers)}, opset {config.opset})")
+        graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx") for key, scorer in scorers.items()}
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")
         decoder = _export_decoder(adapter, staging, config)
         step(3, "writing the embedding table and tokenizer")
@@ -163,9 +170,10 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig = ExportConfig(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": {"checkpoint": adapter.source, "architecture": "llava"},
             "model": adapter.model_info(),
-            "graphs": {"vision": vision, "decoder": decoder},
+            "graphs": {**graphs, "decoder": decoder},
             "embeddings": {"file": EMBED_FILE, "dtype": str(table.dtype), "shape": list(table.shape)},
             "pruning": {**config.pruning.to_dict(), "num_visual_tokens": n, "default_keep": default_keep,
+                        "scorers": {name: vision_graph_key(name, default) for name in config.pruning.scorers},
                         "gate": "in-graph TopK; keep is a runtime input (1..N)"},
             "preprocessing": adapter.preprocessing(),
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
@@ -176,7 +184,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig = ExportConfig(
         }
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
-            manifest["validation"] = _validate(adapter, scorer, staging)
+            manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging)
             log.info("validation: %s", manifest["validation"])
         manifest = finalize_manifest(staging, manifest)
     log.info("bundle written to %s", out)

@@ -102,6 +102,21 @@ class Session:
         table = self.embeddings
         return np.concatenate([table[ids[:pos]], image_embeds, table[ids[pos + 1:]]])[None].astype(np.float32)
 
+    @property
+    def scorers(self) -> list[str]:
+        """Scorers this bundle has vision graphs for; the first is the default."""
+        return list(self.manifest["pruning"].get("scorers", {self.manifest["pruning"]["scorer"]: "vision"}))
+
+    def vision_graph(self, scorer: str | None) -> str:
+        """Manifest graph key of ``scorer``'s vision graph (None = the default)."""
+        if scorer is None:
+            return "vision"
+        table = self.manifest["pruning"].get("scorers", {self.manifest["pruning"]["scorer"]: "vision"})
+        if scorer not in table:
+            raise ConfigError(f"this bundle has no vision graph for scorer {scorer!r}; it has: {', '.join(table)} "
+                              f"(export with --extra-scorers {scorer})")
+        return table[scorer]
+
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
         shape = (batch, self._n_kv, 0, self._head_dim)
         return {f"past_key_values.{i}.{kv}": np.zeros(shape, np.float32) for i in range(self._n_layers) for kv in ("key", "value")}
@@ -124,6 +139,7 @@ class Session:
         top_k: int = 0,
         seed: int | None = None,
         raw_prompt: bool = False,
+        scorer: str | None = None,
     ) -> GenerationResult:
         """Answer ``prompt`` about ``image``, keeping K visual tokens.
 
@@ -135,6 +151,7 @@ class Session:
             max_new_tokens: Upper bound on generated tokens.
             temperature: 0 = greedy; > 0 samples (with ``top_p``, ``top_k``, ``seed``).
             raw_prompt: Use ``prompt`` verbatim; it must contain the image placeholder.
+            scorer: Retention scorer (one the bundle was exported with); default: the bundle's default.
 
         Raises:
             ConfigError: bad keep / ratio / sampling settings.
@@ -143,13 +160,14 @@ class Session:
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         k = self.resolve_keep(keep, keep_ratio)
+        graph = self.vision_graph(scorer)
         sampler = Sampler(SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
         ids = self.prompt_ids(prompt, raw_prompt)
         t = {}
         t0 = time.perf_counter()
         pixels = preprocess(image, self.manifest["preprocessing"])
         t1 = time.perf_counter()
-        image_embeds, kept_index = self.backend.run_vision(pixels, k)
+        image_embeds, kept_index = self.backend.run_vision(pixels, k, graph)
         t2 = time.perf_counter()
         embeds = self.inputs_embeds(ids, image_embeds[0])
         length = embeds.shape[1]

@@ -25,21 +25,29 @@ class _OrtBackend:
             raise MissingDependencyError(
                 f"ONNX Runtime here lacks {', '.join(missing)}; install it with: pip install 'atp-edge[{self.extra}]'"
             )
-        so = ort.SessionOptions()
+        self._ort, self._bundle, self._graphs = ort, bundle, manifest["graphs"]
+        self._options = so = ort.SessionOptions()
         so.log_severity_level = 3
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.sessions = {}
         for name in ("vision", "decoder"):
-            path = bundle / manifest["graphs"][name]["file"]
-            try:
-                self.sessions[name] = ort.InferenceSession(str(path), so, providers=list(self.providers))
-            except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-                raise BundleError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+            self._session(name)
         self.decoder_outputs = [o.name for o in self.sessions["decoder"].get_outputs()]
 
-    def run_vision(self, pixel_values: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-        embeds, index = self.sessions["vision"].run(None, {"pixel_values": pixel_values, "keep": np.array(keep, dtype=np.int64)})
+    def _session(self, graph: str):
+        """The ORT session of a manifest graph, created on first use (alternative vision graphs are lazy)."""
+        if graph not in self.sessions:
+            path = self._bundle / self._graphs[graph]["file"]
+            try:
+                self.sessions[graph] = self._ort.InferenceSession(str(path), self._options, providers=list(self.providers))
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+                raise BundleError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+        return self.sessions[graph]
+
+    def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision") -> tuple[np.ndarray, np.ndarray]:
+        feeds = {"pixel_values": pixel_values, "keep": np.array(keep, dtype=np.int64)}
+        embeds, index = self._session(graph).run(None, feeds)
         return embeds, index
 
     def run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,0 +1,158 @@
+"""VQA data for training, calibration and evaluation (numpy + Pillow only, no torch).
+
+- ``easy-vqa``: the published easy-VQA set (PyPI package ``easy-vqa``): 64x64 images, one
+  shape each, 13 answers. ``train`` (4,000 images, 38,575 questions) trains; ``test`` (1,000
+  images, 9,673 questions) is held out for evaluation.
+- ``multi-object``: generated here, seeded: 2-4 shapes per image in easy-VQA's style, with
+  questions that name one object ("what color is the triangle?", "is there a blue circle?",
+  "how many shapes are there?"), so which visual tokens survive pruning matters. Splits
+  ``train``, ``calib`` and ``test`` come from disjoint seeds; ``test`` is never used for
+  training or calibration.
+- A directory: ``DIR/questions.json`` = ``[{"image": "relative/path.png", "question": ..., "answer": ...}]``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from atp.errors import InputError, MissingDependencyError
+
+COLORS = {"red": (230, 25, 25), "green": (30, 160, 40), "blue": (20, 30, 230), "black": (10, 10, 10),
+          "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (150, 40, 40), "yellow": (245, 230, 0)}
+SHAPES = ("circle", "rectangle", "triangle")
+COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+MULTI_OBJECT_SEEDS = {"train": 1_000_003, "calib": 2_000_003, "test": 3_000_017}
+
+
+@dataclass(frozen=True)
+class VqaSample:
+    """One question about one image. ``image`` is a path or an ``HxWx3`` uint8 array."""
+
+
+    question: str
+    answer: str
+    image_id: str
+    image: object = field(repr=False)
+
+
+def _easy_vqa_root() -> Path:
+    spec = importlib.util.find_spec("easy_vqa")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("the easy-vqa data set is not installed: pip install easy-vqa")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def easy_vqa(split: str) -> list[VqaSample]:
+    """easy-VQA ``train`` or ``test`` questions, in the published order."""
+    if split not in ("train", "test"):
+        raise InputError(f"easy-vqa has splits train and test, not {split!r}")
+    root = _easy_vqa_root() / split
+    questions = json.loads((root / "questions.json").read_text())
+    return [VqaSample(q, a, f"{split}/{img}", image=str(root / "images" / f"{img}.png")) for q, a, img in questions]
+
+
+def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], color) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=color)
+    elif shape == "rectangle":
+        draw.rectangle((x0, y0 + (y1 - y0) // 5, x1, y1 - (y1 - y0) // 5), fill=color)
+    else:
+        draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=color)
+
+
+def render_multi_object(rng: np.random.Generator, size: int = 64, n_objects: int | None = None):
+    """One image with 2-4 non-overlapping shapes; returns (HxWx3 uint8, [(shape, color), ...])."""
+    from PIL import Image, ImageDraw
+
+    n = int(n_objects or rng.integers(2, 5))
+    bg = tuple(int(v) for v in rng.integers(225, 256, 3))
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    boxes, objects = [], []
+    tries = 0
+    while len(objects) < n and tries < 500:
+        tries += 1
+        s = int(rng.integers(size // 6, size // 3))
+        x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
+        box = (x, y, x + s, y + s)
+        if any(x < b[2] + 2 and b[0] < x + s + 2 and y < b[3] + 2 and b[1] < y + s + 2 for b in boxes):
+            continue
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        color = list(COLORS)[int(rng.integers(len(COLORS)))]
+        if (shape, color) in objects:
+            continue
+        boxes.append(box)
+        objects.append((shape, color))
+        _draw_shape(draw, shape, box, COLORS[color])
+    return np.asarray(img), objects
+
+
+def _questions(objects, rng) -> list[tuple[str, str]]:
+    qs = []
+    shapes = [s for s, _ in objects]
+    colors = [c for _, c in objects]
+    for shape, color in objects:
+        if shapes.count(shape) == 1:
+            qs.append((f"what color is the {shape}?", color))
+        if colors.count(color) == 1:
+            qs.append((f"what shape is the {color} shape?", shape))
+    present = set(objects)
+    shape, color = SHAPES[int(rng.integers(3))], list(COLORS)[int(rng.integers(len(COLORS)))]
+    if rng.random() < 0.5:  # balance yes/no: ask about a present object half the time
+        shape, color = objects[int(rng.integers(len(objects)))]
+    qs.append((f"is there a {color} {shape}?", "yes" if (shape, color) in present else "no"))
+    qs.append(("how many shapes are there?", COUNT_WORDS[len(objects)]))
+    return qs
+
+
+def multi_object(split: str, n_images: int = 1000, size: int = 64) -> list[VqaSample]:
+    """The seeded multi-object set: ``n_images`` images of ``split`` and all their questions."""
+    if split not in MULTI_OBJECT_SEEDS:
+        raise InputError(f"multi-object has splits {', '.join(MULTI_OBJECT_SEEDS)}, not {split!r}")
+    rng = np.random.default_rng(MULTI_OBJECT_SEEDS[split])
+    out = []
+    for i in range(n_images):
+        img, objects = render_multi_object(rng, size)
+        for q, a in _questions(objects, rng):
+            out.append(VqaSample(q, a, f"{split}/{i}", image=img))
+    return out
+
+
+def vqa_dir(path: str | Path) -> list[VqaSample]:
+    """A folder with ``questions.json`` (image paths relative to the folder)."""
+    path = Path(path)
+    qfile = path / "questions.json"
+    if not qfile.is_file():
+        raise InputError(f"{path} is not a VQA folder: questions.json is missing")
+    try:
+        items = json.loads(qfile.read_text())
+        return [VqaSample(it["question"], str(it["answer"]), str(it.get("image_id", it["image"])),
+                          image=str(path / it["image"]))
+                for it in items]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{qfile}: expected a list of {{image, question, answer}} objects ({exc})") from None
+
+
+def load(name: str, split: str = "test", n_images: int = 1000) -> list[VqaSample]:
+    """``easy-vqa``, ``multi-object`` or a VQA folder path."""
+    if name == "easy-vqa":
+        return easy_vqa(split)
+    if name == "multi-object":
+        return multi_object(split, n_images)
+    if Path(name).is_dir():
+        return vqa_dir(name)
+    raise InputError(f"unknown data set {name!r}: use easy-vqa, multi-object or a folder with questions.json")
+
+
+def subsample(samples: list[VqaSample], limit: int | None, seed: int = 0) -> list[VqaSample]:
+    """A seeded subset of at most ``limit`` samples, in original order."""
+    if not limit or limit >= len(samples):
+        return samples
+    idx = np.sort(np.random.default_rng(seed).choice(len(samples), limit, replace=False))
+    return [samples[i] for i in idx]

