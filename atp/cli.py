@@ -28,6 +28,7 @@ MAIN_EPILOG = _fmt("""
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep-ratio 0.25
       atp-export run build/demo --image assets/demo.png --prompt "What shapes do you see?" --keep 64
       atp-export inspect build/demo
+      atp-export eval build/demo --data easy-vqa --limit 500 --out build/eval-easy
       atp-export list
 """)
 
@@ -48,6 +49,12 @@ RUN_EPILOG = _fmt("""
       atp-export run build/demo --image assets/demo.png --prompt "What shapes do you see?"
       atp-export run build/demo --image assets/demo.png --prompt "Describe the image." --keep-ratio 0.25 --json
       atp-export run build/demo --image assets/demo.png --raw-prompt --prompt "<image> The colours are" --max-new-tokens 8
+""")
+
+EVAL_EPILOG = _fmt("""
+    examples:
+      atp-export eval build/demo --data easy-vqa --limit 500 --out build/eval-easy
+      atp-export eval build/demo --data multi-object --keep-ratios 1 0.25 0.0625 --scorers cls random --out build/eval-mo
 """)
 
 INSPECT_EPILOG = _fmt("""
@@ -105,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle", metavar="BUNDLE")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+
+    e = sub.add_parser("eval", help="accuracy and dense agreement across keep ratios and scorers", epilog=EVAL_EPILOG,
+                       formatter_class=raw, description="Answer VQA questions with a bundle at several keep ratios and scorers; "
+                       "write results.json, results.md and accuracy.png.")
+    e.add_argument("bundle", metavar="BUNDLE")
+    e.add_argument("--data", required=True, help="easy-vqa, multi-object, or a folder with questions.json")
+    e.add_argument("--split", default="test", help="data split (default: test, the held-out one)")
+    e.add_argument("--keep-ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125, 0.0625], metavar="R")
+    e.add_argument("--scorers", nargs="+", default=None, metavar="NAME", help="default: every scorer the bundle has")
+    e.add_argument("--limit", type=int, default=None, metavar="N", help="seeded subset of N questions")
+    e.add_argument("--max-new-tokens", type=int, default=8, metavar="N")
+    e.add_argument("--backend", default="ort")
+    e.add_argument("--out", required=True, metavar="DIR")
 
     sub.add_parser("list", help="list registered architectures, scorers and backends",
                    epilog="example:\n  atp-export list", formatter_class=raw)
@@ -196,6 +216,18 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from atp.runtime.evaluate import run_eval
+
+    report = run_eval(args.bundle, args.data, args.out, split=args.split, keep_ratios=args.keep_ratios, scorers=args.scorers,
+                      limit=args.limit, backend=args.backend, max_new_tokens=args.max_new_tokens)
+    from atp.runtime.evaluate import markdown_table
+
+    print(markdown_table(report["results"], f"{args.bundle} on {args.data} ({args.split})"))
+    print(f"written to {args.out}/results.json, results.md, accuracy.png", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args) -> int:
     from atp.registry import ARCHITECTURES, BACKENDS, SCORERS
 
@@ -204,7 +236,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"onnx": cmd_onnx, "run": cmd_run, "inspect": cmd_inspect, "list": cmd_list}
+COMMANDS = {"onnx": cmd_onnx, "run": cmd_run, "inspect": cmd_inspect, "eval": cmd_eval, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,12 +62,12 @@ def test_inspect(tiny_bundle, capsys):
 
 def test_help_shows_examples_that_parse(capsys):
     parser = cli.build_parser()
-    for sub in (None, "onnx", "run", "inspect", "list"):
+    for sub in (None, "onnx", "run", "inspect", "eval", "list"):
         with pytest.raises(SystemExit) as exc:
             cli.main([sub, "--help"] if sub else ["--help"])
         assert exc.value.code == 0
         assert "example" in capsys.readouterr().out
-    for text in (cli.MAIN_EPILOG, cli.ONNX_EPILOG, cli.RUN_EPILOG, cli.INSPECT_EPILOG):
+    for text in (cli.MAIN_EPILOG, cli.ONNX_EPILOG, cli.RUN_EPILOG, cli.INSPECT_EPILOG, cli.EVAL_EPILOG):
         cmds = [ln.strip().split("  #")[0] for ln in text.splitlines() if ln.strip().startswith("atp-export ")]
         assert cmds
         for cmd in cmds:

@@ -1,0 +1,126 @@
+"""``atp-export eval``: answer accuracy and agreement with the dense model, per scorer and keep ratio.
+
+Runs on bundles only (no torch). For every question, the dense answer (all N visual tokens;
+identical for every scorer) is computed once and reused for the agreement column.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+from atp import datasets
+from atp.config import resolve_keep
+from atp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATIOS = (1.0, 0.5, 0.25, 0.125, 0.0625)
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation and surrounding whitespace removed: answers compare by exact match."""
+    return re.sub(r"[^\w\s]", "", text.lower()).strip()
+
+
+def evaluate(session, samples, keep_ratios=DEFAULT_RATIOS, scorers=None, max_new_tokens: int = 8, progress: bool = True) -> list[dict]:
+    """Accuracy and dense agreement for every (scorer, keep ratio).
+
+    Args:
+        session: An :class:`atp.runtime.Session`.
+        samples: :class:`atp.datasets.VqaSample` list.
+        keep_ratios: Fractions of visual tokens to keep, each in (0, 1].
+        scorers: Scorers to compare (default: all the bundle has).
+
+    Returns:
+        ``[{"scorer", "keep_ratio", "k", "precision", "accuracy", "agreement", "n"}, ...]``.
+    """
+    from tqdm import tqdm
+
+    if not samples:
+        raise ConfigError("no samples to evaluate")
+    scorers = list(scorers or session.scorers)
+    for name in scorers:
+        session.vision_graph(name)  # clear error for a scorer the bundle lacks
+    n_tokens = session.num_visual_tokens
+    ks = {r: resolve_keep(n_tokens, keep_ratio=r) for r in keep_ratios}
+    precision = session.manifest.get("precision", {}).get("weights", "fp32")
+    correct = {(s, r): 0 for s in scorers for r in keep_ratios}
+    agree = dict.fromkeys(correct, 0)
+    for sample in tqdm(samples, desc="eval", disable=not progress, mininterval=5):
+        answer = normalize(sample.answer)
+        dense = normalize(session.generate(sample.image, sample.question, keep=n_tokens, max_new_tokens=max_new_tokens).text)
+        for s in scorers:
+            for r, k in ks.items():
+                pred = dense if k == n_tokens else normalize(
+                    session.generate(sample.image, sample.question, keep=k, scorer=s, max_new_tokens=max_new_tokens).text)
+                correct[(s, r)] += pred == answer
+                agree[(s, r)] += pred == dense
+    n = len(samples)
+    return [{"scorer": s, "keep_ratio": r, "k": ks[r], "precision": precision, "accuracy": correct[(s, r)] / n,
+             "agreement": agree[(s, r)] / n, "n": n} for s in scorers for r in keep_ratios]
+
+
+def markdown_table(results: list[dict], title: str) -> str:
+    """Rows: scorer x precision; columns: keep ratios (accuracy, with agreement in brackets)."""
+    ratios = sorted({r["keep_ratio"] for r in results}, reverse=True)
+    rows = sorted({(r["scorer"], r["precision"]) for r in results})
+    by = {(r["scorer"], r["precision"], r["keep_ratio"]): r for r in results}
+    head = "| scorer | precision | " + " | ".join(f"keep {x:g} (K={by[(rows[0][0], rows[0][1], x)]['k']})" for x in ratios) + " |"
+    lines = [f"# {title}", "", "accuracy (agreement with the dense model's answer)", "", head,
+             "|---|---|" + "---:|" * len(ratios)]
+    for s, p in rows:
+        cells = [f"{by[(s, p, x)]['accuracy']:.3f} ({by[(s, p, x)]['agreement']:.3f})" for x in ratios]
+        lines.append(f"| {s} | {p} | " + " | ".join(cells) + " |")
+    lines += ["", f"n = {results[0]['n']} questions per cell"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path, title: str) -> bool:
+    """Accuracy vs keep ratio, one line per scorer/precision; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed, so no plot: pip install 'atp-edge[plot]'")
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in sorted({(r["scorer"], r["precision"]) for r in results}):
+        pts = sorted((r["keep_ratio"], r["accuracy"]) for r in results if (r["scorer"], r["precision"]) == key)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} / {key[1]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("keep ratio")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def run_eval(bundle, data: str, out, split: str = "test", keep_ratios=DEFAULT_RATIOS, scorers=None, limit: int | None = None,
+             backend: str = "ort", max_new_tokens: int = 8, seed: int = 0) -> dict:
+    """Evaluate a bundle on a data set and write ``results.json``, ``results.md`` and ``accuracy.png`` into ``out``."""
+    from atp.runtime import Session
+
+    for r in keep_ratios:
+        resolve_keep(1, keep_ratio=r)  # validates the ratio
+    session = Session(bundle, backend=backend)
+    samples = datasets.subsample(datasets.load(data, split), limit, seed=seed)
+    log.info("evaluating %s on %d %s questions (%s split)", bundle, len(samples), data, split)
+    results = evaluate(session, samples, keep_ratios, scorers, max_new_tokens)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(bundle).name} on {data} ({split}, n={len(samples)})"
+    report = {"bundle": str(bundle), "source": session.manifest["source"]["checkpoint"], "data": data, "split": split,
+              "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "results.md").write_text(markdown_table(results, title))
+    plot(results, out / "accuracy.png", title)
+    return report
