@@ -24,7 +24,7 @@ def _fmt(text: str) -> str:
 
 MAIN_EPILOG = _fmt("""
     examples:
-      atp-export onnx demo --out build/demo                       # embedded default (SmolLM2-135M + CLIP tower)
+      atp-export onnx demo --out build/demo                       # embedded default: the trained demo VLM
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep-ratio 0.25
       atp-export run build/demo --image assets/demo.png --prompt "What shapes do you see?" --keep 64
       atp-export inspect build/demo
@@ -35,12 +35,14 @@ MAIN_EPILOG = _fmt("""
 ONNX_EPILOG = _fmt("""
     examples:
       atp-export onnx demo --out build/demo
+      atp-export onnx demo-smollm2 --out build/demo-smollm2
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep 144 --scorer cls
       atp-export onnx demo --out build/demo-ab --extra-scorers random         # A/B: pick the scorer per request
       atp-export onnx ./my-llava --out build/my-llava --keep-ratio 0.25 --opset 21 --overwrite
 
     CHECKPOINT is a local Hugging Face folder (config.json, weights, processor and tokenizer
-    files) of a registered architecture (see `atp-export list`), or `demo`. The keep count
+    files) of a registered architecture (see `atp-export list`), or a built-in: `demo` (the
+    trained demo VLM) or `demo-smollm2` (real SmolLM2-135M + untrained vision tower). The keep count
     stored here is only the default: the vision graph takes K as a run-time input.
 """)
 
@@ -55,6 +57,12 @@ EVAL_EPILOG = _fmt("""
     examples:
       atp-export eval build/demo --data easy-vqa --limit 500 --out build/eval-easy
       atp-export eval build/demo --data multi-object --keep-ratios 1 0.25 0.0625 --scorers cls random --out build/eval-mo
+""")
+
+BENCH_EPILOG = _fmt("""
+    examples:
+      atp-export bench build/demo --out build/bench-demo
+      atp-export bench build/demo --keep-ratios 1 0.25 --repeats 3 --backend ort --out build/bench-quick
 """)
 
 INSPECT_EPILOG = _fmt("""
@@ -80,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("onnx", help="export a checkpoint to an ONNX bundle", epilog=ONNX_EPILOG, formatter_class=raw,
                        description="Export a VLM to an ONNX bundle: vision graph with an in-graph top-K token gate, decoder graph with KV cache.")
-    o.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or 'demo'")
+    o.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2")
     o.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (atomically)")
     _add_keep_args(o, "by default")
     o.add_argument("--scorer", default="cls", metavar="NAME", help="token retention scorer (default: cls; `atp-export list` shows all)")
@@ -126,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="ort")
     e.add_argument("--out", required=True, metavar="DIR")
 
+    b = sub.add_parser("bench", help="latency, memory and FLOPs per keep ratio, as ratios against dense", epilog=BENCH_EPILOG,
+                       formatter_class=raw, description="Measure vision, prefill, time to first token and decode speed per "
+                       "keep ratio in one run; write bench.json, bench.md and bench.png.")
+    b.add_argument("bundle", metavar="BUNDLE")
+    b.add_argument("--image", default="assets/demo.png", metavar="IMG")
+    b.add_argument("--prompt", default="What shapes do you see in this image?")
+    b.add_argument("--keep-ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125], metavar="R")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--decode-tokens", type=int, default=16)
+    b.add_argument("--scorer", default=None)
+    b.add_argument("--backend", default="ort", help="ort (CPU) or ort-cuda")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--out", required=True, metavar="DIR")
+
     sub.add_parser("list", help="list registered architectures, scorers and backends",
                    epilog="example:\n  atp-export list", formatter_class=raw)
     return p
@@ -157,10 +179,10 @@ def cmd_onnx(args) -> int:
     _quiet_transformers()
     from atp.export.exporter import export_bundle
 
-    if args.checkpoint == "demo":
-        from atp.export.demo import build_demo_adapter
+    from atp.export.demo import BUILTINS
 
-        adapter = build_demo_adapter()
+    if args.checkpoint in BUILTINS:
+        adapter = BUILTINS[args.checkpoint]()
     else:
         from atp.export.adapters import adapter_for_checkpoint
 
@@ -228,6 +250,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from atp.runtime.benchmark import markdown, run_bench
+
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    report = run_bench(args.bundle, args.out, args.image, args.prompt, args.keep_ratios, repeats=args.repeats,
+                       backend=args.backend, threads=args.threads, decode_tokens=args.decode_tokens, scorer=args.scorer)
+    print(markdown(report, f"{args.bundle}: latency vs keep ratio ({args.backend})"))
+    print(f"written to {args.out}/bench.json, bench.md, bench.png", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args) -> int:
     from atp.registry import ARCHITECTURES, BACKENDS, SCORERS
 
@@ -236,7 +270,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"onnx": cmd_onnx, "run": cmd_run, "inspect": cmd_inspect, "eval": cmd_eval, "list": cmd_list}
+COMMANDS = {"onnx": cmd_onnx, "run": cmd_run, "inspect": cmd_inspect, "eval": cmd_eval, "bench": cmd_bench, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

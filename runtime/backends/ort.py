@@ -45,8 +45,11 @@ class _OrtBackend:
                 raise BundleError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
         return self.sessions[graph]
 
-    def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision") -> tuple[np.ndarray, np.ndarray]:
+    def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision",
+                   text_embeds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"pixel_values": pixel_values, "keep": np.array(keep, dtype=np.int64)}
+        if text_embeds is not None:
+            feeds["text_embeds"] = text_embeds
         embeds, index = self._session(graph).run(None, feeds)
         return embeds, index
 

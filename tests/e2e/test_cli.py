@@ -62,12 +62,12 @@ def test_inspect(tiny_bundle, capsys):
 
 def test_help_shows_examples_that_parse(capsys):
     parser = cli.build_parser()
-    for sub in (None, "onnx", "run", "inspect", "eval", "list"):
+    for sub in (None, "onnx", "run", "inspect", "eval", "bench", "list"):
         with pytest.raises(SystemExit) as exc:
             cli.main([sub, "--help"] if sub else ["--help"])
         assert exc.value.code == 0
         assert "example" in capsys.readouterr().out
-    for text in (cli.MAIN_EPILOG, cli.ONNX_EPILOG, cli.RUN_EPILOG, cli.INSPECT_EPILOG, cli.EVAL_EPILOG):
+    for text in (cli.MAIN_EPILOG, cli.ONNX_EPILOG, cli.RUN_EPILOG, cli.INSPECT_EPILOG, cli.EVAL_EPILOG, cli.BENCH_EPILOG):
         cmds = [ln.strip().split("  #")[0] for ln in text.splitlines() if ln.strip().startswith("atp-export ")]
         assert cmds
         for cmd in cmds:
@@ -156,3 +156,18 @@ def test_real_entry_point_prints_one_line(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [f"error: bundle {tmp_path / 'nothing'} does not exist or is not a directory"]
+
+
+def test_bench_writes_ratios(tiny_bundle, image_file, tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc, stdout, _ = run_cli(["bench", tiny_bundle, "--image", image_file, "--prompt", "what colour", "--keep-ratios", 1, 0.25,
+                             "--repeats", 1, "--decode-tokens", 3, "--out", out], capsys)
+    report = json.loads((out / "bench.json").read_text())
+    rows = report["rows"]
+    assert rc == 0 and [r["k"] for r in rows] == [N, 4] and "| 0.25 | 4 |" in stdout
+    assert rows[0]["vs_dense"]["prefill"] == 1.0 and rows[1]["prompt_tokens"] == rows[0]["prompt_tokens"] - (N - 4)
+    # analytic numbers: KV bytes scale with the prompt; prefill FLOPs shrink with it
+    info = json.loads((tiny_bundle / "manifest.json").read_text())["model"]
+    assert rows[1]["kv_bytes"] == 2 * info["num_layers"] * info["num_kv_heads"] * info["head_dim"] * rows[1]["prompt_tokens"] * 4
+    assert rows[1]["vs_dense"]["prefill_flops"] < 1 and rows[1]["flops"]["vision"] == rows[0]["flops"]["vision"]
+    assert (out / "bench.png").stat().st_size > 1000 and report["machine"]["logical_cores"] >= 1

@@ -1,4 +1,7 @@
-"""Bundles with several scorers: each vision graph equals its PyTorch reference; scorer chosen per request."""
+"""Bundles with several scorers: each vision graph equals its PyTorch reference; scorer chosen per request.
+
+Tolerance: kept index sets equal; embeddings atol 1e-5 (fp32).
+"""
 
 import numpy as np
 import pytest
@@ -7,6 +10,8 @@ from atp.errors import ConfigError
 from tests.conftest import random_image
 
 N = 16
+EXTRA = ("random", "atp", "idp", "divprune", "qat")
+PROMPTS = ["what colour is the circle", "is there a blue triangle", "how many shapes are in the image", "describe the picture"]
 
 
 @pytest.fixture(scope="module")
@@ -18,34 +23,49 @@ def ab_bundle(tiny_ckpt, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ab") / "bundle"
     adapter = adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt)
-    export_bundle(adapter, out, ExportConfig(pruning=PruningConfig(scorer="cls", extra_scorers=("random",))))
+    export_bundle(adapter, out, ExportConfig(pruning=PruningConfig(scorer="cls", extra_scorers=EXTRA)))
     return adapter, Session(out)
 
 
 def test_manifest_lists_scorers(ab_bundle):
     _, s = ab_bundle
-    assert s.scorers == ["cls", "random"]
+    assert s.scorers == ["cls", *EXTRA]
     assert s.manifest["graphs"]["vision.random"]["file"] == "vision.random.onnx"
     assert s.manifest["validation"]["vision.random"]["same_kept_index"]
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_each_scorer_graph_matches_pytorch(ab_bundle, batch):
+@pytest.mark.parametrize("name", ["cls", *EXTRA])
+def test_each_scorer_graph_matches_pytorch(ab_bundle, name):
+    """20 images x prompts, K in {1, N/4, N}, batch 1 and 2: ORT == PyTorch reference of the same scorer."""
     import torch
 
     from atp.registry import SCORERS
     from atp.runtime.preprocess import preprocess
 
     adapter, s = ab_bundle
-    px = np.concatenate([preprocess(random_image(20 + i), s.manifest["preprocessing"]) for i in range(batch)])
-    for name in s.scorers:
-        module = adapter.vision_module(SCORERS.get(name)().eval())
+    module = adapter.vision_module(SCORERS.get(name)().eval())
+    graph = s.vision_graph(name)
+    for case in range(10):
+        batch = 1 + case % 2
+        px = np.concatenate([preprocess(random_image(200 + 2 * case + i), s.manifest["preprocessing"]) for i in range(batch)])
+        text = np.repeat(s.text_embeds(PROMPTS[case % len(PROMPTS)]), batch, axis=0) if s.needs_text(graph) else None
         for k in (1, N // 4, N):
+            args = [torch.from_numpy(px), torch.tensor(k)] + ([torch.from_numpy(text)] if text is not None else [])
             with torch.no_grad():
-                ref_embeds, ref_index = module(torch.from_numpy(px), torch.tensor(k))
-            embeds, index = s.backend.run_vision(px, k, s.vision_graph(name))
-            assert [set(r) for r in index.tolist()] == [set(r) for r in ref_index.tolist()], name
+                ref_embeds, ref_index = module(*args)
+            embeds, index = s.backend.run_vision(px, k, graph, text)
+            assert index.shape == (batch, k)
+            assert [set(r) for r in index.tolist()] == [set(r) for r in ref_index.tolist()], (name, case, k)
             np.testing.assert_allclose(embeds, ref_embeds.numpy(), atol=1e-5, rtol=0)
+
+
+def test_text_conditioned_scorers_follow_the_prompt(ab_bundle):
+    _, s = ab_bundle
+    assert s.needs_text("vision.atp") and s.needs_text("vision.idp") and not s.needs_text("vision")
+    assert s.manifest["graphs"]["vision.atp"]["text_embeds"]["space"] == "lm"
+    img = random_image(77)
+    picks = {p: tuple(s.generate(img, p, keep=4, scorer="atp", max_new_tokens=1).kept_index) for p in PROMPTS}
+    assert len(set(picks.values())) > 1, "different prompts should be able to keep different tokens"
 
 
 def test_random_is_a_fixed_seeded_ranking(ab_bundle):
@@ -60,5 +80,5 @@ def test_random_is_a_fixed_seeded_ranking(ab_bundle):
 
 def test_unknown_scorer_for_bundle(ab_bundle):
     _, s = ab_bundle
-    with pytest.raises(ConfigError, match="no vision graph for scorer 'idp'"):
-        s.generate(random_image(0), "what colour", scorer="idp")
+    with pytest.raises(ConfigError, match="no vision graph for scorer 'fastv'"):
+        s.generate(random_image(0), "what colour", scorer="fastv")
