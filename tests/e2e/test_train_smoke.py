@@ -17,6 +17,7 @@ def test_train_smoke_resume_and_export(tmp_path):
     assert "resumed from step 2" in p.stderr
     info = json.loads((tmp_path / "ckpt" / "training.json").read_text())
     assert [h["step"] for h in info["history"]] == [2, 3] and len(info["sha256"]) == 64
+    assert info["sha256"] in (tmp_path / "ckpt" / "README.md").read_text()
 
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle

@@ -1,4 +1,4 @@
-"""The embedded default on real SmolLM2-135M weights: ORT bundle vs transformers (fp32).
+"""`demo-smollm2` (real SmolLM2-135M weights): ORT bundle vs transformers (fp32).
 
 Tolerances: vision embeddings atol 1e-4 (256 tokens, 5 layers); greedy ids equal for
 12 new tokens at K = N, N/4 and N/8, with the LM fed the same visual tokens.

@@ -1,0 +1,89 @@
+"""Accuracy vs keep ratio for every retention scorer, clean and under image corruptions.
+
+Usage:
+    python bench/retention_accuracy.py                        # exports build/demo-all-scorers if missing
+    python bench/retention_accuracy.py --limit 300 --data easy-vqa multi-object --corruptions none noise blur jpeg
+
+Runs the embedded demo VLM (exported once with every registered scorer as an alternative vision
+graph) on held-out questions; for each data set and corruption prints accuracy (agreement with
+the dense answer) per scorer and keep ratio, and writes ``bench/results/retention_accuracy.md``
+and a PNG per data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SCORERS = ["cls", "random", "atp", "idp", "qat", "divprune"]
+
+
+def corrupt(image, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise (sigma 25), Gaussian blur (radius 1.5) or JPEG (quality 15) of an image."""
+    from PIL import Image, ImageFilter
+
+    img = Image.open(image).convert("RGB") if isinstance(image, (str, Path)) else Image.fromarray(image)
+    if kind == "noise":
+        arr = np.asarray(img, np.float32) + rng.normal(0, 25, (img.height, img.width, 3))
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    if kind == "blur":
+        return np.asarray(img.filter(ImageFilter.GaussianBlur(1.5)))
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=15)
+        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return np.asarray(img)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=str(ROOT / "build" / "demo-all-scorers"))
+    ap.add_argument("--data", nargs="+", default=["easy-vqa", "multi-object"])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125, 0.0625])
+    ap.add_argument("--corruptions", nargs="+", default=["none", "noise", "blur", "jpeg"])
+    ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+
+    if not (Path(args.bundle) / "manifest.json").exists():
+        print(f"exporting demo with every scorer to {args.bundle} ...", file=sys.stderr)
+        subprocess.run(["atp-export", "onnx", "demo", "--out", args.bundle, "--scorer", SCORERS[0],
+                        "--extra-scorers", *SCORERS[1:]], check=True)
+
+    from atp import datasets
+    from atp.runtime import Session
+    from atp.runtime.benchmark import machine
+    from atp.runtime.evaluate import evaluate, markdown_table, plot
+
+    session = Session(args.bundle)
+    mc = machine()
+    sections = [f"# Retention accuracy: scorers x keep ratio ({session.manifest['source']['checkpoint']})", "",
+                f"- machine: {mc['cpu']}, {mc['logical_cores']} cores, onnxruntime {mc['onnxruntime']}; fp32",
+                f"- held-out questions: {args.limit} per data set (seeded subset); command: `python bench/retention_accuracy.py "
+                f"--limit {args.limit}`", ""]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for data in args.data:
+        samples = datasets.subsample(datasets.load(data, "test"), args.limit, seed=0)
+        for kind in args.corruptions:
+            rng = np.random.default_rng(0)
+            cases = samples if kind == "none" else [replace(s, image=corrupt(s.image, kind, rng)) for s in samples]
+            results = evaluate(session, cases, args.ratios, session.scorers, max_new_tokens=4)
+            title = f"{data}, {'clean' if kind == 'none' else kind}"
+            table = markdown_table(results, title).replace("# ", "## ", 1)
+            print(table)
+            sections.append(table)
+            plot(results, out / f"retention_{data}_{kind}.png", title)
+    (out / "retention_accuracy.md").write_text("\n".join(sections))
+    print(f"written to {out / 'retention_accuracy.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The shipped demo VLM: README main command, and accuracy on held-out questions via atp-export eval."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from atp import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+EASY_VQA_MIN = 0.90  # acceptance thresholds of the demo model (issue: trained demo VLM)
+MULTI_OBJECT_MIN = 0.85
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "bundle"
+    assert cli.main(["onnx", "demo", "--out", str(out), "--extra-scorers", "random", "atp"]) == 0
+    return out
+
+
+def test_readme_main_command_answers_the_example(demo_bundle, capsys):
+    capsys.readouterr()
+    rc = cli.main(["run", str(demo_bundle), "--image", str(ROOT / "assets" / "shapes.png"), "--prompt",
+                   "what color is the triangle?", "--keep-ratio", "0.25", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["kept"] == 16 and res["text"].strip() == "blue"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data,minimum", [("easy-vqa", EASY_VQA_MIN), ("multi-object", MULTI_OBJECT_MIN)])
+def test_dense_accuracy_on_500_held_out_questions(demo_bundle, tmp_path, data, minimum):
+    from atp.runtime.evaluate import run_eval
+
+    pytest.importorskip("easy_vqa") if data == "easy-vqa" else None
+    report = run_eval(demo_bundle, data, tmp_path, limit=500, keep_ratios=[1.0, 0.25], scorers=["cls", "atp"],
+                      max_new_tokens=4)
+    rows = {(r["scorer"], r["keep_ratio"]): r for r in report["results"]}
+    assert rows[("cls", 1.0)]["n"] == 500
+    assert rows[("cls", 1.0)]["accuracy"] >= minimum, rows
