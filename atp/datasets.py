@@ -77,14 +77,21 @@ def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], color) -> None
         draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=color)
 
 
-def render_multi_object(rng: np.random.Generator, size: int = 64, n_objects: int | None = None):
-    """One image with 2-4 non-overlapping shapes; returns (HxWx3 uint8, [(shape, color), ...])."""
+def object_class(shape: str, color: str) -> int:
+    """Label-map class of an object: 1 + shape * 8 + colour (0 is background); 25 classes in all."""
+    return 1 + SHAPES.index(shape) * len(COLORS) + list(COLORS).index(color)
+
+
+def render_multi_object(rng: np.random.Generator, size: int = 64, n_objects: int | None = None, labels: bool = False):
+    """One image with 2-4 non-overlapping shapes; returns (HxWx3 uint8, [(shape, color), ...]) and,
+    with ``labels``, an HxW uint8 map of :func:`object_class` per pixel (draws no extra random numbers)."""
     from PIL import Image, ImageDraw
 
     n = int(n_objects or rng.integers(2, 5))
     bg = tuple(int(v) for v in rng.integers(225, 256, 3))
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
+    label_img = Image.new("L", (size, size), 0) if labels else None
     boxes, objects = [], []
     tries = 0
     while len(objects) < n and tries < 500:
@@ -101,6 +108,10 @@ def render_multi_object(rng: np.random.Generator, size: int = 64, n_objects: int
         boxes.append(box)
         objects.append((shape, color))
         _draw_shape(draw, shape, box, COLORS[color])
+        if labels:
+            _draw_shape(ImageDraw.Draw(label_img), shape, box, object_class(shape, color))
+    if labels:
+        return np.asarray(img), objects, np.asarray(label_img)
     return np.asarray(img), objects
 
 
@@ -115,8 +126,9 @@ def easy_vqa_answer(template: str, shape: str, color: str, asked: str | None) ->
     return "yes" if present != negated else "no"
 
 
-def synthetic_easy_vqa(rng: np.random.Generator, size: int = 64, n_questions: int = 4) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """A fresh easy-VQA-style image (one shape, easy-VQA palette and sizes) with questions from its templates.
+def synthetic_easy_vqa(rng: np.random.Generator, size: int = 64, n_questions: int = 4, labels: bool = False):
+    """A fresh easy-VQA-style image (one shape, easy-VQA palette and sizes) with questions from its templates:
+    (image, [(question, answer), ...]) and, with ``labels``, the HxW class map.
 
     Used to enlarge training data only; evaluation uses the published test split.
     """
@@ -128,6 +140,10 @@ def synthetic_easy_vqa(rng: np.random.Generator, size: int = 64, n_questions: in
     x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
     shape, color = SHAPES[int(rng.integers(3))], list(COLORS)[int(rng.integers(len(COLORS)))]
     _draw_shape(ImageDraw.Draw(img), shape, (x, y, x + s, y + s), COLORS[color])
+    label_img = None
+    if labels:
+        label_img = Image.new("L", (size, size), 0)
+        _draw_shape(ImageDraw.Draw(label_img), shape, (x, y, x + s, y + s), object_class(shape, color))
     qs = []
     for t in rng.choice(len(EASY_VQA_TEMPLATES), n_questions, replace=False):
         template = EASY_VQA_TEMPLATES[int(t)]
@@ -138,6 +154,8 @@ def synthetic_easy_vqa(rng: np.random.Generator, size: int = 64, n_questions: in
             asked = color if rng.random() < 0.5 else list(COLORS)[int(rng.integers(len(COLORS)))]
         q = template.replace("{shape}", asked or "").replace("{color}", asked or "")
         qs.append((q, easy_vqa_answer(template, shape, color, asked)))
+    if labels:
+        return np.asarray(img), qs, np.asarray(label_img)
     return np.asarray(img), qs
 
 

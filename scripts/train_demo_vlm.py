@@ -131,20 +131,47 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 6) -> np.ndarray:
-    """Random flips and translations (edge-padded): no question depends on position or orientation."""
+def augment(images: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None, shift: int = 6):
+    """Random flips and translations (edge-padded): no question depends on position or orientation.
+    Label maps (``[n, H, W]``), when given, get the same transform; returns (images, labels)."""
     out = np.empty_like(images)
     n, h, w, _ = images.shape
     padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    lab_out = np.empty_like(labels) if labels is not None else None
+    lab_pad = np.pad(labels, ((0, 0), (shift, shift), (shift, shift)), mode="edge") if labels is not None else None
     for i in range(n):
         dy, dx = rng.integers(0, 2 * shift + 1, 2)
-        im = padded[i, dy:dy + h, dx:dx + w]
-        if rng.random() < 0.5:
-            im = im[:, ::-1]
-        if rng.random() < 0.5:
-            im = im[::-1]
-        out[i] = im
-    return out
+        flip_x, flip_y = rng.random() < 0.5, rng.random() < 0.5
+        for src, dst in ((padded, out), (lab_pad, lab_out)):
+            if src is None:
+                continue
+            im = src[i, dy:dy + h, dx:dx + w]
+            if flip_x:
+                im = im[:, ::-1]
+            if flip_y:
+                im = im[::-1]
+            dst[i] = im
+    return out, lab_out
+
+
+N_CLASSES = 25  # background + 3 shapes x 8 colours (atp.datasets.object_class)
+IGNORE = 255
+
+
+def patch_labels(labels: np.ndarray, patch: int, min_pixels: int) -> torch.Tensor:
+    """``[n, H, W]`` class maps -> ``[n, (H/p)*(W/p)]`` per-patch class: the object covering the most
+    pixels of the patch if it covers at least ``min_pixels``, else background; IGNORE rows stay IGNORE."""
+    n, h, w = labels.shape
+    t = torch.from_numpy(labels.astype(np.int64))
+    ignore = t[:, 0, 0] == IGNORE
+    t = t.clamp_max(N_CLASSES - 1)
+    blocks = t.view(n, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4).reshape(n, -1, patch * patch)
+    counts = torch.nn.functional.one_hot(blocks, N_CLASSES).sum(dim=2)  # [n, P, C]
+    counts[..., 0] = 0
+    best = counts.argmax(dim=-1)
+    best = torch.where(counts.max(dim=-1).values >= min_pixels, best, torch.zeros_like(best))
+    best[ignore] = -100
+    return best
 
 
 # ---------------------------------------------------------------------------- model
@@ -213,6 +240,7 @@ def main(argv=None) -> int:
     ap.add_argument("--text-width", type=int, default=192)
     ap.add_argument("--text-layers", type=int, default=3)
     ap.add_argument("--multi-object-images", type=int, default=2000, help="multi-object images whose words enter the vocabulary")
+    ap.add_argument("--aux-patch-loss", type=float, default=0.5, help="weight of the per-patch class loss (0 = off)")
     ap.add_argument("--limit-train", type=int, default=None, help="seeded subset of training questions (smoke runs)")
     ap.add_argument("--n-test", type=int, default=1000, help="test questions per data set for the running accuracy")
     ap.add_argument("--eval-every", type=int, default=500)
@@ -222,6 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default="build/train-demo-vlm")
     ap.add_argument("--out", default="assets/demo-vlm")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", default=None, help="start from the weights of a work-dir last.pt (warm start)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import transformers
@@ -271,7 +300,17 @@ def main(argv=None) -> int:
     log.info("train: %d questions on %d images; tests: %s", len(train), len(arrays), {k: len(v) for k, v in tests.items()})
 
     model = build_model(args.config, tok, args).train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    # Auxiliary per-patch supervision (object class under each patch, known for generated images): a
+    # training-only linear head on the feature layer, discarded at the end; it teaches the ViT trained
+    # from scratch what shapes and colours are faster than the answer loss alone.
+    captured: list[torch.Tensor] = []
+    aux_head = None
+    if args.aux_patch_loss > 0:
+        tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)
+        tower.encoder.layers[args.vision_layers - 1].register_forward_hook(
+            lambda mod, inp, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        aux_head = torch.nn.Linear(args.vision_width, N_CLASSES)
+    params = [p for p in model.parameters() if p.requires_grad] + (list(aux_head.parameters()) if aux_head else [])
     log.info("model: %.2f M parameters (%.2f M trained), %d visual tokens", sum(p.numel() for p in model.parameters()) / 1e6,
              sum(p.numel() for p in params) / 1e6, n_tokens)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
@@ -283,10 +322,15 @@ def main(argv=None) -> int:
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
     start, history = 0, []
+    if args.init_from:  # warm start: weights only (new optimizer, schedule from step 0)
+        model.load_state_dict(torch.load(args.init_from, weights_only=False)["model"])
+        log.info("initialised weights from %s", args.init_from)
     ckpt = work / "last.pt"
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
+        if aux_head is not None and "aux_head" in state:
+            aux_head.load_state_dict(state["aux_head"])
         opt.load_state_dict(state["opt"])
         start, history = state["step"], state["history"]
         rng.bit_generator.state = state["rng"]
@@ -305,19 +349,30 @@ def main(argv=None) -> int:
         questions = [train[i].question for i in pick]
         answers = [train[i].answer for i in pick]
         images = [train_images[train_index[i]] for i in pick]
+        maps = [np.full(images[0].shape[:2], IGNORE, np.uint8)] * n_real  # published images: no label maps
         for j in range(args.batch - n_real):
             if j < n_single:
-                img, qa = datasets.synthetic_easy_vqa(rng, args.image_size, n_questions=1)
+                img, qa, lab = datasets.synthetic_easy_vqa(rng, args.image_size, n_questions=1, labels=True)
             else:
-                img, objects = datasets.render_multi_object(rng, args.image_size)
+                img, objects, lab = datasets.render_multi_object(rng, args.image_size, labels=True)
                 qa = datasets.multi_object_questions(objects, rng)
             q, a = qa[int(rng.integers(len(qa)))]
             questions.append(q)
             answers.append(a)
             images.append(img)
+            maps.append(lab)
         ids, mask, labels = enc.batch(questions, answers)
-        px = to_pixels(augment(np.stack(images), rng))
+        aug_images, aug_maps = augment(np.stack(images), rng, np.stack(maps))
+        px = to_pixels(aug_images)
+        captured.clear()
         loss = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
+        if aux_head is not None:
+            feats = captured[0][:, 1:]  # feature-layer patch tokens (what the projector reads)
+            target = patch_labels(aug_maps, args.patch, max(1, args.patch * args.patch // 8))
+            if (target >= 0).any():
+                aux = torch.nn.functional.cross_entropy(aux_head(feats).reshape(-1, N_CLASSES), target.reshape(-1),
+                                                        ignore_index=-100)
+                loss = loss + args.aux_patch_loss * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -333,7 +388,8 @@ def main(argv=None) -> int:
                             "minutes": round((time.time() - t0) / 60, 1)})
             log.info("step %d: %s", done, history[-1])
         if done % args.save_every == 0 or done == args.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done, "history": history,
+            torch.save({"model": model.state_dict(), "aux_head": aux_head.state_dict() if aux_head else None,
+                        "opt": opt.state_dict(), "step": done, "history": history,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, work / "last.tmp")
             os.replace(work / "last.tmp", ckpt)
 
