@@ -142,7 +142,8 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
     return report
 
 
-def export_bundle(adapter, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False, validate: bool = True) -> dict:
+def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
+                  validate: bool = True) -> dict:
     """Export ``adapter``'s model into a bundle directory at ``out``.
 
     Args:
@@ -155,6 +156,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig = ExportConfig(
     Returns:
         The written manifest.
     """
+    config = config or ExportConfig()
     n = adapter.num_visual_tokens
     default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
     default = config.pruning.scorer

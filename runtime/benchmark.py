@@ -111,15 +111,16 @@ def markdown(report: dict, title: str) -> str:
              f"decode over {report['decode_tokens']} tokens; peak RSS of the process {report['peak_rss_mb']:.0f} MB",
              "", "| keep ratio | K | prompt | vision ms | prefill ms | TTFT ms | decode tok/s | KV MB | prefill x | TTFT x | prefill FLOPs x | TTFT FLOPs x |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def speed(v: dict, key: str) -> str:  # speed-up (or FLOP reduction) against dense
+        return f"{1 / v[key]:.2f}" if key in v else "n/a"
+
     for r in report["rows"]:
         v = r["vs_dense"]
-        speed = lambda key: f"{1 / v[key]:.2f}"  # noqa: E731  speed-up against dense
         lines.append(
             f"| {r['keep_ratio']:g} | {r['k']} | {r['prompt_tokens']} | {r['vision_ms']:.1f} | {r['prefill_ms']:.1f} "
             f"({r['prefill_spread_ms'][0]:.0f}..{r['prefill_spread_ms'][1]:.0f}) | {r['ttft_ms']:.1f} | "
-            f"{r['decode_tokens_per_s']:.1f} | {r['kv_bytes'] / 1e6:.2f} | {speed('prefill')} | {speed('ttft')} | "
-            f"{(1 / v['prefill_flops']) if 'prefill_flops' in v else float('nan'):.2f} | "
-            f"{(1 / v['ttft_flops']) if 'ttft_flops' in v else float('nan'):.2f} |")
+            f"{r['decode_tokens_per_s']:.1f} | {r['kv_bytes'] / 1e6:.2f} | {speed(v, 'prefill')} | {speed(v, 'ttft')} | "
+            f"{speed(v, 'prefill_flops')} | {speed(v, 'ttft_flops')} |")
     lines += ["", "`x` columns: speed-up (or FLOP reduction) against the first row, measured in the same run."]
     return "\n".join(lines) + "\n"
 

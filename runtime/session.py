@@ -11,7 +11,7 @@ import numpy as np
 
 from atp.bundle import read_manifest
 from atp.config import resolve_keep
-from atp.errors import BundleError, ConfigError, InputError
+from atp.errors import ConfigError, InputError
 from atp.registry import BACKENDS
 from atp.runtime.preprocess import preprocess
 from atp.runtime.sampling import Sampler, SamplingConfig

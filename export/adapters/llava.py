@@ -138,9 +138,8 @@ class LlavaAdapter:
 
     def cost_model(self) -> dict:
         """Sizes for analytic FLOP counts (``atp-export bench``): what runs per image and per token."""
-        vc, tc = self.vision_config, self.text_config
-        n_layers = len(self.model.model.vision_tower.vision_model.encoder.layers) if hasattr(
-            self.model.model.vision_tower, "vision_model") else len(self.model.model.vision_tower.encoder.layers)
+        vc = self.vision_config
+        n_layers = len(self._vision_model().encoder.layers)
         fl = self.config.vision_feature_layer
         used = fl if fl >= 0 else n_layers + 1 + fl
         lm = self.model.model.language_model
@@ -204,10 +203,14 @@ class LlavaAdapter:
         return LLAVA15_TEMPLATE.replace("<image>", self.image_token)
 
     # ------------------------------------------------------------------ graphs
+    def _vision_model(self):
+        tower = self.model.model.vision_tower
+        return getattr(tower, "vision_model", tower)  # transformers 4.x nests it
+
     def vision_module(self, scorer: torch.nn.Module) -> ClipVisionGate:
         m = self.model.model
         return ClipVisionGate(
-            getattr(m.vision_tower, "vision_model", m.vision_tower),  # transformers 4.x nests it
+            self._vision_model(),
             feature_layer=self.config.vision_feature_layer,
             drop_cls=self.config.vision_feature_select_strategy == "default",
             projector=m.multi_modal_projector,

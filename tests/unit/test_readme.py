@@ -16,5 +16,5 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_examples_use_real_files():
     readme = (ROOT / "README.md").read_text()
-    assert "assets/demo.png" in readme and (ROOT / "assets" / "demo.png").is_file()
+    assert "assets/shapes.png" in readme and (ROOT / "assets" / "shapes.png").is_file()
     assert "bench/prefill_pruning.py" in readme and (ROOT / "bench" / "prefill_pruning.py").is_file()
