@@ -126,29 +126,12 @@ def markdown(report: dict, title: str) -> str:
 
 
 def plot(report: dict, path: Path, title: str) -> bool:
-    try:
-        import matplotlib
+    from atp.runtime.plotting import plot_vs_keep_ratio
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed, so no plot: pip install 'atp-edge[plot]'")
-        return False
     rows = report["rows"]
-    x = [r["keep_ratio"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("prefill_ms", "prefill"), ("ttft_ms", "time to first token"), ("vision_ms", "vision")):
-        ax.plot(x, [r[key] for r in rows], marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("keep ratio")
-    ax.set_ylabel("ms (median)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    series = {label: [(r["keep_ratio"], r[key]) for r in rows]
+              for key, label in (("prefill_ms", "prefill"), ("ttft_ms", "time to first token"), ("vision_ms", "vision"))}
+    return plot_vs_keep_ratio(series, path, title, "ms (median)")
 
 
 def run_bench(bundle, out, image, prompt: str, keep_ratios, repeats: int = 5, backend: str = "ort", threads=None,

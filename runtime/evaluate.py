@@ -80,28 +80,12 @@ def markdown_table(results: list[dict], title: str) -> str:
 
 def plot(results: list[dict], path: Path, title: str) -> bool:
     """Accuracy vs keep ratio, one line per scorer/precision; False when matplotlib is missing."""
-    try:
-        import matplotlib
+    from atp.runtime.plotting import plot_vs_keep_ratio
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed, so no plot: pip install 'atp-edge[plot]'")
-        return False
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in sorted({(r["scorer"], r["precision"]) for r in results}):
-        pts = sorted((r["keep_ratio"], r["accuracy"]) for r in results if (r["scorer"], r["precision"]) == key)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} / {key[1]}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("keep ratio")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        series.setdefault(f"{r['scorer']} / {r['precision']}", []).append((r["keep_ratio"], r["accuracy"]))
+    return plot_vs_keep_ratio(dict(sorted(series.items())), path, title, "accuracy")
 
 
 def run_eval(bundle, data: str, out, split: str = "test", keep_ratios=DEFAULT_RATIOS, scorers=None, limit: int | None = None,
