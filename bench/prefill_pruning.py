@@ -7,7 +7,7 @@ Usage:
 Uses the SmolLM2-135M-based built-in (``demo-smollm2``) by default: a real 135M-parameter language
 model, so prefill costs are those of an LM, not of the tiny trained demo. All ratios run in one
 process, interleaved over the repeats (see ``atp.runtime.benchmark``). Prints the table and writes
-it to ``bench/results/prefill_pruning_<backend>.md``.
+it to ``bench/results/prefill_pruning_<bundle>_<backend>.md``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
             f"{r['ttft_ms']:.1f} ({r['ttft_spread_ms'][0]:.0f}..{r['ttft_spread_ms'][1]:.0f}) | {r['vs_dense']['ttft']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = ROOT / "bench" / "results" / f"prefill_pruning_{args.backend}.md"
+    out = ROOT / "bench" / "results" / f"prefill_pruning_{Path(args.bundle).name}_{args.backend}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"written to {out}", file=sys.stderr)
