@@ -102,8 +102,9 @@ class Session:
 
     def text_embeds(self, prompt: str) -> np.ndarray:
         """``[1, D]`` mean of the prompt's token embeddings (no special tokens, no template)."""
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids or [self.image_token_id]
-        ids = [i for i in ids if i < self.embeddings.shape[0]] or [0]
+        ids = [i for i in self.tokenizer.encode(prompt, add_special_tokens=False).ids if i < self.embeddings.shape[0]]
+        if not ids:  # nothing but special tokens: no text signal (cosine 0 everywhere)
+            return np.zeros((1, self.embeddings.shape[1]), np.float32)
         return np.asarray(self.embeddings[ids], dtype=np.float32).mean(axis=0, keepdims=True)
 
     def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None):
@@ -123,13 +124,13 @@ class Session:
     @property
     def scorers(self) -> list[str]:
         """Scorers this bundle has vision graphs for; the first is the default."""
-        return list(self.manifest["pruning"].get("scorers", {self.manifest["pruning"]["scorer"]: "vision"}))
+        return list(self.manifest["pruning"]["scorers"])
 
     def vision_graph(self, scorer: str | None) -> str:
         """Manifest graph key of ``scorer``'s vision graph (None = the default)."""
         if scorer is None:
             return "vision"
-        table = self.manifest["pruning"].get("scorers", {self.manifest["pruning"]["scorer"]: "vision"})
+        table = self.manifest["pruning"]["scorers"]
         if scorer not in table:
             raise ConfigError(f"this bundle has no vision graph for scorer {scorer!r}; it has: {', '.join(table)} "
                               f"(export with --extra-scorers {scorer})")
