@@ -24,7 +24,6 @@ from atp.registry import SCORERS
 
 log = logging.getLogger(__name__)
 
-VISION_FILE = "vision.onnx"
 DECODER_FILE = "decoder.onnx"
 EMBED_FILE = "embed_tokens.npy"
 TOKENIZER_DIR = "tokenizer"
@@ -61,7 +60,7 @@ def vision_graph_key(scorer: str, default: str) -> str:
     return "vision" if scorer == default else f"vision.{scorer}"
 
 
-def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str = VISION_FILE) -> dict:
+def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str) -> dict:
     module = adapter.vision_module(scorer)
     inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else [])
     io = export_module(

@@ -46,7 +46,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ---------------------------------------------------------------------------- data
-def load_data(n_multi_train: int, n_multi_test: int, limit_train: int | None = None, n_test: int = 1000):
+def load_data(n_multi_test: int, limit_train: int | None = None, n_test: int = 1000):
     from atp import datasets
 
     train = datasets.subsample(datasets.easy_vqa("train"), limit_train)
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     log.info("loading data")
-    train, tests = load_data(args.multi_object_images, 600, args.limit_train, args.n_test)
+    train, tests = load_data(600, args.limit_train, args.n_test)
     from atp import datasets
 
     vocab_sample = datasets.multi_object("train", args.multi_object_images)

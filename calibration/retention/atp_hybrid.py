@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from atp.calibration.retention.base import Scorer, VisionContext, minmax, text_similarity
+from atp.calibration.retention.base import Scorer, VisionContext, minmax, text_similarity, unit_interval
 from atp.registry import SCORERS
 
 
@@ -24,9 +24,7 @@ class AtpHybridScorer(Scorer):
 
     def __init__(self, alpha: float = 0.5):
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = unit_interval("alpha", alpha)
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
         return self.alpha * minmax(ctx.cls_attention()) + (1.0 - self.alpha) * minmax(text_similarity(ctx))

@@ -58,6 +58,13 @@ class Scorer(torch.nn.Module):
         raise NotImplementedError
 
 
+def unit_interval(name: str, value: float) -> float:
+    """``value`` as a float, or ValueError when it lies outside [0, 1] (blend weights)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
 def minmax(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-row min-max normalisation of ``[B, N]`` scores to [0, 1]."""
     lo = x.min(dim=-1, keepdim=True).values

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from atp.calibration.retention.base import Scorer, VisionContext, minmax, text_similarity
+from atp.calibration.retention.base import Scorer, VisionContext, minmax, text_similarity, unit_interval
 from atp.calibration.retention.selection import cosine_similarity, greedy_select
 from atp.registry import SCORERS
 
@@ -23,9 +23,7 @@ class IdpMmrScorer(Scorer):
 
     def __init__(self, lam: float = 0.6):
         super().__init__()
-        if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1], got {lam}")
-        self.lam = float(lam)
+        self.lam = unit_interval("lam", lam)
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
         importance = minmax(text_similarity(ctx))
