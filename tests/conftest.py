@@ -7,6 +7,9 @@ import os
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton kernels run in the interpreter on the CPU; set before anything imports triton (transformers does).
+# tests/gpu launches the AOT cubins through the driver API, or Triton in a subprocess with this unset.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
