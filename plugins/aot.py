@@ -40,13 +40,12 @@ def _topk_variants() -> list[Variant]:
     out = []
     for dt, ty in (("fp32", "*fp32"), ("fp16", "*fp16")):
         for bn in TOPK_BLOCKS:
-            sig = {"scores_ptr": ty, "index_ptr": "*i32", "keep": "i32", "N": "i32", "stride_sb": "i32", "stride_ib": "i32",
-                   "BLOCK_N": "constexpr"}
+            sig = {"scores_ptr": ty, "keep_ptr": "*i64", "index_ptr": "*i32", "size_ptr": "*i64", "N": "i32",
+                   "stride_sb": "i32", "BLOCK_N": "constexpr"}
             out.append(Variant(f"topk_index/{dt}/{bn}", "topk_gate.kernel:topk_index_kernel", sig, {"BLOCK_N": bn},
                                num_warps=4 if bn <= 1024 else 8))
-        sig = {"tokens_ptr": ty, "index_ptr": "*i32", "out_ptr": ty, "keep": "i32", "D": "i32", "stride_tb": "i32",
-               "stride_tn": "i32", "stride_ib": "i32", "stride_ob": "i32", "stride_ok": "i32",
-               "BLOCK_K": "constexpr", "BLOCK_D": "constexpr"}
+        sig = {"tokens_ptr": ty, "index_ptr": "*i32", "keep_ptr": "*i64", "out_ptr": ty, "N": "i32", "D": "i32",
+               "stride_tb": "i32", "stride_tn": "i32", "BLOCK_K": "constexpr", "BLOCK_D": "constexpr"}
         out.append(Variant(f"gather_rows/{dt}", "topk_gate.kernel:gather_rows_kernel", sig, {"BLOCK_K": 16, "BLOCK_D": 64}))
     return out
 
@@ -112,8 +111,9 @@ def write_arch_source(arch: int, out_dir: Path) -> Path:
         k = compile_variant(v, arch)
         cubin = k.asm["cubin"]
         parts.append(f"const unsigned char kData{i}[] = {{\n{_c_bytes(cubin)}\n}};")
+        tile = [v.constexprs.get(n, 0) for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K")]
         entries.append(f'  {{"{v.key}", {arch}, "{k.metadata.name}", {k.metadata.num_warps}, {k.metadata.shared}, '
-                       f"kData{i}, sizeof(kData{i})}},")
+                       f"{tile[0]}, {tile[1]}, {tile[2]}, kData{i}, sizeof(kData{i})}},")
         log.info("sm_%d %s: %d bytes, %d warps, %d B shared", arch, v.key, len(cubin), k.metadata.num_warps, k.metadata.shared)
     parts.append("const atp::CubinEntry kEntries[] = {\n" + "\n".join(entries) + "\n};")
     parts.append("const bool kRegistered = atp::registerCubins(kEntries, sizeof(kEntries) / sizeof(kEntries[0]));")

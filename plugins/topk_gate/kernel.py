@@ -23,9 +23,16 @@ MAX_N = 4096
 
 
 @triton.jit
-def topk_index_kernel(scores_ptr, index_ptr, keep, N, stride_sb, stride_ib, BLOCK_N: tl.constexpr):
-    """scores [B, N] (fp32 or fp16), keep (int32 scalar) -> index [B, keep] int32, ascending."""
+def topk_index_kernel(scores_ptr, keep_ptr, index_ptr, size_ptr, N, stride_sb, BLOCK_N: tl.constexpr):
+    """scores [B, N] (fp32 or fp16), keep_ptr -> int64 K (on the device) -> index [B, K] int32, ascending.
+
+    K is clamped to 1..N (the engine's profile already bounds it). Program 0 also writes K to
+    ``size_ptr`` (int64): the plugin's size-tensor output. ``index`` is contiguous with row
+    stride K, which only the device knows.
+    """
     b = tl.program_id(0)
+    keep = tl.minimum(tl.maximum(tl.load(keep_ptr).to(tl.int32), 1), N)
+    tl.store(size_ptr, keep.to(tl.int64), mask=b == 0)
     offs = tl.arange(0, BLOCK_N)
     valid = offs < N
     s = tl.load(scores_ptr + b * stride_sb + offs, mask=valid, other=0.0).to(tl.float32)
@@ -50,22 +57,26 @@ def topk_index_kernel(scores_ptr, index_ptr, keep, N, stride_sb, stride_ib, BLOC
     tie_rank = tl.cumsum(ties.to(tl.int32), axis=0) - 1
     kept = greater | (ties & (tie_rank < need))
     slot = tl.cumsum(kept.to(tl.int32), axis=0) - 1
-    tl.store(index_ptr + b * stride_ib + slot, offs, mask=kept)
+    tl.store(index_ptr + b * keep + slot, offs, mask=kept)
 
 
 @triton.jit
-def gather_rows_kernel(tokens_ptr, index_ptr, out_ptr, keep, D, stride_tb, stride_tn, stride_ib, stride_ob, stride_ok,
+def gather_rows_kernel(tokens_ptr, index_ptr, keep_ptr, out_ptr, N, D, stride_tb, stride_tn,
                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """tokens [B, N, D], index [B, keep] int32 -> out [B, keep, D] (same dtype as tokens)."""
+    """tokens [B, N, D], index [B, K] int32 -> out [B, K, D] contiguous (same dtype as tokens).
+
+    The grid covers N rows (K is only known on the device); rows past K are masked off.
+    """
     b = tl.program_id(0)
+    keep = tl.minimum(tl.maximum(tl.load(keep_ptr).to(tl.int32), 1), N)
     rows = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     rmask = rows < keep
-    src = tl.load(index_ptr + b * stride_ib + rows, mask=rmask, other=0).to(tl.int64)
+    src = tl.load(index_ptr + b * keep + rows, mask=rmask, other=0).to(tl.int64)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         m = rmask[:, None] & (cols < D)[None, :]
         v = tl.load(tokens_ptr + b * stride_tb + src[:, None] * stride_tn + cols[None, :], mask=m)
-        tl.store(out_ptr + b * stride_ob + rows[:, None].to(tl.int64) * stride_ok + cols[None, :], v, mask=m)
+        tl.store(out_ptr + (b * keep + rows[:, None]).to(tl.int64) * D + cols[None, :], v, mask=m)
 
 
 def block_n(n: int) -> int:
@@ -95,10 +106,13 @@ def topk_gate(scores, tokens, keep: int, block_k: int = 16, block_d: int = 64):
         raise ValueError(f"keep must be in 1..{n}, got {keep}")
     scores, tokens = scores.contiguous(), tokens.contiguous()
     d = tokens.shape[2]
+    keep_t = torch.tensor([keep], dtype=torch.int64, device=scores.device)
+    size = torch.zeros(1, dtype=torch.int64, device=scores.device)
     index = torch.empty(b, keep, dtype=torch.int32, device=scores.device)
-    topk_index_kernel[(b,)](scores, index, keep, n, scores.stride(0), index.stride(0), BLOCK_N=block_n(n))
+    topk_index_kernel[(b,)](scores, keep_t, index, size, n, scores.stride(0), BLOCK_N=block_n(n))
+    if int(size) != keep:
+        raise RuntimeError(f"size tensor {int(size)} != keep {keep}")
     out = torch.empty(b, keep, d, dtype=tokens.dtype, device=tokens.device)
-    gather_rows_kernel[(b, triton.cdiv(keep, block_k))](tokens, index, out, keep, d, tokens.stride(0), tokens.stride(1),
-                                                        index.stride(0), out.stride(0), out.stride(1),
-                                                        BLOCK_K=block_k, BLOCK_D=block_d)
+    gather_rows_kernel[(b, triton.cdiv(n, block_k))](tokens, index, keep_t, out, n, d, tokens.stride(0), tokens.stride(1),
+                                                     BLOCK_K=block_k, BLOCK_D=block_d)
     return out, index.to(torch.int64)
