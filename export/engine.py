@@ -383,11 +383,19 @@ def build_bundle_engines(bundle: str | Path, cfg: EngineConfig, builder: Builder
             profiles = graph_profiles(manifest, key, cfg)
             log.info("[%d/%d] building %s for %s (%s)", i, len(keys), graph["file"], target.name,
                      ", ".join(p["name"] for p in profiles))
-            plan, cache = build_engine(builder, bundle / graph["file"], profiles, target, cfg, cache)
+            onnx_path, rewritten = bundle / graph["file"], None
+            with tempfile.TemporaryDirectory(prefix=".atp-rewrite-") as tmp:
+                if plugins is not None and key.startswith("vision"):
+                    # plugin nodes replace the standard-op gate for this build only; the bundle keeps standard ops
+                    from atp.export.plugin_rewrite import rewrite_file
+
+                    onnx_path = Path(tmp) / Path(graph["file"]).name
+                    rewritten = {"TopKGate": rewrite_file(bundle / graph["file"], onnx_path)}
+                plan, cache = build_engine(builder, onnx_path, profiles, target, cfg, cache)
             name = f"{key}.engine"
             (staging / name).write_bytes(plan)
             entry["graphs"][key] = {"file": f"{ENGINES_DIR}/{target.name}/{name}", "onnx": graph["file"],
-                                    "profiles": profiles}
+                                    "plugin_nodes": rewritten, "profiles": profiles}
         if cache_path and cache:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_path.with_suffix(".tmp")

@@ -211,11 +211,11 @@ PluginFieldCollection const* TopKGatePlugin::getFieldsToSerialize() noexcept
 
 TopKGateCreator::TopKGateCreator() = default;
 
-IPluginV3* TopKGateCreator::createPlugin(char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept
+IPluginV3* TopKGateCreator::createPlugin(char const* /*name*/, PluginFieldCollection const* /*fc*/, TensorRTPhase /*phase*/) noexcept
 {
     ATP_TRY
     {
-        check(fc == nullptr || fc->nbFields == 0, "TopKGate takes no attributes");
+        // no attributes (the ONNX node's plugin_version / plugin_namespace are the parser's, not ours)
         return new TopKGatePlugin();
     }
     ATP_CATCH("TopKGateCreator::createPlugin", nullptr)

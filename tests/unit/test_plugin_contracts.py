@@ -128,3 +128,25 @@ def _resolve(soname: str) -> str:
 def test_full_arch_build(tmp_path_factory):
     lib = load_library(_build(tmp_path_factory, archs=(87, 86, 89, 90))[0])
     assert lib.archs() == [87, 86, 89, 90]
+
+
+@pytest.mark.trt
+def test_tensorrt_rtx_registers_the_creators(built_library):
+    """TensorRT-RTX loads the library through its plugin registry and finds both creators under namespace atp.
+
+    (Run in a subprocess: a plugin library loaded into a TensorRT process cannot be unloaded.)
+    """
+    import json
+    import sys
+
+    pytest.importorskip("tensorrt_rtx")
+    code = (
+        "import json, sys, tensorrt_rtx as trt\n"
+        "reg = trt.get_plugin_registry()\n"
+        "assert reg.load_library(sys.argv[1]) is not None\n"
+        "print(json.dumps(sorted([c.name, c.plugin_version, c.plugin_namespace] for c in reg.all_creators "
+        "if c.plugin_namespace == 'atp')))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(built_library[0])], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [["MixedGemm", "1", "atp"], ["TopKGate", "1", "atp"]]
