@@ -72,6 +72,10 @@ def test_build_vision_and_decoder_engines(bundle):
             assert keep["min"] == [1] and keep["max"] == [n]
     assert [p["name"] for p in entry["graphs"]["decoder"]["profiles"]] == ["prefill", "decode"]
     assert not [p for p in (bundle / "engines").iterdir() if p.name.startswith(".")], "staging left behind"
+    from atp.engines import check_keep, engine_for_device
+
+    assert engine_for_device(m, 89)[0] == "desktop"
+    check_keep(entry, "vision", n)
     # rebuilding one graph replaces the target's engines and keeps the bundle verifiable
     E.build_bundle_engines(bundle, E.EngineConfig(target="desktop", graphs=("vision",)), builder=builder)
     m = read_manifest(bundle, verify=True)
@@ -127,3 +131,103 @@ def test_cli_engine(bundle, capsys):
     assert read_manifest(bundle)["engines"]["ada"]["compute_capabilities"] == ["sm_89"]
     assert main(["engine", str(bundle), "--target", "ada", "--graphs", "nope"]) == 2
     assert "no graph(s) ['nope']" in capsys.readouterr().err
+
+
+def _qdq_weights(model, bits: int, block: int = 16):
+    """Weight-only QDQ as a quantizer emits it: every MatMul with a constant [Kin, Nout] weight reads
+    DequantizeLinear(int8 per output channel | int4 blocks of ``block`` along Kin). Returns the new model."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    new_inits, nodes, done = [], [], 0
+    for node in model.graph.node:
+        w_name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w_name in inits and len(inits[w_name].dims) == 2 and inits[w_name].dims[0] % block == 0:
+            w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+            if bits == 8:
+                scale = np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0  # [Nout], axis 1
+                q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+                qt, st, attrs = numpy_helper.from_array(q, w_name + "_q"), numpy_helper.from_array(scale, w_name + "_s"), {"axis": 1}
+            else:
+                kin, nout = w.shape
+                blocks = w.reshape(kin // block, block, nout)
+                scale = np.maximum(np.abs(blocks).max(axis=1), 1e-8) / 7.0  # [Kin/block, Nout]
+                q = np.clip(np.rint(blocks / scale[:, None, :]), -8, 7).astype(np.int8).reshape(kin, nout)
+                qt = helper.make_tensor(w_name + "_q", TensorProto.INT4, q.shape, q.flatten().tolist())
+                st, attrs = numpy_helper.from_array(scale, w_name + "_s"), {"axis": 0, "block_size": block}
+            new_inits += [qt, st]
+            nodes.append(helper.make_node("DequantizeLinear", [qt.name, st.name], [w_name + "_dq"], **attrs))
+            node.input[1] = w_name + "_dq"
+            done += 1
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(new_inits)  # fp32 originals stay for any other consumer (e.g. an Identity)
+    onnx.checker.check_model(model)
+    assert done > 0
+    return model
+
+
+@pytest.fixture(params=[8, 4], ids=["int8-per-channel", "int4-block"])
+def qdq_bundle(request, tiny_bundle, tmp_path):
+    """The tiny bundle with weight-only QDQ graphs (the quantizer's output format), checked against the fp32 graphs in ORT."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from atp.bundle import finalize_manifest
+
+    dst = tmp_path / f"qdq{request.param}"
+    shutil.copytree(tiny_bundle, dst)
+    for f in ("vision.onnx", "decoder.onnx"):
+        model = _qdq_weights(onnx.load(str(dst / f)), request.param)
+        onnx.save(model, str(dst / f))
+    px = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    feeds = {"pixel_values": px, "keep": np.array(8, np.int64)}
+    ref = ort.InferenceSession(str(tiny_bundle / "vision.onnx")).run(None, feeds)
+    got = ort.InferenceSession(str(dst / "vision.onnx")).run(None, feeds)
+    rel = np.abs(got[0] - ref[0]).max() / np.abs(ref[0]).max()
+    assert rel < (0.05 if request.param == 8 else 0.5), rel  # the QDQ graph is a quantized version of the same model
+    m = read_manifest(dst, verify=False)
+    finalize_manifest(dst, {k: v for k, v in m.items() if k not in ("files", "format_version")})
+    return dst, request.param
+
+
+@pytest.mark.trt
+def test_build_qdq_engines(qdq_bundle):
+    """int8 per-channel and int4 block QDQ graphs (vision with the gate + decoder) build with TensorRT-RTX."""
+    bundle, bits = qdq_bundle
+    entry = E.build_bundle_engines(bundle, E.EngineConfig(target="ada", max_sequence=32, max_context=64), builder=_rtx())
+    m = read_manifest(bundle, verify=True)
+    assert set(entry["graphs"]) == {"vision", "decoder"}
+    for g in entry["graphs"].values():
+        assert (bundle / g["file"]).stat().st_size > 10_000 and g["file"] in m["files"]
+    assert entry["graphs"]["vision"]["profiles"][0]["values"]["keep"]["max"] == [m["pruning"]["num_visual_tokens"]]
+
+
+def _manifest_with_engines():
+    prof = {"name": "vision", "shapes": {}, "values": {"keep": {"min": [1], "opt": [8], "max": [16]}}}
+    return {"engines": {"desktop": {"compute_capabilities": ["sm_86", "sm_89"], "graphs": {"vision": {"profiles": [prof]}}},
+                        "hopper": {"compute_capabilities": ["sm_90"], "graphs": {}}}}
+
+
+def test_engine_for_device_and_clear_errors():
+    from atp.engines import check_keep, engine_for_device
+    from atp.errors import BundleError, InputError
+
+    m = _manifest_with_engines()
+    assert engine_for_device(m, 89)[0] == "desktop" and engine_for_device(m, 90)[0] == "hopper"
+    with pytest.raises(BundleError, match=r"built for another GPU \(desktop: sm_86, sm_89; hopper: sm_90\).*sm_87"):
+        engine_for_device(m, 87)
+    with pytest.raises(BundleError, match="no engines for target 'orin'"):
+        engine_for_device(m, 87, target="orin")
+    with pytest.raises(BundleError, match="no TensorRT engines"):
+        engine_for_device({}, 87)
+    entry = m["engines"]["desktop"]
+    for k in (1, 16):
+        check_keep(entry, "vision", k)
+    for k in (0, 17):
+        with pytest.raises(InputError, match=f"keep={k} is outside the vision engine's profile"):
+            check_keep(entry, "vision", k)
