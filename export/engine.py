@@ -385,12 +385,13 @@ def build_bundle_engines(bundle: str | Path, cfg: EngineConfig, builder: Builder
                      ", ".join(p["name"] for p in profiles))
             onnx_path, rewritten = bundle / graph["file"], None
             with tempfile.TemporaryDirectory(prefix=".atp-rewrite-") as tmp:
-                if plugins is not None and key.startswith("vision"):
-                    # plugin nodes replace the standard-op gate for this build only; the bundle keeps standard ops
+                if plugins is not None:
+                    # plugin nodes replace the standard-op gate and mixed GEMMs for this build only; the bundle keeps
+                    # standard ops
                     from atp.export.plugin_rewrite import rewrite_file
 
                     onnx_path = Path(tmp) / Path(graph["file"]).name
-                    rewritten = {"TopKGate": rewrite_file(bundle / graph["file"], onnx_path)}
+                    rewritten = rewrite_file(bundle / graph["file"], onnx_path)
                 plan, cache = build_engine(builder, onnx_path, profiles, target, cfg, cache)
             name = f"{key}.engine"
             (staging / name).write_bytes(plan)
