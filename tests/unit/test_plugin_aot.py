@@ -45,12 +45,8 @@ def test_cubins_per_arch(tools, arch):
     assert info["mixed_gemm/int4/zp/prefill"]["imma"] > 0
     assert info["mixed_gemm/int8/prefill"]["imma"] > 0
     assert info["mixed_gemm/int4/gemv"]["hmma"] > 0 and info["mixed_gemm/int4/gemv"]["imma"] == 0
-
-
-def test_sm87_sass_has_imma(tools):
-    """Jetson Orin: the prefill GEMM's SASS is int8 mma.sync (IMMA.16832.S8.S8), not a fallback."""
-    info = _inspect(87)["mixed_gemm/int4/zp/prefill"]
-    assert info["arch"] == "sm_87" and info["imma"] >= 4
+    if arch == 87:  # Jetson Orin: the prefill GEMM is int8 mma.sync (IMMA.16832.S8.S8), not a fallback
+        assert info["mixed_gemm/int4/zp/prefill"]["imma"] >= 4
 
 
 def test_variant_keys_are_unique_and_cover_the_plugins():
