@@ -161,17 +161,24 @@ def local_compute_capability() -> int | None:
 
 
 def check_target(builder: Builder, target: Target) -> None:
-    """Raise a ConfigError when the builder cannot produce engines for ``target``."""
+    """Raise a ConfigError when the builder cannot produce engines for ``target``.
+
+    TensorRT-RTX must support every capability of the target; full TensorRT builds for the local
+    GPU, which must be one of the target's (multi-arch targets then use hardware compatibility).
+    """
     supported = builder.supported_archs()
-    missing = [a for a in target.archs if a not in supported]
-    if not missing:
-        return
-    arch = ", ".join(f"sm_{a}" for a in missing)
     if builder.is_rtx:
+        missing = [a for a in target.archs if a not in supported]
+        if not missing:
+            return
+        arch = ", ".join(f"sm_{a}" for a in missing)
         raise ConfigError(
             f"target {target.name} needs {arch}, which TensorRT-RTX {builder.version} cannot build for (it builds "
             f"{', '.join(f'sm_{a}' for a in supported)}); build on the device with full TensorRT "
             f"(JetPack 6 ships TensorRT 10 for Jetson Orin) or choose another --target")
+    if any(a in target.archs for a in supported):
+        return
+    arch = ", ".join(f"sm_{a}" for a in target.archs)
     here = f"this machine's GPU is sm_{supported[0]}" if supported else "this machine has no CUDA GPU"
     raise ConfigError(f"target {target.name} needs {arch}, but TensorRT builds for the GPU it runs on and {here}; "
                       f"run `atp-export engine` on the target device, or install TensorRT-RTX to build ahead of time")
@@ -240,6 +247,11 @@ def _parse(builder: Builder, path: Path, network, logger):
 def _load_plugins(builder: Builder, path: str | None):
     if path is None:
         return None
+    if builder.is_rtx:
+        # observed with tensorrt_rtx 1.7.1: the registry loads the library and creates TopKGate, then the ONNX
+        # parser calls std::terminate inside libtensorrt_onnxparser_rtx; refuse instead of aborting the process
+        raise ConfigError("TensorRT-RTX cannot build graphs with atp plugin nodes (its ONNX parser aborts on them); "
+                          "build with full TensorRT (pip install 'atp-edge[trt]', or JetPack on the device), or drop --plugins")
     from atp.plugins import load_library
 
     lib = load_library(path)  # checks the file and its TensorRT major
@@ -307,6 +319,8 @@ def build_engine(builder: Builder, onnx_path: Path, profiles: list[dict], target
             conf.set_flag(trt.BuilderFlag.FP16)
         if cfg.int8:
             conf.set_flag(trt.BuilderFlag.INT8)
+        if len(target.archs) > 1:  # one engine for several GPUs (e.g. desktop = sm_86 + sm_89)
+            conf.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
         cache = conf.create_timing_cache(timing_cache or b"")
         conf.set_timing_cache(cache, ignore_mismatch=False)
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}

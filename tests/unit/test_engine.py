@@ -231,3 +231,24 @@ def test_engine_for_device_and_clear_errors():
     for k in (0, 17):
         with pytest.raises(InputError, match=f"keep={k} is outside the vision engine's profile"):
             check_keep(entry, "vision", k)
+
+
+@pytest.mark.trt
+def test_rtx_with_plugins_is_refused_not_aborted(bundle, tmp_path):
+    lib = tmp_path / "libatp_plugins.so"
+    lib.write_bytes(b"")
+    with pytest.raises(ConfigError, match="TensorRT-RTX cannot build graphs with atp plugin nodes"):
+        E.build_bundle_engines(bundle, E.EngineConfig(target="ada", plugins=str(lib)), builder=_rtx())
+
+
+def test_full_tensorrt_targets_the_local_gpu(monkeypatch):
+    """Full TensorRT (faked: no GPU here) accepts a target that includes the local GPU and refuses others."""
+    full = E.Builder(trt=None, name="tensorrt", version="10.14")
+    monkeypatch.setattr(E, "local_compute_capability", lambda: 89)
+    E.check_target(full, E.TARGETS["desktop"])
+    E.check_target(full, E.TARGETS["ada"])
+    with pytest.raises(ConfigError, match="orin needs sm_87.*GPU it runs on.*sm_89"):
+        E.check_target(full, E.TARGETS["orin"])
+    monkeypatch.setattr(E, "local_compute_capability", lambda: None)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        E.check_target(full, E.TARGETS["ada"])
