@@ -170,7 +170,8 @@ def _qdq_weights(model, bits: int, block: int = 16):
     return model
 
 
-@pytest.fixture(params=[16, 8, 4], ids=["fp16", "int8-per-channel", "int4-block"])
+@pytest.fixture(params=[pytest.param(16, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow), 4],
+                ids=["fp16", "int8-per-channel", "int4-block"])
 def qdq_bundle(request, tiny_bundle, tmp_path):
     """The tiny bundle with weight-only QDQ graphs (the quantizer's output format), checked against the fp32 graphs in ORT."""
     import numpy as np
