@@ -258,3 +258,18 @@ def test_full_tensorrt_targets_the_local_gpu(monkeypatch):
     monkeypatch.setattr(E, "local_compute_capability", lambda: None)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         E.check_target(full, E.TARGETS["ada"])
+
+
+def test_engine_help_examples_parse(capsys):
+    import shlex
+
+    from atp import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["engine", "--help"])
+    assert exc.value.code == 0 and "example" in capsys.readouterr().out
+    cmds = [ln.strip().split("  #")[0] for ln in cli.ENGINE_EPILOG.splitlines() if ln.strip().startswith("atp-export ")]
+    assert len(cmds) == 3
+    for cmd in cmds:
+        args = cli.build_parser().parse_args(shlex.split(cmd)[1:])
+        assert args.target in E.TARGETS
