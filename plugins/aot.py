@@ -176,7 +176,8 @@ def inspect_variants(arch: int, keys: list[str]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", type=int, required=True, help="compute capability as an integer, e.g. 87 for Jetson Orin")
+    ap.add_argument("--arch", type=int, nargs="+", required=True,
+                    help="compute capability as an integer, e.g. 87 for Jetson Orin (several with --inspect)")
     ap.add_argument("--out", type=Path, help="directory for cubins_sm<arch>.cpp")
     ap.add_argument("--inspect", nargs="+", metavar="KEY", help="print a JSON SASS summary of these variants instead")
     args = ap.parse_args(argv)
@@ -184,11 +185,12 @@ def main(argv=None) -> int:
     if args.inspect:
         import json
 
-        print(json.dumps(inspect_variants(args.arch, args.inspect)))
+        print(json.dumps({str(a): inspect_variants(a, args.inspect) for a in args.arch}))
         return 0
     if args.out is None:
         ap.error("--out is required unless --inspect is given")
-    write_arch_source(args.arch, args.out)
+    for arch in args.arch:
+        write_arch_source(arch, args.out)
     return 0
 
 

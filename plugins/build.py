@@ -26,8 +26,8 @@ def missing_tools() -> list[str]:
 
 
 def build_library(out: str | Path, archs=(87, 86, 89, 90), python: str | None = None, tensorrt_root: str | None = None,
-                  jobs: int = 2) -> tuple[Path, str]:
-    """Configure and build the plugin library in ``out``.
+                  jobs: int = 2, tests: bool = False) -> tuple[Path, str]:
+    """Configure and build the plugin library in ``out`` (and ``out/test_plugins`` with ``tests``).
 
     Returns:
         (path of libatp_plugins.so, the build log).
@@ -43,6 +43,8 @@ def build_library(out: str | Path, archs=(87, 86, 89, 90), python: str | None = 
            f"-DATP_CUDA_ARCHS={';'.join(str(a) for a in archs)}", "-DCMAKE_BUILD_TYPE=Release"]
     if tensorrt_root:
         cfg.append(f"-DTensorRT_ROOT={tensorrt_root}")
+    if tests:
+        cfg.append("-DATP_BUILD_TESTS=ON")
     logs = []
     for cmd in (cfg, ["cmake", "--build", str(out), "-j", str(jobs)]):
         res = subprocess.run(cmd, capture_output=True, text=True)

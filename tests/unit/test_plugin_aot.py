@@ -17,33 +17,30 @@ pytest.importorskip("triton")
 
 from atp.plugins import aot  # noqa: E402
 
-KEYS = ["mixed_gemm/int4/zp/prefill", "mixed_gemm/int8/prefill", "mixed_gemm/int4/gemv", "topk_index/fp16/4096",
-        "gather_rows/fp16"]
+# a representative variant per kernel family (the library build compiles all of them for sm_87; the
+# four-arch library build is the slow test in test_plugin_contracts.py)
+KEYS = ["mixed_gemm/int4/zp/prefill", "mixed_gemm/int4/gemv", "topk_index/fp16/4096"]
 
 
-def _inspect(arch: int) -> dict:
+@pytest.fixture(scope="module")
+def inspected():
+    if aot.cuobjdump() is None:
+        pytest.skip("cuobjdump not found (Triton's NVIDIA backend ships it)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-m", "atp.plugins.aot", "--arch", str(arch), "--inspect", *KEYS],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "atp.plugins.aot", "--arch", *map(str, aot.DEFAULT_ARCHS), "--inspect", *KEYS],
+                         capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def tools():
-    if aot.cuobjdump() is None:
-        pytest.skip("cuobjdump not found (Triton's NVIDIA backend ships it)")
-
-
 @pytest.mark.parametrize("arch", aot.DEFAULT_ARCHS)
-def test_cubins_per_arch(tools, arch):
-    info = _inspect(arch)
+def test_cubins_per_arch(inspected, arch):
+    info = inspected[str(arch)]
     for key in KEYS:
         assert info[key]["arch"] == f"sm_{arch}", (key, info[key])
         assert info[key]["bytes"] > 1000
     # prefill: int4 -> int8 unpack in registers feeds int8 tensor-core MMA (IMMA; IGMMA on sm_90); decode: fp16 MMA
     assert info["mixed_gemm/int4/zp/prefill"]["imma"] > 0
-    assert info["mixed_gemm/int8/prefill"]["imma"] > 0
     assert info["mixed_gemm/int4/gemv"]["hmma"] > 0 and info["mixed_gemm/int4/gemv"]["imma"] == 0
     if arch == 87:  # Jetson Orin: the prefill GEMM is int8 mma.sync (IMMA.16832.S8.S8), not a fallback
         assert info["mixed_gemm/int4/zp/prefill"]["imma"] >= 4

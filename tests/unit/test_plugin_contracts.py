@@ -19,14 +19,14 @@ from atp import plugins
 from atp.plugins import PluginError, contract, contracts, load_library
 
 
-def _build(tmp_path_factory, archs):
+def _build(tmp_path_factory, archs, tests=False):
     from atp.plugins.build import build_library, missing_tools
 
     missing = missing_tools()
     if missing:
         pytest.skip(f"cannot build the plugin library: {', '.join(missing)} not found")
     try:
-        return build_library(tmp_path_factory.mktemp("plugins-build"), archs=archs)
+        return build_library(tmp_path_factory.mktemp("plugins-build"), archs=archs, tests=tests)
     except PluginError as exc:
         text = str(exc)
         if "could not fetch TensorRT headers" in text or "cuda.h" in text or "ATP_CUDA_INCLUDE" in text:
@@ -36,7 +36,15 @@ def _build(tmp_path_factory, archs):
 
 @pytest.fixture(scope="session")
 def built_library(tmp_path_factory):
-    return _build(tmp_path_factory, archs=(87,))
+    return _build(tmp_path_factory, archs=(87,), tests=True)
+
+
+def test_plugin_build_phase_cpp(built_library):
+    """tests/cpp/test_plugins.cpp: output shapes (size tensor for K), types, formats, fields round trip and errors
+    through the TensorRT logger, with fake expression builders (no TensorRT library, no GPU)."""
+    exe = built_library[0].parent / "test_plugins"
+    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "OK: 0 failure(s)" in res.stdout, res.stdout + res.stderr
 
 
 def test_library_builds_without_warnings(built_library):
