@@ -331,9 +331,12 @@ def build_engine(builder: Builder, onnx_path: Path, profiles: list[dict], target
                 raise EngineError(f"{onnx_path.name} has no input {name!r} that the manifest lists; re-export the bundle")
             p.set_shape(name, s["min"], s["opt"], s["max"])
         for name, v in prof["values"].items():
-            if name not in inputs or not inputs[name].is_shape_tensor:
-                raise EngineError(f"{onnx_path.name}: input {name!r} should be a shape input (the keep count K)")
-            p.set_shape_input(name, v["min"], v["opt"], v["max"])
+            if name not in inputs:
+                raise EngineError(f"{onnx_path.name} has no input {name!r} (the keep count K); re-export the bundle")
+            if inputs[name].is_shape_tensor:  # standard-op gate: K is a shape input, bounded by the profile
+                p.set_shape_input(name, v["min"], v["opt"], v["max"])
+            else:  # TopKGate plugin graph: K is device data (a size tensor inside), clamped to 1..N by the kernel
+                p.set_shape(name, [], [], [])
         conf.add_optimization_profile(p)
     t0 = time.perf_counter()
     plan = b.build_serialized_network(network, conf)
