@@ -335,8 +335,8 @@ def build_engine(builder: Builder, onnx_path: Path, profiles: list[dict], target
                 raise EngineError(f"{onnx_path.name} has no input {name!r} (the keep count K); re-export the bundle")
             if inputs[name].is_shape_tensor:  # standard-op gate: K is a shape input, bounded by the profile
                 p.set_shape_input(name, v["min"], v["opt"], v["max"])
-            else:  # TopKGate plugin graph: K is device data (a size tensor inside), clamped to 1..N by the kernel
-                p.set_shape(name, [], [], [])
+            # else: TopKGate plugin graph: K is 0-d device data (static shape, nothing to profile); the plugin's size
+            # tensor carries it and the kernel clamps it to 1..N (atp.engines.check_keep refuses bad K on the host)
         conf.add_optimization_profile(p)
     t0 = time.perf_counter()
     plan = b.build_serialized_network(network, conf)
