@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvhost-gpu"),
+                                 reason="no NVIDIA GPU device node (/dev/nvidia0, or /dev/nvhost-gpu on Jetson)")]
 
 
 def _gpu():
