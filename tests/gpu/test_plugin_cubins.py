@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvhost-gpu"),
-                                 reason="no NVIDIA GPU device node (/dev/nvidia0, or /dev/nvhost-gpu on Jetson)")]
+              pytest.mark.skipif(not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvhost-gpu", "/dev/nvgpu")),
+                                 reason="no NVIDIA GPU device node (/dev/nvidia0; /dev/nvhost-gpu or /dev/nvgpu on Jetson)")]
 
 
 def _gpu():
