@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from atp.bundle import MANIFEST_NAME, read_manifest, sha256_file
@@ -86,7 +86,6 @@ class EngineConfig:
     graphs: tuple[str, ...] | None = None
     plugins: str | None = None
     timing_cache: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -422,6 +421,8 @@ def build_bundle_engines(bundle: str | Path, cfg: EngineConfig, builder: Builder
         _install(bundle, manifest, staging, target.name, entry)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if engines_root.is_dir() and not any(engines_root.iterdir()):
+            engines_root.rmdir()  # leave the bundle as it was
         raise
     return entry
 
