@@ -142,7 +142,7 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
 
 
 def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
-                  validate: bool = True) -> dict:
+                  validate: bool = True, scorer_params: dict[str, dict] | None = None, calibration: dict | None = None) -> dict:
     """Export ``adapter``'s model into a bundle directory at ``out``.
 
     Args:
@@ -151,6 +151,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         config: Opset and default pruning.
         overwrite: Replace an existing bundle at ``out``.
         validate: Compare ONNX Runtime with PyTorch on example inputs and record the differences.
+        scorer_params: ``scorer -> constructor kwargs`` (blend weights from a calibration artifact).
+        calibration: What to record about the calibration artifact in the manifest (``pruning.calibration``).
 
     Returns:
         The written manifest.
@@ -159,7 +161,12 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
     n = adapter.num_visual_tokens
     default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
     default = config.pruning.scorer
-    scorers = {vision_graph_key(name, default): SCORERS.get(name)().eval() for name in config.pruning.scorers}
+    scorer_params = scorer_params or {}
+    params = {name: dict(scorer_params.get(name, {})) for name in config.pruning.scorers}
+    try:
+        scorers = {vision_graph_key(name, default): SCORERS.get(name)(**params[name]).eval() for name in config.pruning.scorers}
+    except (TypeError, ValueError) as exc:
+        raise AtpError(f"bad scorer parameters {params}: {exc}") from None
     steps = ["vision graph(s)", "decoder graph", "embeddings + tokenizer", "validation" if validate else None]
     steps = [s for s in steps if s]
 
@@ -185,6 +192,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "embeddings": {"file": EMBED_FILE, "dtype": str(table.dtype), "shape": list(table.shape)},
             "pruning": {**config.pruning.to_dict(), "num_visual_tokens": n, "default_keep": default_keep,
                         "scorers": {name: vision_graph_key(name, default) for name in config.pruning.scorers},
+                        "scorer_params": params,
                         "gate": "in-graph TopK; keep is a runtime input (1..N)"},
             "preprocessing": adapter.preprocessing(),
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
@@ -193,6 +201,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
         }
+        if calibration is not None:
+            manifest["pruning"]["calibration"] = calibration
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
             manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging)
