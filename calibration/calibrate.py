@@ -127,6 +127,7 @@ class TorchVlm:
 
         self.adapter = adapter
         self.gate = adapter.vision_module(ClsAttentionScorer())
+        self.probe = adapter.decoder_module()  # FastV's partial LM pass
         self.lm = adapter.model.model.language_model
         self.head = adapter.model.lm_head
         self.table = adapter.model.get_input_embeddings().weight.detach()
@@ -147,6 +148,11 @@ class TorchVlm:
         if not ids:
             return torch.zeros(1, self.table.shape[1])
         return self.table[ids].mean(dim=0, keepdim=True)
+
+    def prompt_sequence(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prefix [1, P, D], suffix [1, S, D]) token embeddings around the image token."""
+        pos = ids.index(self.image_token_id)
+        return self.table[ids[:pos]][None], self.table[ids[pos + 1:]][None]
 
     def prompt_ids(self, prompt: str) -> list[int]:
         ids = list(self.tok(self.template.replace("{prompt}", prompt), add_special_tokens=True)["input_ids"])
@@ -196,7 +202,8 @@ def _sample_answers(vlm: TorchVlm, scorers: dict, sample, ks: dict, max_new_toke
         ids = vlm.prompt_ids(sample.question)
         text = vlm.text_embeds(sample.question)
         n = max(ks.values())
-        ctx = vlm.gate.context(px, torch.tensor(n), text)
+        ctx = vlm.gate.context(px, torch.tensor(n), text, *vlm.prompt_sequence(ids))
+        ctx.lm_attention = vlm.probe.attention_probe
         cls_row = ctx.cls_attention()
         ctx.cls_attention = lambda: cls_row  # computed once, shared by every setting
         projected = ctx.projected()[0]

@@ -33,9 +33,13 @@ def _vision_example(adapter, scorer=None, batch: int = 2):
     g = torch.Generator().manual_seed(0)
     px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
     keep = torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+    d = adapter.model_info()["hidden_size"]
+    out = [px, keep]
     if scorer is not None and scorer.needs_text:
-        return px, keep, torch.randn(batch, adapter.model_info()["hidden_size"], generator=g) * 0.02
-    return px, keep
+        out.append(torch.randn(batch, d, generator=g) * 0.02)
+    if scorer is not None and getattr(scorer, "needs_prompt", False):  # sizes >= 2 so the exporter keeps them dynamic
+        out += [torch.randn(batch, 3, d, generator=g) * 0.02, torch.randn(batch, 4, d, generator=g) * 0.02]
+    return tuple(out)
 
 
 def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2):
@@ -62,7 +66,9 @@ def vision_graph_key(scorer: str, default: str) -> str:
 
 def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str) -> dict:
     module = adapter.vision_module(scorer)
-    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else [])
+    needs_prompt = getattr(scorer, "needs_prompt", False)
+    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
+        (["prompt_prefix", "prompt_suffix"] if needs_prompt else [])
     io = export_module(
         module,
         _vision_example(adapter, scorer),
@@ -70,6 +76,7 @@ def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str)
         input_names=inputs,
         output_names=["image_embeds", "kept_index"],
         dynamic_axes={"pixel_values": {0: "batch"}, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
+                      "prompt_prefix": {0: "batch", 1: "prefix_length"}, "prompt_suffix": {0: "batch", 1: "suffix_length"},
                       "kept_index": {0: "batch", 1: "keep"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
@@ -78,6 +85,12 @@ def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str)
     if scorer.needs_text:
         graph["text_embeds"] = {"space": getattr(scorer, "text_space", "lm"),
                                 "definition": "mean of the prompt's token embeddings (no special tokens, no template)"}
+    if needs_prompt:
+        graph["prompt_sequence"] = {"inputs": ["prompt_prefix", "prompt_suffix"],
+                                    "definition": "token embeddings of the templated prompt before / after the image placeholder",
+                                    "cost": scorer.cost(adapter.model_info()["num_layers"])}
+    if hasattr(scorer, "contextual_tokens"):
+        graph["contextual_tokens"] = int(scorer.contextual_tokens)
     return graph
 
 
