@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SCORERS = ["cls", "random", "atp", "idp", "qat", "divprune"]
+SCORERS = ["cls", "random", "atp", "idp", "qat", "divprune", "visionzip", "fastv"]
 
 
 def corrupt(image, kind: str, rng: np.random.Generator) -> np.ndarray:
