@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--calibration", metavar="ARTIFACT", default=None,
                    help="calibration artifact of this model (atp-export calibrate): blend weights of the scorers, "
                         "recommended keep ratio")
+    o.add_argument("--clip-model", metavar="NAME", default=None,
+                   help="open_clip model name (e.g. ViT-L-14-336): `atp` measures text relevance in CLIP space "
+                        "(needs the clip extra); without it, in the language model's embedding space")
+    o.add_argument("--clip-weights", metavar="FILE", default=None, help="local open_clip checkpoint for --clip-model")
     o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
@@ -212,8 +216,15 @@ def cmd_onnx(args) -> int:
     params, calibration = {}, None
     if args.calibration:
         params, calibration, cfg = _apply_calibration(args, adapter, cfg)
+    clip = None
+    if args.clip_model:
+        from atp.export.clip import OpenClip
+
+        clip = OpenClip.load(args.clip_model, args.clip_weights)
+    elif args.clip_weights:
+        raise ConfigError("--clip-weights needs --clip-model (the open_clip architecture name)")
     manifest = export_bundle(adapter, args.out, cfg, overwrite=args.overwrite, validate=not args.no_validate,
-                             scorer_params=params, calibration=calibration)
+                             scorer_params=params, calibration=calibration, clip=clip)
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"wrote {args.out}: {manifest['pruning']['num_visual_tokens']} visual tokens (default keep "
           f"{manifest['pruning']['default_keep']}), {len(manifest['files'])} files, {total / 1e6:.1f} MB")

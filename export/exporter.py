@@ -29,14 +29,15 @@ EMBED_FILE = "embed_tokens.npy"
 TOKENIZER_DIR = "tokenizer"
 
 
-def _vision_example(adapter, scorer=None, batch: int = 2):
+def _vision_example(adapter, scorer=None, batch: int = 2, clip=None):
     g = torch.Generator().manual_seed(0)
     px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
     keep = torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
     d = adapter.model_info()["hidden_size"]
     out = [px, keep]
     if scorer is not None and scorer.needs_text:
-        out.append(torch.randn(batch, d, generator=g) * 0.02)
+        clip_space = getattr(scorer, "text_space", "lm") == "clip"
+        out.append(torch.randn(batch, clip.embed_dim if clip_space else d, generator=g) * (1.0 if clip_space else 0.02))
     if scorer is not None and getattr(scorer, "needs_prompt", False):  # sizes >= 2 so the exporter keeps them dynamic
         out += [torch.randn(batch, 3, d, generator=g) * 0.02, torch.randn(batch, 4, d, generator=g) * 0.02]
     return tuple(out)
@@ -64,14 +65,23 @@ def vision_graph_key(scorer: str, default: str) -> str:
     return "vision" if scorer == default else f"vision.{scorer}"
 
 
-def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str) -> dict:
-    module = adapter.vision_module(scorer)
+def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None) -> dict:
+    if getattr(scorer, "text_space", "lm") == "clip":
+        from atp.export.clip import no_mha_fastpath
+
+        with no_mha_fastpath():
+            return _export_vision_graph(adapter, scorer, staging, cfg, file, clip)
+    return _export_vision_graph(adapter, scorer, staging, cfg, file, clip)
+
+
+def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None) -> dict:
+    module = adapter.vision_module(scorer, clip=clip)
     needs_prompt = getattr(scorer, "needs_prompt", False)
     inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
         (["prompt_prefix", "prompt_suffix"] if needs_prompt else [])
     io = export_module(
         module,
-        _vision_example(adapter, scorer),
+        _vision_example(adapter, scorer, clip=clip),
         staging / file,
         input_names=inputs,
         output_names=["image_embeds", "kept_index"],
@@ -82,8 +92,14 @@ def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str)
         external_data_threshold=cfg.external_data_threshold,
     )
     graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
-    if scorer.needs_text:
-        graph["text_embeds"] = {"space": getattr(scorer, "text_space", "lm"),
+    if scorer.needs_text and getattr(scorer, "text_space", "lm") == "clip":
+        graph["text_embeds"] = {"space": "clip", "text_graph": "text", "clip_model": clip.name,
+                                "definition": "L2-normalised CLIP text embedding of the prompt (text graph, clip tokenizer)",
+                                "image_side": "separate open_clip image tower on the same pixels; patch tokens ln_post @ proj, "
+                                              "resampled to the VLM patch grid",
+                                "cost": "one extra open_clip image tower pass per image; one text graph run per prompt"}
+    elif scorer.needs_text:
+        graph["text_embeds"] = {"space": "lm",
                                 "definition": "mean of the prompt's token embeddings (no special tokens, no template)"}
     if needs_prompt:
         graph["prompt_sequence"] = {"inputs": ["prompt_prefix", "prompt_suffix"],
@@ -123,7 +139,28 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
     }
 
 
-def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
+def _export_text(clip, staging: Path, cfg: ExportConfig) -> dict:
+    """The CLIP text encoder graph (run once per prompt) and its tokenizer."""
+    from atp.export.clip import CLIP_TOKENIZER_DIR, TEXT_GRAPH_FILE, no_mha_fastpath
+
+    ids = torch.zeros(2, clip.context_length, dtype=torch.int64)
+    ids[:, 0], ids[:, 1], ids[:, 2] = clip.tokenizer.encoder["<start_of_text>"], 320, clip.tokenizer.encoder["<end_of_text>"]
+    with no_mha_fastpath():
+        io = _export_text_graph(clip, ids, staging, cfg)
+    tok = clip.save_tokenizer(staging / CLIP_TOKENIZER_DIR)
+    return {"file": TEXT_GRAPH_FILE, **describe_io(io), "space": "clip", "clip_model": clip.name, "tokenizer": tok,
+            "output": "L2-normalised"}
+
+
+def _export_text_graph(clip, ids, staging: Path, cfg: ExportConfig):
+    from atp.export.clip import TEXT_GRAPH_FILE, ClipTextEncoder
+
+    return export_module(ClipTextEncoder(clip.model).eval(), (ids,), staging / TEXT_GRAPH_FILE, input_names=["input_ids"],
+                       output_names=["text_embeds"], dynamic_axes={"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}},
+                         opset=cfg.opset, external_data_threshold=cfg.external_data_threshold)
+
+
+def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None) -> dict:
     """Run every graph in ONNX Runtime on example inputs and compare with PyTorch."""
     import onnxruntime as ort
 
@@ -131,9 +168,9 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
     so.log_severity_level = 3
     report = {}
     for key, scorer in scorers.items():
-        example = _vision_example(adapter, scorer)
+        example = _vision_example(adapter, scorer, clip=clip)
         with torch.no_grad():
-            ref_embeds, ref_idx = adapter.vision_module(scorer)(*example)
+            ref_embeds, ref_idx = adapter.vision_module(scorer, clip=clip)(*example)
         sess = ort.InferenceSession(str(staging / graphs[key]["file"]), so, providers=["CPUExecutionProvider"])
         names = [i["name"] for i in graphs[key]["inputs"]]
         embeds, idx = sess.run(None, dict(zip(names, (a.numpy() for a in example))))
@@ -141,6 +178,19 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
         report[key] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same else None, "same_kept_index": same}
         if not same:
             raise AtpError(f"validation failed: ONNX Runtime kept other tokens than PyTorch in {key} ({report[key]})")
+    if "text" in graphs:
+        from atp.export.clip import ClipTextEncoder
+
+        tok = clip.hf_tokenizer()
+        rows = [tok.encode(p).ids for p in ("what color is the shape?", "is there a red circle")]
+        ids = torch.tensor([r + [0] * (clip.context_length - len(r)) for r in rows], dtype=torch.int64)
+        with torch.no_grad():
+            ref_t = ClipTextEncoder(clip.model)(ids).numpy()
+        got = ort.InferenceSession(str(staging / graphs["text"]["file"]), so, providers=["CPUExecutionProvider"]).run(
+            None, {"input_ids": ids.numpy()})[0]
+        report["text"] = {"max_abs_diff": float(np.abs(got - ref_t).max())}
+        if report["text"]["max_abs_diff"] > 1e-3:
+            raise AtpError(f"validation failed: the CLIP text graph differs from PyTorch ({report['text']})")
     args = _decoder_example(adapter)
     with torch.no_grad():
         ref = adapter.decoder_module()(*args)
@@ -155,7 +205,8 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
 
 
 def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
-                  validate: bool = True, scorer_params: dict[str, dict] | None = None, calibration: dict | None = None) -> dict:
+                  validate: bool = True, scorer_params: dict[str, dict] | None = None, calibration: dict | None = None,
+                  clip=None) -> dict:
     """Export ``adapter``'s model into a bundle directory at ``out``.
 
     Args:
@@ -166,6 +217,9 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         validate: Compare ONNX Runtime with PyTorch on example inputs and record the differences.
         scorer_params: ``scorer -> constructor kwargs`` (blend weights from a calibration artifact).
         calibration: What to record about the calibration artifact in the manifest (``pruning.calibration``).
+        clip: A user-supplied open_clip model (:class:`atp.export.clip.OpenClip`): scorers that support it
+            (``atp``) measure text relevance in CLIP space and the bundle gets the ``text`` graph; without it
+            they fall back to the LM embedding space. The manifest records the space per graph.
 
     Returns:
         The written manifest.
@@ -176,6 +230,10 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
     default = config.pruning.scorer
     scorer_params = scorer_params or {}
     params = {name: dict(scorer_params.get(name, {})) for name in config.pruning.scorers}
+    if clip is not None:
+        for name in config.pruning.scorers:
+            if getattr(SCORERS.get(name), "supports_clip", False):
+                params[name]["text_space"] = "clip"
     try:
         scorers = {vision_graph_key(name, default): SCORERS.get(name)(**params[name]).eval() for name in config.pruning.scorers}
     except (TypeError, ValueError) as exc:
@@ -188,7 +246,10 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
 
     with staged_bundle(Path(out), overwrite=overwrite) as staging:
         step(1, f"exporting the vision graph ({n} visual tokens, scorers {', '.join(config.pruning.scorers)}, opset {config.opset})")
-        graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx") for key, scorer in scorers.items()}
+        graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip)
+                  for key, scorer in scorers.items()}
+        if clip is not None:
+            graphs["text"] = _export_text(clip, staging, config)
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")
         decoder = _export_decoder(adapter, staging, config)
         step(3, "writing the embedding table and tokenizer")
@@ -218,7 +279,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             manifest["pruning"]["calibration"] = calibration
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
-            manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging)
+            manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, clip=clip)
             log.info("validation: %s", manifest["validation"])
         manifest = finalize_manifest(staging, manifest)
     log.info("bundle written to %s", out)

@@ -54,13 +54,14 @@ class ClipVisionGate(nn.Module):
         scorer: Retention scorer module.
         lm_probe: Module with ``attention_probe(seq, layer, n_queries)`` (the decoder), for scorers with
             ``needs_prompt`` (``fastv``).
+        clip_patches: ``pixel_values -> [B, N, E]`` CLIP-space patch embeddings (``atp`` in CLIP space).
 
     Graph inputs: ``pixel_values``, ``keep``, then ``text_embeds`` if the scorer ``needs_text``, then
     ``prompt_prefix`` and ``prompt_suffix`` if it ``needs_prompt``.
     """
 
     def __init__(self, vision_model: nn.Module, feature_layer: int, drop_cls: bool, projector: nn.Module, scorer: Scorer,
-                 lm_probe: nn.Module | None = None):
+                 lm_probe: nn.Module | None = None, clip_patches: nn.Module | None = None):
         super().__init__()
         layers = vision_model.encoder.layers
         n_hidden = len(layers) + 1  # hidden_states = [embeddings, layer_0 out, ..., layer_{L-1} out]
@@ -76,6 +77,9 @@ class ClipVisionGate(nn.Module):
         if getattr(scorer, "needs_prompt", False) and lm_probe is None:
             raise ValueError(f"scorer {type(scorer).__name__} needs the language model (lm_probe)")
         self.lm_probe = lm_probe if getattr(scorer, "needs_prompt", False) else None
+        if getattr(scorer, "text_space", "lm") == "clip" and clip_patches is None:
+            raise ValueError("a scorer in CLIP text space needs the open_clip patch embedder")
+        self.clip_patches = clip_patches if getattr(scorer, "text_space", "lm") == "clip" else None
 
     def features(self, pixel_values: torch.Tensor):
         """(feature-layer tokens [B, N, Dv], lazy CLS attention [B, N])."""
@@ -92,8 +96,9 @@ class ClipVisionGate(nn.Module):
                 prompt_prefix: torch.Tensor | None = None, prompt_suffix: torch.Tensor | None = None) -> VisionContext:
         feats, cls_attn = self.features(pixel_values)
         probe = self.lm_probe.attention_probe if self.lm_probe is not None else None
+        clip = (lambda: self.clip_patches(pixel_values)) if self.clip_patches is not None else None
         return VisionContext(features=feats, cls_attention=cls_attn, project=self.projector, keep=keep, text_embeds=text_embeds,
-                             prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix, lm_attention=probe)
+                             prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix, lm_attention=probe, clip_patches=clip)
 
     def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor, *extra: torch.Tensor):
         extra = list(extra)

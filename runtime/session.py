@@ -100,8 +100,30 @@ class Session:
         """Whether a vision graph takes the prompt embedding (text-conditioned scorers)."""
         return any(i["name"] == "text_embeds" for i in self.manifest["graphs"][graph]["inputs"])
 
-    def text_embeds(self, prompt: str) -> np.ndarray:
-        """``[1, D]`` mean of the prompt's token embeddings (no special tokens, no template)."""
+    def text_space(self, graph: str) -> str | None:
+        """``"clip"`` or ``"lm"`` for a text-conditioned vision graph, None otherwise."""
+        return (self.manifest["graphs"][graph].get("text_embeds") or {}).get("space") if self.needs_text(graph) else None
+
+    def clip_text_embeds(self, prompt: str) -> np.ndarray:
+        """``[1, E]`` CLIP text embedding of the prompt from the bundle's ``text`` graph (bundles made with open_clip)."""
+        from tokenizers import Tokenizer
+
+        info = self.manifest["graphs"]["text"]["tokenizer"]
+        if not hasattr(self, "_clip_tok"):
+            self._clip_tok = Tokenizer.from_file(str(self.path / info["file"]))
+        ids = self._clip_tok.encode(prompt).ids
+        n = int(info["context_length"])
+        if len(ids) > n:  # open_clip truncates and keeps the end-of-text token last
+            ids = ids[:n - 1] + [int(info["eot_id"])]
+        row = np.full((1, n), int(info["pad_id"]), np.int64)
+        row[0, :len(ids)] = ids
+        return self.backend.run_graph("text", {"input_ids": row})[0].astype(np.float32)
+
+    def text_embeds(self, prompt: str, graph: str | None = None) -> np.ndarray:
+        """The prompt embedding a vision graph takes: ``[1, E]`` CLIP text embedding for graphs in CLIP space,
+        else ``[1, D]`` mean of the prompt's token embeddings (no special tokens, no template)."""
+        if graph is not None and self.text_space(graph) == "clip":
+            return self.clip_text_embeds(prompt)
         ids = [i for i in self.tokenizer.encode(prompt, add_special_tokens=False).ids if i < self.embeddings.shape[0]]
         if not ids:  # nothing but special tokens: no text signal (cosine 0 everywhere)
             return np.zeros((1, self.embeddings.shape[1]), np.float32)
@@ -127,7 +149,7 @@ class Session:
         graph = self.vision_graph(scorer)
         text = extra = None
         if self.needs_text(graph):
-            text = np.repeat(self.text_embeds(prompt), pixels.shape[0], axis=0)
+            text = np.repeat(self.text_embeds(prompt, graph), pixels.shape[0], axis=0)
         if self.needs_prompt(graph):
             extra = {k: np.repeat(v, pixels.shape[0], axis=0) for k, v in self.prompt_sequence(prompt, raw_prompt).items()}
         return self.backend.run_vision(pixels, keep, graph, text, extra)

@@ -36,6 +36,8 @@ class VisionContext:
         lm_attention: ``(sequence [B, T, D], layer, n_queries) -> [B, n_queries, T]``: attention
             probabilities (mean over heads) of the last ``n_queries`` positions at LM layer ``layer``
             (clamped to the last layer) after the layers before it (scorers with ``needs_prompt``).
+        clip_patches: Callable returning ``[B, N, E]`` CLIP-space patch embeddings (bundles made with an
+            open_clip model, scorers with ``text_space == "clip"``).
     """
 
     features: torch.Tensor
@@ -46,6 +48,7 @@ class VisionContext:
     prompt_prefix: torch.Tensor | None = None
     prompt_suffix: torch.Tensor | None = None
     lm_attention: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
+    clip_patches: Callable[[], torch.Tensor] | None = None
     _projected: torch.Tensor | None = field(default=None, repr=False)
 
     def projected(self) -> torch.Tensor:

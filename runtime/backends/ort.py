@@ -54,6 +54,10 @@ class _OrtBackend:
         embeds, index = self._session(graph).run(None, feeds)
         return embeds, index
 
+    def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run any manifest graph (e.g. the CLIP ``text`` graph) on ``feeds``."""
+        return self._session(graph).run(None, feeds)
+
     def run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.decoder_outputs, self.sessions["decoder"].run(None, feeds)))
 

@@ -65,7 +65,8 @@ def test_each_scorer_graph_matches_pytorch(ab_bundle, name):
 def test_text_conditioned_scorers_follow_the_prompt(ab_bundle):
     _, s = ab_bundle
     assert s.needs_text("vision.atp") and s.needs_text("vision.idp") and not s.needs_text("vision")
-    assert s.manifest["graphs"]["vision.atp"]["text_embeds"]["space"] == "lm"
+    assert s.manifest["graphs"]["vision.atp"]["text_embeds"]["space"] == "lm"  # no open_clip given: LM-space fallback
+    assert "text" not in s.manifest["graphs"] and "text_space" not in s.manifest["pruning"]["scorer_params"]["atp"]
     img = random_image(77)
     picks = {p: tuple(s.generate(img, p, keep=4, scorer="atp", max_new_tokens=1).kept_index) for p in PROMPTS}
     assert len(set(picks.values())) > 1, "different prompts should be able to keep different tokens"
