@@ -343,8 +343,14 @@ def threads_for_small_batches() -> int:
 
 
 def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite: bool = False, resume: bool = True,
-                  progress: bool = True) -> CalibrationArtifact:
-    """Calibrate ``adapter``'s model and write the artifact directory ``out``."""
+                  progress: bool = True, extra_steps=()) -> CalibrationArtifact:
+    """Calibrate ``adapter``'s model and write the artifact directory ``out``.
+
+    Args:
+        extra_steps: Callables ``step(adapter, artifact)`` run after the retention section is set and
+            before the artifact is written; each adds its own section with ``artifact.set_section(name,
+            data, tensors)`` (e.g. ``quantization``).
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise CalibrationError(f"{out} already exists; pass --overwrite or choose another --out")
@@ -360,6 +366,8 @@ def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite
         torch.set_num_threads(threads)
     art = CalibrationArtifact(fingerprint, adapter.source)
     art.set_section("retention", section, tensors)
+    for step in extra_steps:
+        step(adapter, art)
     art.save(out, overwrite=overwrite)
     shutil.rmtree(partial, ignore_errors=True)
     return art
