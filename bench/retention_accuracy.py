@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SCORERS = ["cls", "random", "atp", "idp", "qat", "divprune"]
+SCORERS = ["cls", "random", "atp", "idp", "qat", "divprune", "visionzip", "fastv"]
 
 
 def corrupt(image, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -50,12 +51,17 @@ def main() -> None:
     ap.add_argument("--corruptions", nargs="+", default=["none", "noise", "blur", "jpeg"])
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--calibration", default=None, metavar="ARTIFACT",
+                    help="export with this calibration artifact's blend weights (atp-export calibrate demo ...)")
     args = ap.parse_args()
 
-    if not (Path(args.bundle) / "manifest.json").exists():
+    manifest = Path(args.bundle) / "manifest.json"
+    have = set(json.loads(manifest.read_text())["pruning"]["scorers"]) if manifest.exists() else set()
+    if not set(SCORERS) <= have or args.calibration:
         print(f"exporting demo with every scorer to {args.bundle} ...", file=sys.stderr)
-        subprocess.run(["atp-export", "onnx", "demo", "--out", args.bundle, "--scorer", SCORERS[0],
-                        "--extra-scorers", *SCORERS[1:]], check=True)
+        cal = ["--calibration", args.calibration] if args.calibration else []
+        subprocess.run([sys.executable, "-m", "atp.cli", "onnx", "demo", "--out", args.bundle, "--scorer", SCORERS[0],
+                        "--extra-scorers", *SCORERS[1:], "--overwrite", "--keep-ratio", "0.25", *cal], check=True)
 
     from atp import datasets
     from atp.runtime import Session
@@ -66,8 +72,10 @@ def main() -> None:
     mc = machine()
     sections = [f"# Retention accuracy: scorers x keep ratio ({session.manifest['source']['checkpoint']})", "",
                 f"- machine: {mc['cpu']}, {mc['logical_cores']} cores, onnxruntime {mc['onnxruntime']}; fp32",
-                f"- held-out questions: {args.limit} per data set (seeded subset); command: `python bench/retention_accuracy.py "
-                f"--limit {args.limit}`", ""]
+                f"- held-out questions: {args.limit} per data set (seeded subset of the test split); command: "
+                f"`python bench/retention_accuracy.py {' '.join(sys.argv[1:])}`",
+                f"- scorer parameters: {json.dumps(session.manifest['pruning'].get('scorer_params', {}))}"
+                + (f" (calibrated: {args.calibration})" if args.calibration else " (defaults)"), ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for data in args.data:

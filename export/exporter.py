@@ -29,13 +29,18 @@ EMBED_FILE = "embed_tokens.npy"
 TOKENIZER_DIR = "tokenizer"
 
 
-def _vision_example(adapter, scorer=None, batch: int = 2):
+def _vision_example(adapter, scorer=None, batch: int = 2, clip=None):
     g = torch.Generator().manual_seed(0)
     px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
     keep = torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+    d = adapter.model_info()["hidden_size"]
+    out = [px, keep]
     if scorer is not None and scorer.needs_text:
-        return px, keep, torch.randn(batch, adapter.model_info()["hidden_size"], generator=g) * 0.02
-    return px, keep
+        clip_space = getattr(scorer, "text_space", "lm") == "clip"
+        out.append(torch.randn(batch, clip.embed_dim if clip_space else d, generator=g) * (1.0 if clip_space else 0.02))
+    if scorer is not None and getattr(scorer, "needs_prompt", False):  # sizes >= 2 so the exporter keeps them dynamic
+        out += [torch.randn(batch, 3, d, generator=g) * 0.02, torch.randn(batch, 4, d, generator=g) * 0.02]
+    return tuple(out)
 
 
 def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2):
@@ -60,24 +65,48 @@ def vision_graph_key(scorer: str, default: str) -> str:
     return "vision" if scorer == default else f"vision.{scorer}"
 
 
-def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str) -> dict:
-    module = adapter.vision_module(scorer)
-    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else [])
+def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None) -> dict:
+    if getattr(scorer, "text_space", "lm") == "clip":
+        from atp.export.clip import no_mha_fastpath
+
+        with no_mha_fastpath():
+            return _export_vision_graph(adapter, scorer, staging, cfg, file, clip)
+    return _export_vision_graph(adapter, scorer, staging, cfg, file, clip)
+
+
+def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None) -> dict:
+    module = adapter.vision_module(scorer, clip=clip)
+    needs_prompt = getattr(scorer, "needs_prompt", False)
+    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
+        (["prompt_prefix", "prompt_suffix"] if needs_prompt else [])
     io = export_module(
         module,
-        _vision_example(adapter, scorer),
+        _vision_example(adapter, scorer, clip=clip),
         staging / file,
         input_names=inputs,
         output_names=["image_embeds", "kept_index"],
         dynamic_axes={"pixel_values": {0: "batch"}, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
+                      "prompt_prefix": {0: "batch", 1: "prefix_length"}, "prompt_suffix": {0: "batch", 1: "suffix_length"},
                       "kept_index": {0: "batch", 1: "keep"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
     )
     graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
-    if scorer.needs_text:
-        graph["text_embeds"] = {"space": getattr(scorer, "text_space", "lm"),
+    if scorer.needs_text and getattr(scorer, "text_space", "lm") == "clip":
+        graph["text_embeds"] = {"space": "clip", "text_graph": "text", "clip_model": clip.name,
+                                "definition": "L2-normalised CLIP text embedding of the prompt (text graph, clip tokenizer)",
+                                "image_side": "separate open_clip image tower on the same pixels; patch tokens ln_post @ proj, "
+                                              "resampled to the VLM patch grid",
+                                "cost": "one extra open_clip image tower pass per image; one text graph run per prompt"}
+    elif scorer.needs_text:
+        graph["text_embeds"] = {"space": "lm",
                                 "definition": "mean of the prompt's token embeddings (no special tokens, no template)"}
+    if needs_prompt:
+        graph["prompt_sequence"] = {"inputs": ["prompt_prefix", "prompt_suffix"],
+                                    "definition": "token embeddings of the templated prompt before / after the image placeholder",
+                                    "cost": scorer.cost(adapter.model_info()["num_layers"])}
+    if hasattr(scorer, "contextual_tokens"):
+        graph["contextual_tokens"] = int(scorer.contextual_tokens)
     return graph
 
 
@@ -110,7 +139,28 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
     }
 
 
-def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
+def _export_text(clip, staging: Path, cfg: ExportConfig) -> dict:
+    """The CLIP text encoder graph (run once per prompt) and its tokenizer."""
+    from atp.export.clip import CLIP_TOKENIZER_DIR, TEXT_GRAPH_FILE, no_mha_fastpath
+
+    ids = torch.zeros(2, clip.context_length, dtype=torch.int64)
+    ids[:, 0], ids[:, 1], ids[:, 2] = clip.tokenizer.encoder["<start_of_text>"], 320, clip.tokenizer.encoder["<end_of_text>"]
+    with no_mha_fastpath():
+        io = _export_text_graph(clip, ids, staging, cfg)
+    tok = clip.save_tokenizer(staging / CLIP_TOKENIZER_DIR)
+    return {"file": TEXT_GRAPH_FILE, **describe_io(io), "space": "clip", "clip_model": clip.name, "tokenizer": tok,
+            "output": "L2-normalised"}
+
+
+def _export_text_graph(clip, ids, staging: Path, cfg: ExportConfig):
+    from atp.export.clip import TEXT_GRAPH_FILE, ClipTextEncoder
+
+    return export_module(ClipTextEncoder(clip.model).eval(), (ids,), staging / TEXT_GRAPH_FILE, input_names=["input_ids"],
+                       output_names=["text_embeds"], dynamic_axes={"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}},
+                         opset=cfg.opset, external_data_threshold=cfg.external_data_threshold)
+
+
+def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None) -> dict:
     """Run every graph in ONNX Runtime on example inputs and compare with PyTorch."""
     import onnxruntime as ort
 
@@ -118,9 +168,9 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
     so.log_severity_level = 3
     report = {}
     for key, scorer in scorers.items():
-        example = _vision_example(adapter, scorer)
+        example = _vision_example(adapter, scorer, clip=clip)
         with torch.no_grad():
-            ref_embeds, ref_idx = adapter.vision_module(scorer)(*example)
+            ref_embeds, ref_idx = adapter.vision_module(scorer, clip=clip)(*example)
         sess = ort.InferenceSession(str(staging / graphs[key]["file"]), so, providers=["CPUExecutionProvider"])
         names = [i["name"] for i in graphs[key]["inputs"]]
         embeds, idx = sess.run(None, dict(zip(names, (a.numpy() for a in example))))
@@ -128,6 +178,19 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
         report[key] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same else None, "same_kept_index": same}
         if not same:
             raise AtpError(f"validation failed: ONNX Runtime kept other tokens than PyTorch in {key} ({report[key]})")
+    if "text" in graphs:
+        from atp.export.clip import ClipTextEncoder
+
+        tok = clip.hf_tokenizer()
+        rows = [tok.encode(p).ids for p in ("what color is the shape?", "is there a red circle")]
+        ids = torch.tensor([r + [0] * (clip.context_length - len(r)) for r in rows], dtype=torch.int64)
+        with torch.no_grad():
+            ref_t = ClipTextEncoder(clip.model)(ids).numpy()
+        got = ort.InferenceSession(str(staging / graphs["text"]["file"]), so, providers=["CPUExecutionProvider"]).run(
+            None, {"input_ids": ids.numpy()})[0]
+        report["text"] = {"max_abs_diff": float(np.abs(got - ref_t).max())}
+        if report["text"]["max_abs_diff"] > 1e-3:
+            raise AtpError(f"validation failed: the CLIP text graph differs from PyTorch ({report['text']})")
     args = _decoder_example(adapter)
     with torch.no_grad():
         ref = adapter.decoder_module()(*args)
@@ -142,7 +205,8 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path) -> dict:
 
 
 def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
-                  validate: bool = True) -> dict:
+                  validate: bool = True, scorer_params: dict[str, dict] | None = None, calibration: dict | None = None,
+                  clip=None) -> dict:
     """Export ``adapter``'s model into a bundle directory at ``out``.
 
     Args:
@@ -151,6 +215,11 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         config: Opset and default pruning.
         overwrite: Replace an existing bundle at ``out``.
         validate: Compare ONNX Runtime with PyTorch on example inputs and record the differences.
+        scorer_params: ``scorer -> constructor kwargs`` (blend weights from a calibration artifact).
+        calibration: What to record about the calibration artifact in the manifest (``pruning.calibration``).
+        clip: A user-supplied open_clip model (:class:`atp.export.clip.OpenClip`): scorers that support it
+            (``atp``) measure text relevance in CLIP space and the bundle gets the ``text`` graph; without it
+            they fall back to the LM embedding space. The manifest records the space per graph.
 
     Returns:
         The written manifest.
@@ -159,7 +228,16 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
     n = adapter.num_visual_tokens
     default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
     default = config.pruning.scorer
-    scorers = {vision_graph_key(name, default): SCORERS.get(name)().eval() for name in config.pruning.scorers}
+    scorer_params = scorer_params or {}
+    params = {name: dict(scorer_params.get(name, {})) for name in config.pruning.scorers}
+    if clip is not None:
+        for name in config.pruning.scorers:
+            if getattr(SCORERS.get(name), "supports_clip", False):
+                params[name]["text_space"] = "clip"
+    try:
+        scorers = {vision_graph_key(name, default): SCORERS.get(name)(**params[name]).eval() for name in config.pruning.scorers}
+    except (TypeError, ValueError) as exc:
+        raise AtpError(f"bad scorer parameters {params}: {exc}") from None
     steps = ["vision graph(s)", "decoder graph", "embeddings + tokenizer", "validation" if validate else None]
     steps = [s for s in steps if s]
 
@@ -168,7 +246,10 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
 
     with staged_bundle(Path(out), overwrite=overwrite) as staging:
         step(1, f"exporting the vision graph ({n} visual tokens, scorers {', '.join(config.pruning.scorers)}, opset {config.opset})")
-        graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx") for key, scorer in scorers.items()}
+        graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip)
+                  for key, scorer in scorers.items()}
+        if clip is not None:
+            graphs["text"] = _export_text(clip, staging, config)
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")
         decoder = _export_decoder(adapter, staging, config)
         step(3, "writing the embedding table and tokenizer")
@@ -185,6 +266,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "embeddings": {"file": EMBED_FILE, "dtype": str(table.dtype), "shape": list(table.shape)},
             "pruning": {**config.pruning.to_dict(), "num_visual_tokens": n, "default_keep": default_keep,
                         "scorers": {name: vision_graph_key(name, default) for name in config.pruning.scorers},
+                        "scorer_params": params,
                         "gate": "in-graph TopK; keep is a runtime input (1..N)"},
             "preprocessing": adapter.preprocessing(),
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
@@ -193,9 +275,11 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
         }
+        if calibration is not None:
+            manifest["pruning"]["calibration"] = calibration
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
-            manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging)
+            manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, clip=clip)
             log.info("validation: %s", manifest["validation"])
         manifest = finalize_manifest(staging, manifest)
     log.info("bundle written to %s", out)

@@ -1,9 +1,16 @@
 """``atp``: Adaptive Token Pruning: CLS attention blended with text-image relevance.
 
-score_i = a * minmax(cls_i) + (1 - a) * minmax(cos(P(v_i), t)), with P the projector and t
-the prompt embedding. This is the LM-space form (no CLIP text tower: cosine between the
-projected visual tokens and the mean of the prompt's token embeddings); the bundle records
-``text_space: "lm"``. ``a`` comes from calibration (default 0.5).
+score_i = a * minmax(cls_i) + (1 - a) * minmax(cos(v_i, t)).
+
+Two text spaces, recorded in the manifest (``text_embeds.space``):
+
+- ``"clip"`` (with a user-supplied open_clip model, see :mod:`atp.export.clip`): v_i = patch i's
+  CLIP-space embedding from the open_clip image tower, t = the prompt's CLIP text embedding
+  (``text_embeds [B, E]``, from the bundle's ``text.onnx``).
+- ``"lm"`` (the fallback without CLIP weights): v_i = P(x_i) the projected visual token, t = the mean
+  of the prompt's token embeddings in the language model's embedding space.
+
+``a`` comes from calibration (default 0.5).
 """
 
 from __future__ import annotations
@@ -18,13 +25,24 @@ from atp.registry import SCORERS
 class AtpHybridScorer(Scorer):
     """a * CLS attention + (1 - a) * text relevance, each min-max normalised per image."""
 
-    summary = "ATP: a*CLS attention + (1-a)*text relevance (LM embedding space)"
+    summary = "ATP: a*CLS attention + (1-a)*text relevance (CLIP space with open_clip, else LM embedding space)"
     needs_text = True
-    text_space = "lm"
+    supports_clip = True
 
-    def __init__(self, alpha: float = 0.5):
+    def __init__(self, alpha: float = 0.5, text_space: str = "lm"):
         super().__init__()
         self.alpha = unit_interval("alpha", alpha)
+        if text_space not in ("lm", "clip"):
+            raise ValueError(f"text_space must be 'lm' or 'clip', got {text_space!r}")
+        self.text_space = text_space
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
-        return self.alpha * minmax(ctx.cls_attention()) + (1.0 - self.alpha) * minmax(text_similarity(ctx))
+        if self.text_space == "clip":
+            if ctx.clip_patches is None:
+                raise ValueError("atp in CLIP space needs the open_clip patch embedder in the vision context")
+            v = torch.nn.functional.normalize(ctx.clip_patches(), dim=-1)
+            t = torch.nn.functional.normalize(ctx.text_embeds, dim=-1)
+            relevance = torch.matmul(v, t.unsqueeze(-1)).squeeze(-1)
+        else:
+            relevance = text_similarity(ctx)
+        return self.alpha * minmax(ctx.cls_attention()) + (1.0 - self.alpha) * minmax(relevance)

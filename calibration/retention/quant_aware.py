@@ -7,7 +7,10 @@ score_i = w_err * minmax(quantization error_i) + w_out * minmax(outlier intensit
   fake quantization (``bits``, ``group_size`` along channels), as the quantized projector sees them;
 - outlier intensity: max |x_i| / rms(x_i);
 - semantic relevance: CLS attention of the feature layer.
-Weights come from calibration; the defaults favour semantics.
+Weights come from calibration; the defaults favour semantics. A negative weight prefers tokens
+with *low* values of that term (e.g. ``w_err < 0`` keeps the tokens the quantized model reproduces
+most faithfully; ``w_out > 0`` keeps the outlier tokens a low-bit model may need): the direction is
+for calibration to fit. Weights are normalised to unit L1 norm.
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ class QuantAwareScorer(Scorer):
         super().__init__()
         if bits not in (4, 8):
             raise ValueError(f"bits must be 4 or 8, got {bits}")
-        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"weights must be three non-negative numbers, got {weights}")
+        if len(weights) != 3 or sum(abs(float(w)) for w in weights) <= 0:
+            raise ValueError(f"weights must be three numbers, not all zero, got {weights}")
         self.bits, self.group_size = bits, group_size
-        self.weights = tuple(float(w) / sum(weights) for w in weights)
+        total = sum(abs(float(w)) for w in weights)
+        self.weights = tuple(float(w) / total for w in weights)
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
         x = ctx.features

@@ -207,14 +207,28 @@ class LlavaAdapter:
         tower = self.model.model.vision_tower
         return getattr(tower, "vision_model", tower)  # transformers 4.x nests it
 
-    def vision_module(self, scorer: torch.nn.Module) -> ClipVisionGate:
+    def vision_module(self, scorer: torch.nn.Module, clip=None) -> ClipVisionGate:
+        """The vision graph's module for ``scorer``; ``clip`` (:class:`atp.export.clip.OpenClip`) for CLIP text space."""
         m = self.model.model
+        clip_patches = None
+        if getattr(scorer, "text_space", "lm") == "clip":
+            from atp.export.clip import ClipPatchEmbedder
+
+            if clip is None:
+                raise CheckpointError("this scorer is in CLIP text space: give an open_clip model")
+            if self.config.vision_feature_select_strategy != "default":
+                raise CheckpointError("CLIP text space needs vision_feature_select_strategy 'default' (patch tokens only)")
+            pre = self.preprocessing()
+            clip_patches = ClipPatchEmbedder(clip, pre["mean"] or (0, 0, 0), pre["std"] or (1, 1, 1),
+                                             self.vision_config.image_size // self.vision_config.patch_size)
         return ClipVisionGate(
             self._vision_model(),
             feature_layer=self.config.vision_feature_layer,
             drop_cls=self.config.vision_feature_select_strategy == "default",
             projector=m.multi_modal_projector,
             scorer=scorer,
+            lm_probe=self.decoder_module() if getattr(scorer, "needs_prompt", False) else None,
+            clip_patches=clip_patches,
         ).eval()
 
     def decoder_module(self) -> LlamaLikeDecoder:
