@@ -1,0 +1,131 @@
+// atp_chat: answer a question about an image with an atp bundle, streaming the answer.
+//
+//   atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--max-new-tokens N]
+//            [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]
+//            [--backend ort|trt] [--ort-library PATH] [--trt-target NAME] [--plugin PATH] [--threads N]
+//            [--no-verify] [--raw-prompt] [--json]
+//
+// --json prints one JSON object (token ids, text, kept indices, timings) instead of streaming.
+#include <atp/runtime.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+
+namespace {
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--max-new-tokens N]\n"
+               "       [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
+               "       [--backend ort|trt] [--ort-library PATH] [--trt-target NAME] [--plugin PATH] [--threads N]\n"
+               "       [--no-verify] [--raw-prompt] [--json]\n");
+}
+
+std::string json_escape(const std::string& s) {
+  std::string o;
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') { o += '\\'; o += char(c); }
+    else if (c < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", c); o += b; }
+    else o += char(c);
+  }
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  std::string bundle_dir = argv[1], image, prompt;
+  atp::OpenOptions open;
+  atp::Sampling sampling;
+  int keep = -1;
+  float keep_ratio = 0;
+  bool json = false, raw = false;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "atp_chat: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--image") image = next();
+    else if (a == "--prompt") prompt = next();
+    else if (a == "--keep") keep = std::atoi(next().c_str());
+    else if (a == "--keep-ratio") keep_ratio = std::strtof(next().c_str(), nullptr);
+    else if (a == "--max-new-tokens") sampling.max_new_tokens = std::atoi(next().c_str());
+    else if (a == "--temperature") sampling.temperature = std::strtof(next().c_str(), nullptr);
+    else if (a == "--top-k") sampling.top_k = std::atoi(next().c_str());
+    else if (a == "--top-p") sampling.top_p = std::strtof(next().c_str(), nullptr);
+    else if (a == "--repetition-penalty") sampling.repetition_penalty = std::strtof(next().c_str(), nullptr);
+    else if (a == "--seed") sampling.seed = std::strtoull(next().c_str(), nullptr, 10);
+    else if (a == "--ignore-eos") sampling.ignore_eos = true;
+    else if (a == "--backend") open.backend = next();
+    else if (a == "--ort-library") open.ort_library = next();
+    else if (a == "--trt-target") open.trt_target = next();
+    else if (a == "--plugin") open.trt_plugin_library = next();
+    else if (a == "--threads") open.threads = std::atoi(next().c_str());
+    else if (a == "--no-verify") open.verify = false;
+    else if (a == "--raw-prompt") raw = true;
+    else if (a == "--json") json = true;
+    else {
+      std::fprintf(stderr, "atp_chat: unknown argument %s\n", a.c_str());
+      usage();
+      return 2;
+    }
+  }
+  if (image.empty() || prompt.empty()) {
+    usage();
+    return 2;
+  }
+  try {
+    atp::Bundle bundle(bundle_dir, open);
+    atp::Context ctx(bundle);
+    if (keep >= 0) ctx.set_keep(keep);
+    if (keep_ratio > 0) ctx.set_keep_ratio(keep_ratio);
+    ctx.set_image_file(image);
+    ctx.set_prompt(prompt, raw);
+    atp::Context::TokenFn stream = nullptr;
+    if (!json) stream = [](int32_t, const char* piece) {
+      std::fputs(piece, stdout);
+      std::fflush(stdout);
+      return true;
+    };
+    std::vector<int32_t> ids = ctx.generate(sampling, stream);
+    atp_timings t = ctx.timings();
+    if (json) {
+      std::string s = "{\"token_ids\": [";
+      for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
+      s += "], \"kept_index\": [";
+      auto kept = ctx.kept_index();
+      for (size_t i = 0; i < kept.size(); ++i) s += (i ? ", " : "") + std::to_string(kept[i]);
+      s += "], \"text\": \"" + json_escape(ctx.text()) + "\"";
+      char buf[512];
+      std::snprintf(buf, sizeof buf,
+                    ", \"kept\": %d, \"prompt_tokens\": %d, \"timings\": {\"preprocess\": %.4f, \"vision\": %.4f, "
+                    "\"prefill\": %.4f, \"ttft\": %.4f, \"decode_per_token\": %.4f, \"total\": %.4f}}",
+                    t.kept, t.prompt_tokens, t.preprocess_ms, t.vision_ms, t.prefill_ms, t.ttft_ms, t.decode_ms_per_token,
+                    t.total_ms);
+      std::cout << s << buf << std::endl;
+    } else {
+      std::printf("\n");
+      std::fprintf(stderr,
+                   "[atp %s | %s] kept %d/%d visual tokens, prompt %d tokens | preprocess %.2f ms, vision %.2f ms, "
+                   "prefill %.2f ms, TTFT %.2f ms, decode %.2f ms/token (%.1f tokens/s), %d tokens\n",
+                   atp::version().c_str(), bundle.info().backend, t.kept, bundle.info().num_visual_tokens, t.prompt_tokens,
+                   t.preprocess_ms, t.vision_ms, t.prefill_ms, t.ttft_ms, t.decode_ms_per_token,
+                   t.decode_ms_per_token > 0 ? 1000.0 / t.decode_ms_per_token : 0.0, t.generated_tokens);
+    }
+  } catch (const atp::Error& e) {
+    std::fprintf(stderr, "atp_chat: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
