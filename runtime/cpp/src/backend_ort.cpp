@@ -60,8 +60,6 @@ class OrtDecoder;
 class OrtBackend : public Backend {
  public:
   OrtBackend(const Manifest& m, const OpenOptions& o) : m_(m) {
-    init_ort(o.ort_library);
-    opts_ = Ort::SessionOptions();  // only now: the API pointer is set by init_ort
     // Same default as the Python runtime (os.cpu_count()): identical thread counts keep results identical.
     int threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
     opts_.SetIntraOpNumThreads(threads);
@@ -130,7 +128,7 @@ class OrtBackend : public Backend {
   std::unique_ptr<DecoderState> new_decoder() override;
 
   const Manifest& m_;
-  Ort::SessionOptions opts_{nullptr};
+  Ort::SessionOptions opts_;  // needs the API pointer: make_ort_backend calls init_ort first
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<Ort::Session>> sessions_;
   std::vector<std::string> dec_inputs_, dec_outputs_;
@@ -208,6 +206,7 @@ std::unique_ptr<DecoderState> OrtBackend::new_decoder() { return std::make_uniqu
 }  // namespace
 
 std::unique_ptr<Backend> make_ort_backend(const Manifest& m, const OpenOptions& o) {
+  init_ort(o.ort_library);  // before any Ort:: object exists (their constructors and destructors use the API)
   try {
     return std::make_unique<OrtBackend>(m, o);
   } catch (const Ort::Exception& e) {

@@ -93,6 +93,8 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
     const json& pr = m.at("pruning");
     out.num_visual_tokens = pr.at("num_visual_tokens").get<int>();
     out.default_keep = pr.at("default_keep").get<int>();
+    if (pr.contains("scorers") && pr["scorers"].is_object())
+      for (auto& [name, graph] : pr["scorers"].items()) out.scorers[name] = graph.get<std::string>();
     const json& p = m.at("prompt");
     out.chat_template = p.at("template").get<std::string>();
     out.image_token = p.at("image_token").get<std::string>();

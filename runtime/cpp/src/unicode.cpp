@@ -30,27 +30,30 @@ bool is_space(uint32_t cp) {
 }
 
 std::vector<uint32_t> decode(const std::string& text) {
+  // Invalid input: one U+FFFD per maximal subpart of an ill-formed sequence, as Rust's String::from_utf8_lossy
+  // (what tokenizers' decode returns) and Python's errors="replace" do.
   std::vector<uint32_t> out;
   out.reserve(text.size());
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  size_t n = text.size(), i = 0;
+  const size_t n = text.size();
+  size_t i = 0;
   while (i < n) {
     unsigned char c = s[i];
-    uint32_t cp;
+    if (c < 0x80) { out.push_back(c); ++i; continue; }
     size_t len;
-    if (c < 0x80) { cp = c; len = 1; }
-    else if ((c >> 5) == 6) { cp = c & 0x1F; len = 2; }
-    else if ((c >> 4) == 14) { cp = c & 0x0F; len = 3; }
-    else if ((c >> 3) == 30) { cp = c & 0x07; len = 4; }
+    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
     else { out.push_back(0xFFFD); ++i; continue; }
-    if (i + len > n) { out.push_back(0xFFFD); ++i; continue; }
-    bool ok = true;
-    for (size_t k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xC0) != 0x80) { ok = false; break; }
-      cp = (cp << 6) | (s[i + k] & 0x3F);
+    size_t k = 1;
+    for (; k < len && i + k < n; ++k) {
+      unsigned char b = s[i + k];
+      if (k == 1 ? (b < lo || b > hi) : (b & 0xC0) != 0x80) break;
+      cp = (cp << 6) | (b & 0x3F);
     }
-    bool overlong = (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
-    if (!ok || overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) { out.push_back(0xFFFD); ++i; continue; }
+    if (k < len) { out.push_back(0xFFFD); i += k; continue; }
     out.push_back(cp);
     i += len;
   }

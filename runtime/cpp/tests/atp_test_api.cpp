@@ -80,6 +80,11 @@ static void corrupt_bundle_checks(const fs::path& bundle, const fs::path& tmp) {
   atp_bundle* b = nullptr;
   fs::path d = tmp / "corrupt";
 
+  // first, before ONNX Runtime is loaded in this process (it is loaded once, then shared)
+  o.ort_library = "/nonexistent/libonnxruntime.so.1.99";
+  EXPECT_ERR(atp_bundle_open(bundle.c_str(), &o, &b), ATP_ERR_BACKEND, "cannot load ONNX Runtime");
+  o.ort_library = nullptr;
+
   copy_bundle(bundle, d);
   fs::remove(d / "manifest.json");
   EXPECT_ERR(atp_bundle_open(d.c_str(), &o, &b), ATP_ERR_BUNDLE, "manifest.json is missing");
@@ -127,8 +132,6 @@ static void corrupt_bundle_checks(const fs::path& bundle, const fs::path& tmp) {
   o.backend = "tpu";
   EXPECT_ERR(atp_bundle_open(bundle.c_str(), &o, &b), ATP_ERR_INVALID_ARGUMENT, "unknown backend");
   o.backend = "ort";
-  o.ort_library = "/nonexistent/libonnxruntime.so.1.99";
-  EXPECT_ERR(atp_bundle_open(bundle.c_str(), &o, &b), ATP_ERR_BACKEND, "cannot load ONNX Runtime");
   fs::remove_all(d);
 }
 
@@ -181,6 +184,9 @@ static void bundle_checks(const fs::path& bundle) {
   EXPECT_ERR(atp_set_keep_ratio(c, 0.0f), ATP_ERR_OUT_OF_RANGE, "keep_ratio");
   EXPECT_ERR(atp_set_keep_ratio(c, 1.5f), ATP_ERR_OUT_OF_RANGE, "keep_ratio");
   EXPECT_ERR(atp_set_keep_ratio(c, std::nanf("")), ATP_ERR_OUT_OF_RANGE, "keep_ratio");
+
+  EXPECT_ERR(atp_set_scorer(c, "no-such-scorer"), ATP_ERR_UNSUPPORTED, "no vision graph for scorer");
+  CHECK(atp_set_scorer(c, nullptr) == ATP_OK);
 
   // prompts
   EXPECT_ERR(atp_set_prompt(c, "   ", 0), ATP_ERR_INPUT, "non-empty");

@@ -1,6 +1,6 @@
 // atp_chat: answer a question about an image with an atp bundle, streaming the answer.
 //
-//   atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--max-new-tokens N]
+//   atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--scorer NAME] [--max-new-tokens N]
 //            [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]
 //            [--backend ort|trt] [--ort-library PATH] [--trt-target NAME] [--plugin PATH] [--threads N]
 //            [--no-verify] [--raw-prompt] [--json]
@@ -18,7 +18,7 @@ namespace {
 
 void usage() {
   std::fprintf(stderr,
-               "usage: atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--max-new-tokens N]\n"
+               "usage: atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--scorer NAME] [--max-new-tokens N]\n"
                "       [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
                "       [--backend ort|trt] [--ort-library PATH] [--trt-target NAME] [--plugin PATH] [--threads N]\n"
                "       [--no-verify] [--raw-prompt] [--json]\n");
@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
     usage();
     return argc < 2 ? 2 : 0;
   }
-  std::string bundle_dir = argv[1], image, prompt;
+  std::string bundle_dir = argv[1], image, prompt, scorer;
   atp::OpenOptions open;
   atp::Sampling sampling;
   int keep = -1;
@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
     if (a == "--image") image = next();
     else if (a == "--prompt") prompt = next();
     else if (a == "--keep") keep = std::atoi(next().c_str());
+    else if (a == "--scorer") scorer = next();
     else if (a == "--keep-ratio") keep_ratio = std::strtof(next().c_str(), nullptr);
     else if (a == "--max-new-tokens") sampling.max_new_tokens = std::atoi(next().c_str());
     else if (a == "--temperature") sampling.temperature = std::strtof(next().c_str(), nullptr);
@@ -90,6 +91,7 @@ int main(int argc, char** argv) {
     atp::Context ctx(bundle);
     if (keep >= 0) ctx.set_keep(keep);
     if (keep_ratio > 0) ctx.set_keep_ratio(keep_ratio);
+    if (!scorer.empty()) ctx.set_scorer(scorer);
     ctx.set_image_file(image);
     ctx.set_prompt(prompt, raw);
     atp::Context::TokenFn stream = nullptr;

@@ -65,7 +65,8 @@ typedef struct atp_open_options {
   const char* backend;             /* "ort" (ONNX Runtime CPU, default) or "trt" (TensorRT engines) */
   int verify;                      /* check size + sha256 of every bundle file (default 1) */
   int threads;                     /* CPU threads for ORT intra-op (0 = all cores) */
-  const char* ort_library;         /* path of libonnxruntime.so.1.* (NULL: $ATP_ORT_LIBRARY, then the loader path) */
+  const char* ort_library;         /* libonnxruntime.so.1.* (NULL: $ATP_ORT_LIBRARY, then the loader path); the
+                                      first bundle opened in a process loads ONNX Runtime, later ones share it */
   const char* trt_target;          /* engines/<target>/ subfolder (NULL: the manifest's only/first target) */
   const char* trt_plugin_library;  /* TopKGate/MixedGemm plugin .so to load before deserializing (NULL: none) */
   int max_sequence;                /* longest prompt + answer, in tokens (0: from the manifest/engine profile, else unlimited) */
@@ -99,6 +100,10 @@ ATP_API void atp_context_destroy(atp_context* ctx);
 ATP_API atp_status atp_set_keep(atp_context* ctx, int32_t keep);
 /* Fraction of visual tokens to keep, in (0, 1]: K = max(1, ceil(ratio * N)) as in atp.config.resolve_keep. */
 ATP_API atp_status atp_set_keep_ratio(atp_context* ctx, float ratio);
+
+/* Retention scorer for the next requests: one the bundle was exported with (manifest pruning.scorers,
+ * e.g. "cls", "atp"); NULL or "" = the bundle's default. */
+ATP_API atp_status atp_set_scorer(atp_context* ctx, const char* scorer);
 
 /* Image as interleaved 8-bit pixels, channels 3 (RGB) or 4 (RGBA, composited on white), rows `stride`
  * bytes apart (0 = width * channels). Copied. Resized, cropped and normalised per the manifest. */

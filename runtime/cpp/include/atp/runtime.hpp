@@ -146,6 +146,7 @@ class Context {
 
   void set_keep(int32_t keep) { check(atp_set_keep(c_, keep)); }
   void set_keep_ratio(float ratio) { check(atp_set_keep_ratio(c_, ratio)); }
+  void set_scorer(const std::string& scorer) { check(atp_set_scorer(c_, scorer.c_str())); }
   void set_image_rgb8(const uint8_t* px, int32_t w, int32_t h, int32_t channels = 3, int32_t stride = 0) {
     check(atp_set_image_rgb8(c_, px, w, h, channels, stride));
   }
