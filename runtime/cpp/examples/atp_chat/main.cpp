@@ -8,6 +8,7 @@
 // --json prints one JSON object (token ids, text, kept indices, timings) instead of streaming.
 #include <atp/runtime.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,7 +22,7 @@ void usage() {
                "usage: atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--scorer NAME] [--max-new-tokens N]\n"
                "       [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
                "       [--backend ort|trt] [--ort-library PATH] [--trt-target NAME] [--plugin PATH] [--threads N]\n"
-               "       [--no-verify] [--raw-prompt] [--json]\n");
+               "       [--no-verify] [--raw-prompt] [--json] [--repeat N]\n");
 }
 
 std::string json_escape(const std::string& s) {
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   int keep = -1;
   float keep_ratio = 0;
   bool json = false, raw = false;
+  int repeat = 1;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -76,6 +78,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-verify") open.verify = false;
     else if (a == "--raw-prompt") raw = true;
     else if (a == "--json") json = true;
+    else if (a == "--repeat") repeat = std::max(1, std::atoi(next().c_str()));
     else {
       std::fprintf(stderr, "atp_chat: unknown argument %s\n", a.c_str());
       usage();
@@ -100,7 +103,16 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
       return true;
     };
-    std::vector<int32_t> ids = ctx.generate(sampling, stream);
+    std::vector<int32_t> ids;
+    std::string runs;  // --repeat N (benchmarks): timings of every run; the answer is the last run's
+    for (int r = 0; r < repeat; ++r) {
+      ids = ctx.generate(sampling, r + 1 == repeat ? stream : nullptr);
+      atp_timings tr = ctx.timings();
+      char b[160];
+      std::snprintf(b, sizeof b, "%s{\"ttft\": %.4f, \"decode_per_token\": %.4f, \"total\": %.4f}", r ? ", " : "", tr.ttft_ms,
+                    tr.decode_ms_per_token, tr.total_ms);
+      runs += b;
+    }
     atp_timings t = ctx.timings();
     if (json) {
       std::string s = "{\"token_ids\": [";
@@ -115,7 +127,8 @@ int main(int argc, char** argv) {
                     "\"prefill\": %.4f, \"ttft\": %.4f, \"decode_per_token\": %.4f, \"total\": %.4f}}",
                     t.kept, t.prompt_tokens, t.preprocess_ms, t.vision_ms, t.prefill_ms, t.ttft_ms, t.decode_ms_per_token,
                     t.total_ms);
-      std::cout << s << buf << std::endl;
+      buf[std::strlen(buf) - 1] = '\0';  // reopen the object for the runs list
+      std::cout << s << buf << ", \"runs\": [" << runs << "]}" << std::endl;
     } else {
       std::printf("\n");
       std::fprintf(stderr,
