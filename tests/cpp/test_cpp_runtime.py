@@ -99,9 +99,9 @@ def cpp_build(demo_bundle, tiny_bundle):
     return build
 
 
-def _chat(build, bundle, image, prompt, keep=None, scorer=None, max_new=12, ignore_eos=False):
+def _chat(build, bundle, image, prompt, keep=None, scorer=None, max_new=12, ignore_eos=False, extra=()):
     cmd = [build / "examples" / "atp_chat" / "atp_chat", bundle, "--image", image, "--prompt", prompt, "--json",
-           "--max-new-tokens", max_new, "--ort-library", _ort_library()]
+           "--max-new-tokens", max_new, "--ort-library", _ort_library(), *extra]
     if keep is not None:
         cmd += ["--keep", keep]
     if scorer:
@@ -178,6 +178,26 @@ def test_greedy_ids_equal_python_session(cpp_build, demo_bundle, tiny_bundle, tm
         assert ours["text"] == ref.text
         checked += 1
     assert checked == len(cases) >= 9
+
+
+@pytest.mark.parametrize("which", ["demo", "tiny"])
+def test_seeded_sampling_equals_python_session(cpp_build, demo_bundle, tiny_bundle, tmp_path, which):
+    """numpy's default_rng(seed) stream (SeedSequence + PCG64) and Generator.choice are reproduced in C++."""
+    from atp.runtime import Session
+
+    bundle = demo_bundle if which == "demo" else tiny_bundle
+    sess = Session(bundle)
+    img = _images(tmp_path, tuple(sess.manifest["preprocessing"]["image_size"]))[0]
+    prompt = "what color is the shape?"
+    settings = [dict(temperature=1.0, top_k=0, top_p=1.0, seed=0), dict(temperature=0.7, top_k=10, top_p=0.9, seed=7),
+                dict(temperature=1.5, top_k=0, top_p=0.8, seed=123456789012), dict(temperature=2.0, top_k=3, top_p=1.0, seed=42)]
+    for st in settings:
+        extra = ["--temperature", st["temperature"], "--top-k", st["top_k"], "--top-p", st["top_p"], "--seed", st["seed"]]
+        ours = _chat(cpp_build, bundle, img, prompt, keep=8, max_new=16, ignore_eos=True, extra=extra)
+        ref = sess.generate(img, prompt, keep=8, max_new_tokens=16, ignore_eos=True, **st)
+        assert ours["token_ids"] == ref.token_ids, st
+    greedy = sess.generate(img, prompt, keep=8, max_new_tokens=16, ignore_eos=True).token_ids
+    assert ours["token_ids"] != greedy  # sampling really sampled
 
 
 def test_text_conditioned_scorer_matches_python(cpp_build, demo_bundle, tmp_path):

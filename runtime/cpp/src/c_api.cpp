@@ -160,7 +160,7 @@ atp_status atp_context_create(atp_bundle* b, atp_context** out) {
 void atp_context_destroy(atp_context* c) { delete c; }
 
 atp_status atp_set_keep(atp_context* c, int32_t keep) { return guard([&] { ctx_of(c).set_keep(keep); }); }
-atp_status atp_set_keep_ratio(atp_context* c, float ratio) { return guard([&] { ctx_of(c).set_keep_ratio(ratio); }); }
+atp_status atp_set_keep_ratio(atp_context* c, double ratio) { return guard([&] { ctx_of(c).set_keep_ratio(ratio); }); }
 
 atp_status atp_set_scorer(atp_context* c, const char* scorer) {
   return guard([&] { ctx_of(c).set_scorer(scorer ? scorer : ""); });

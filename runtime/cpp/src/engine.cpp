@@ -43,7 +43,7 @@ void Context::set_keep(int keep) {
   keep_ratio_ = 0;
 }
 
-void Context::set_keep_ratio(float ratio) {
+void Context::set_keep_ratio(double ratio) {
   if (!(ratio > 0 && ratio <= 1)) fail(ATP_ERR_OUT_OF_RANGE, "keep_ratio must be in (0, 1], got " + std::to_string(ratio));
   keep_ratio_ = ratio;
   keep_ = 0;
@@ -68,7 +68,7 @@ void Context::set_scorer(const std::string& scorer) {
 int Context::resolve_keep() const {
   int n = b_.manifest().num_visual_tokens;
   if (keep_ > 0) return keep_;
-  if (keep_ratio_ > 0) return std::max(1, int(std::ceil(double(keep_ratio_) * n - 1e-9)));
+  if (keep_ratio_ > 0) return std::max(1, int(std::ceil(keep_ratio_ * n - 1e-9)));
   return b_.manifest().default_keep;
 }
 

@@ -52,7 +52,7 @@ class Context {
  public:
   explicit Context(const Bundle& b);
   void set_keep(int keep);
-  void set_keep_ratio(float ratio);
+  void set_keep_ratio(double ratio);
   void set_scorer(const std::string& scorer);  // "" = the bundle's default vision graph
   void set_image(Rgb8 img);
   void set_pixels(const float* chw, size_t count);
@@ -75,7 +75,7 @@ class Context {
   std::unique_ptr<DecoderState> dec_;
   int keep_ = 0;
   std::string vision_graph_ = "vision";
-  float keep_ratio_ = 0;
+  double keep_ratio_ = 0;
   bool has_image_ = false, has_pixels_ = false, has_prompt_ = false, prompt_raw_ = false, prompt_is_ids_ = false;
   Rgb8 image_;
   std::vector<float> pixels_;

@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
   atp::OpenOptions open;
   atp::Sampling sampling;
   int keep = -1;
-  float keep_ratio = 0;
+  double keep_ratio = 0;
   bool json = false, raw = false;
   int repeat = 1;
   for (int i = 2; i < argc; ++i) {
@@ -62,12 +62,12 @@ int main(int argc, char** argv) {
     else if (a == "--prompt") prompt = next();
     else if (a == "--keep") keep = std::atoi(next().c_str());
     else if (a == "--scorer") scorer = next();
-    else if (a == "--keep-ratio") keep_ratio = std::strtof(next().c_str(), nullptr);
+    else if (a == "--keep-ratio") keep_ratio = std::strtod(next().c_str(), nullptr);
     else if (a == "--max-new-tokens") sampling.max_new_tokens = std::atoi(next().c_str());
-    else if (a == "--temperature") sampling.temperature = std::strtof(next().c_str(), nullptr);
+    else if (a == "--temperature") sampling.temperature = std::strtod(next().c_str(), nullptr);
     else if (a == "--top-k") sampling.top_k = std::atoi(next().c_str());
-    else if (a == "--top-p") sampling.top_p = std::strtof(next().c_str(), nullptr);
-    else if (a == "--repetition-penalty") sampling.repetition_penalty = std::strtof(next().c_str(), nullptr);
+    else if (a == "--top-p") sampling.top_p = std::strtod(next().c_str(), nullptr);
+    else if (a == "--repetition-penalty") sampling.repetition_penalty = std::strtod(next().c_str(), nullptr);
     else if (a == "--seed") sampling.seed = std::strtoull(next().c_str(), nullptr, 10);
     else if (a == "--ignore-eos") sampling.ignore_eos = true;
     else if (a == "--backend") open.backend = next();

@@ -99,7 +99,7 @@ ATP_API void atp_context_destroy(atp_context* ctx);
 /* Visual tokens to keep for the next requests: 1..N. keep = 0 restores the bundle default. */
 ATP_API atp_status atp_set_keep(atp_context* ctx, int32_t keep);
 /* Fraction of visual tokens to keep, in (0, 1]: K = max(1, ceil(ratio * N)) as in atp.config.resolve_keep. */
-ATP_API atp_status atp_set_keep_ratio(atp_context* ctx, float ratio);
+ATP_API atp_status atp_set_keep_ratio(atp_context* ctx, double ratio);
 
 /* Retention scorer for the next requests: one the bundle was exported with (manifest pruning.scorers,
  * e.g. "cls", "atp"); NULL or "" = the bundle's default. */
@@ -122,10 +122,10 @@ ATP_API atp_status atp_set_prompt_ids(atp_context* ctx, const int32_t* ids, size
 
 typedef struct atp_sampling {
   uint32_t struct_size;     /* sizeof(atp_sampling) */
-  float temperature;        /* 0 = greedy (default) */
+  double temperature;       /* 0 = greedy (default) */
   int32_t top_k;            /* 0 = off */
-  float top_p;              /* 1 = off */
-  float repetition_penalty; /* 1 = off; > 1 discourages tokens already generated (CTRL-style) */
+  double top_p;             /* 1 = off */
+  double repetition_penalty; /* 1 = off; > 1 discourages tokens already generated (CTRL-style) */
   uint64_t seed;            /* sampling seed */
   int32_t max_new_tokens;   /* default 32 */
   int ignore_eos;           /* generate exactly max_new_tokens */

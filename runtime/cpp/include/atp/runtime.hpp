@@ -48,10 +48,10 @@ struct OpenOptions {
 };
 
 struct Sampling {
-  float temperature = 0.0f;
+  double temperature = 0.0;
   int32_t top_k = 0;
-  float top_p = 1.0f;
-  float repetition_penalty = 1.0f;
+  double top_p = 1.0;
+  double repetition_penalty = 1.0;
   uint64_t seed = 0;
   int32_t max_new_tokens = 32;
   bool ignore_eos = false;
@@ -145,7 +145,7 @@ class Context {
   ~Context() { atp_context_destroy(c_); }
 
   void set_keep(int32_t keep) { check(atp_set_keep(c_, keep)); }
-  void set_keep_ratio(float ratio) { check(atp_set_keep_ratio(c_, ratio)); }
+  void set_keep_ratio(double ratio) { check(atp_set_keep_ratio(c_, ratio)); }
   void set_scorer(const std::string& scorer) { check(atp_set_scorer(c_, scorer.c_str())); }
   void set_image_rgb8(const uint8_t* px, int32_t w, int32_t h, int32_t channels = 3, int32_t stride = 0) {
     check(atp_set_image_rgb8(c_, px, w, h, channels, stride));
