@@ -8,8 +8,8 @@ Both sides run the same request (same image, prompt, K, ``--tokens`` tokens with
 libonnxruntime with the same thread count; the C++ side is one atp_chat process doing ``repeats + 1`` requests
 (the first is a warm-up), the Python side one Session doing the same, the two interleaved ``--rounds`` times.
 Medians of time to first token and decode ms/token, and their C++/Python ratios, are printed and written to
-``bench/results/cpp_vs_python_<bundle>.md``. Needs the C++ build (tests/cpp/test_cpp_runtime.py makes one in
-build/cpp/main; or ``--atp-chat PATH``).
+``bench/results/cpp_vs_python_<bundle>.md``. Builds an optimised (Release, unsanitized) atp_chat into
+build/cpp/release if missing (or pass ``--atp-chat PATH``).
 """
 
 from __future__ import annotations
@@ -52,11 +52,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--atp-chat", default=str(ROOT / "build" / "cpp" / "main" / "examples" / "atp_chat" / "atp_chat"))
+    ap.add_argument("--atp-chat", default=str(ROOT / "build" / "cpp" / "release" / "examples" / "atp_chat" / "atp_chat"))
     args = ap.parse_args()
 
     if not Path(args.atp_chat).is_file():
-        sys.exit(f"no atp_chat at {args.atp_chat}: build runtime/cpp first (pytest tests/cpp builds it) or pass --atp-chat")
+        build = ROOT / "build" / "cpp" / "release"
+        subprocess.run(["cmake", "-S", ROOT / "runtime" / "cpp", "-B", build, "-DCMAKE_BUILD_TYPE=Release",
+                        f"-DATP_DEPS_DIR={ROOT / 'build' / 'cpp' / 'deps'}"], check=True)
+        subprocess.run(["cmake", "--build", build, "-j2", "--target", "atp_chat"], check=True)
     if not (Path(args.bundle) / "manifest.json").exists():
         name = "demo-smollm2" if "smollm2" in Path(args.bundle).name else "demo"
         subprocess.run(["atp-export", "onnx", name, "--out", args.bundle], check=True)

@@ -1,7 +1,8 @@
 // Test helper for tests/cpp/test_cpp_runtime.py (Python vs C++ parity):
 //   atp_probe tokenize TOKENIZER_JSON INPUT   INPUT: one hex-encoded UTF-8 text per line; prints one line per text:
 //                                             ids (no special) | ids (with special) | hex of decode(ids, skip special)
-//   atp_probe preprocess BUNDLE IMAGE OUT     writes the preprocessed float32 [3, H, W] tensor to OUT
+//   atp_probe preprocess BUNDLE OUTDIR IMG... writes each image's preprocessed float32 [3, H, W] tensor to
+//                                             OUTDIR/<index>.f32
 #include <atp/runtime.hpp>
 
 #include <cstdio>
@@ -44,13 +45,18 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
-    if (cmd == "preprocess" && argc == 5) {
-      atp::Bundle b(argv[2]);
-      std::vector<float> px = b.preprocess_file(argv[3]);
-      std::ofstream(argv[4], std::ios::binary).write(reinterpret_cast<const char*>(px.data()), std::streamsize(px.size() * 4));
+    if (cmd == "preprocess" && argc >= 5) {
+      atp::OpenOptions o;
+      o.verify = false;
+      atp::Bundle b(argv[2], o);
+      for (int i = 4; i < argc; ++i) {
+        std::vector<float> px = b.preprocess_file(argv[i]);
+        std::string out = std::string(argv[3]) + "/" + std::to_string(i - 4) + ".f32";
+        std::ofstream(out, std::ios::binary).write(reinterpret_cast<const char*>(px.data()), std::streamsize(px.size() * 4));
+      }
       return 0;
     }
-    std::fprintf(stderr, "usage: atp_probe tokenize TOKENIZER_JSON INPUT | preprocess BUNDLE IMAGE OUT\n");
+    std::fprintf(stderr, "usage: atp_probe tokenize TOKENIZER_JSON INPUT | preprocess BUNDLE OUTDIR IMG...\n");
     return 2;
   } catch (const atp::Error& e) {
     std::fprintf(stderr, "atp_probe: %s\n", e.what());

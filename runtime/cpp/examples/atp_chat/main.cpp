@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -22,7 +23,7 @@ void usage() {
                "usage: atp_chat BUNDLE --image IMG --prompt TEXT [--keep K | --keep-ratio R] [--scorer NAME] [--max-new-tokens N]\n"
                "       [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
                "       [--backend ort|trt] [--ort-library PATH] [--trt-target NAME] [--plugin PATH] [--threads N]\n"
-               "       [--no-verify] [--raw-prompt] [--json] [--repeat N]\n");
+               "       [--no-verify] [--raw-prompt] [--json] [--repeat N] [--batch FILE]\n");
 }
 
 std::string json_escape(const std::string& s) {
@@ -33,6 +34,23 @@ std::string json_escape(const std::string& s) {
     else o += char(c);
   }
   return o;
+}
+
+std::string result_json(const atp::Context& ctx, const std::string& runs = "") {
+  std::vector<int32_t> ids = ctx.tokens();
+  atp_timings t = ctx.timings();
+  std::string s = "{\"token_ids\": [";
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
+  s += "], \"kept_index\": [";
+  auto kept = ctx.kept_index();
+  for (size_t i = 0; i < kept.size(); ++i) s += (i ? ", " : "") + std::to_string(kept[i]);
+  s += "], \"text\": \"" + json_escape(ctx.text()) + "\"";
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                ", \"kept\": %d, \"prompt_tokens\": %d, \"timings\": {\"preprocess\": %.4f, \"vision\": %.4f, "
+                "\"prefill\": %.4f, \"ttft\": %.4f, \"decode_per_token\": %.4f, \"total\": %.4f}",
+                t.kept, t.prompt_tokens, t.preprocess_ms, t.vision_ms, t.prefill_ms, t.ttft_ms, t.decode_ms_per_token, t.total_ms);
+  return s + buf + ", \"runs\": [" + runs + "]}";
 }
 
 }  // namespace
@@ -49,6 +67,7 @@ int main(int argc, char** argv) {
   double keep_ratio = 0;
   bool json = false, raw = false;
   int repeat = 1;
+  std::string batch;
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -78,6 +97,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-verify") open.verify = false;
     else if (a == "--raw-prompt") raw = true;
     else if (a == "--json") json = true;
+    else if (a == "--batch") batch = next();
     else if (a == "--repeat") repeat = std::max(1, std::atoi(next().c_str()));
     else {
       std::fprintf(stderr, "atp_chat: unknown argument %s\n", a.c_str());
@@ -85,13 +105,31 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (image.empty() || prompt.empty()) {
+  if (!batch.empty()) json = true;
+  if ((image.empty() || prompt.empty()) && batch.empty()) {
     usage();
     return 2;
   }
   try {
     atp::Bundle bundle(bundle_dir, open);
     atp::Context ctx(bundle);
+    if (!batch.empty()) {  // one request per line: KEEP<TAB>IMAGE<TAB>PROMPT (KEEP -1 = default); one JSON line each
+      std::ifstream in(batch);
+      if (!in) throw atp::Error(ATP_ERR_INPUT, "cannot read batch file " + batch);
+      std::string line;
+      while (std::getline(in, line)) {
+        size_t a = line.find('\t'), b = line.find('\t', a + 1);
+        if (a == std::string::npos || b == std::string::npos) throw atp::Error(ATP_ERR_INPUT, "batch line needs KEEP<TAB>IMAGE<TAB>PROMPT");
+        int k = std::atoi(line.substr(0, a).c_str());
+        ctx.set_keep(k < 0 ? 0 : k);
+        ctx.set_image_file(line.substr(a + 1, b - a - 1));
+        ctx.set_prompt(line.substr(b + 1), raw);
+        if (!scorer.empty()) ctx.set_scorer(scorer);
+        ctx.generate(sampling);
+        std::cout << result_json(ctx) << std::endl;
+      }
+      return 0;
+    }
     if (keep >= 0) ctx.set_keep(keep);
     if (keep_ratio > 0) ctx.set_keep_ratio(keep_ratio);
     if (!scorer.empty()) ctx.set_scorer(scorer);
@@ -115,20 +153,7 @@ int main(int argc, char** argv) {
     }
     atp_timings t = ctx.timings();
     if (json) {
-      std::string s = "{\"token_ids\": [";
-      for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
-      s += "], \"kept_index\": [";
-      auto kept = ctx.kept_index();
-      for (size_t i = 0; i < kept.size(); ++i) s += (i ? ", " : "") + std::to_string(kept[i]);
-      s += "], \"text\": \"" + json_escape(ctx.text()) + "\"";
-      char buf[512];
-      std::snprintf(buf, sizeof buf,
-                    ", \"kept\": %d, \"prompt_tokens\": %d, \"timings\": {\"preprocess\": %.4f, \"vision\": %.4f, "
-                    "\"prefill\": %.4f, \"ttft\": %.4f, \"decode_per_token\": %.4f, \"total\": %.4f}}",
-                    t.kept, t.prompt_tokens, t.preprocess_ms, t.vision_ms, t.prefill_ms, t.ttft_ms, t.decode_ms_per_token,
-                    t.total_ms);
-      buf[std::strlen(buf) - 1] = '\0';  // reopen the object for the runs list
-      std::cout << s << buf << ", \"runs\": [" << runs << "]}" << std::endl;
+      std::cout << result_json(ctx, runs) << std::endl;
     } else {
       std::printf("\n");
       std::fprintf(stderr,
