@@ -104,8 +104,8 @@ void Context::set_prompt_ids(std::vector<int32_t> ids) {
   if (count != 1)
     fail(ATP_ERR_INPUT, "prompt ids must contain the image token id " + std::to_string(b_.manifest().image_token_id) +
                             " exactly once (found " + std::to_string(count) + ")");
-  for (int32_t id : ids)
-    if (id < 0 || id >= b_.embeddings().rows)
+  for (int32_t id : ids)  // the image token is replaced by the visual tokens: it may lie beyond the table
+    if (id != b_.manifest().image_token_id && (id < 0 || id >= b_.embeddings().rows))
       fail(ATP_ERR_INPUT, "prompt token id " + std::to_string(id) + " is outside the vocabulary (0.." + std::to_string(b_.embeddings().rows - 1) + ")");
   prompt_ids_ = std::move(ids);
   prompt_is_ids_ = true;
@@ -130,8 +130,8 @@ std::vector<int32_t> Context::prompt_ids() const {
   if (count != 1)
     fail(ATP_ERR_INPUT, std::string(prompt_raw_ ? "the raw prompt" : "the prompt") + " must contain the image placeholder '" +
                             m.image_token + "' exactly once (found " + std::to_string(count) + ")");
-  for (int32_t id : ids)
-    if (id < 0 || id >= b_.embeddings().rows)
+  for (int32_t id : ids)  // the image token is replaced by the visual tokens: it may lie beyond the table
+    if (id != m.image_token_id && (id < 0 || id >= b_.embeddings().rows))
       fail(ATP_ERR_BUNDLE, "tokenizer produced id " + std::to_string(id) + " beyond the embedding table's " +
                                std::to_string(b_.embeddings().rows) + " rows");
   return ids;
