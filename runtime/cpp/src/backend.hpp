@@ -1,0 +1,51 @@
+// Inference backends: one per bundle (shared, read-only after open), one decoder state per context.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bundle.hpp"
+
+namespace atp_impl {
+
+struct OpenOptions {
+  std::string backend = "ort";
+  bool verify = true;
+  int threads = 0;
+  std::string ort_library, trt_target, trt_plugin_library;
+  int max_sequence = 0;
+};
+
+struct VisionOutput {
+  std::vector<float> embeds;  // [K, D] (batch 1)
+  std::vector<int64_t> kept;  // [K]
+  int64_t k = 0, dim = 0;
+};
+
+/// KV cache and the decoder graph's run state for one request stream (owned by one context).
+class DecoderState {
+ public:
+  virtual ~DecoderState() = default;
+  /// Forget the KV cache (start of a request).
+  virtual void reset() = 0;
+  /// Feed n new token embeddings [n, D] at positions past..past+n-1 (past = tokens fed since reset);
+  /// writes the last position's logits [V].
+  virtual void step(const float* embeds, int64_t n, std::vector<float>& logits) = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  /// Vision graph `graph` (manifest key) on pixels [1, 3, H, W] with keep K; text [1, D] when the graph takes text_embeds.
+  virtual VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t keep, const float* text) = 0;
+  virtual std::unique_ptr<DecoderState> new_decoder() = 0;
+  /// Longest sequence the decoder accepts (engine profile), 0 = unlimited.
+  virtual int max_sequence() const { return 0; }
+};
+
+std::unique_ptr<Backend> make_ort_backend(const Manifest& m, const OpenOptions& o);
+std::unique_ptr<Backend> make_trt_backend(const Manifest& m, const OpenOptions& o);
+
+}  // namespace atp_impl

@@ -1,0 +1,217 @@
+// ONNX Runtime backend. The library is dlopen'ed (the onnxruntime wheel's capi/libonnxruntime.so.1.*, or
+// the system one) and the C++ API is initialised by hand (ORT_API_MANUAL_INIT), so one binary works with
+// any ORT release whose C API version is >= the headers' (ORT exports versioned symbols, a link-time
+// dependency would pin the exact release).
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+
+#include "backend.hpp"
+#include "common.hpp"
+
+namespace atp_impl {
+namespace {
+
+std::mutex g_ort_mutex;
+Ort::Env* g_env = nullptr;  // process-wide, created once, never destroyed (ORT forbids re-creating it)
+
+void init_ort(const std::string& requested) {
+  std::lock_guard<std::mutex> lock(g_ort_mutex);
+  if (g_env) return;
+  std::vector<std::string> tries;
+  if (!requested.empty()) tries.push_back(requested);
+  else {
+    if (const char* env = std::getenv("ATP_ORT_LIBRARY")) tries.push_back(env);
+    tries.push_back("libonnxruntime.so.1");
+    tries.push_back("libonnxruntime.so");
+  }
+  void* handle = nullptr;
+  std::string errors;
+  for (const auto& path : tries) {
+    handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle) break;
+    const char* e = dlerror();
+    errors += "\n  " + path + ": " + (e ? e : "not found");
+  }
+  if (!handle)
+    fail(ATP_ERR_BACKEND, "cannot load ONNX Runtime; set atp_open_options.ort_library or $ATP_ORT_LIBRARY to libonnxruntime.so.1.* "
+                          "(e.g. the onnxruntime wheel's onnxruntime/capi/libonnxruntime.so.1.<ver>). Tried:" + errors);
+  using GetBase = const OrtApiBase* (*)();
+  auto get_base = reinterpret_cast<GetBase>(dlsym(handle, "OrtGetApiBase"));
+  if (!get_base) fail(ATP_ERR_BACKEND, "the ONNX Runtime library has no OrtGetApiBase symbol");
+  const OrtApi* api = get_base()->GetApi(ORT_API_VERSION);
+  if (!api)
+    fail(ATP_ERR_BACKEND, std::string("ONNX Runtime ") + get_base()->GetVersionString() + " does not provide C API version " +
+                              std::to_string(ORT_API_VERSION) + " (the headers this runtime was built with); use ORT >= 1." +
+                              std::to_string(ORT_API_VERSION));
+  Ort::InitApi(api);
+  g_env = new Ort::Env(ORT_LOGGING_LEVEL_ERROR, "atp");
+}
+
+class OrtDecoder;
+
+class OrtBackend : public Backend {
+ public:
+  OrtBackend(const Manifest& m, const OpenOptions& o) : m_(m) {
+    // Same default as the Python runtime (os.cpu_count()): identical thread counts keep results identical.
+    int threads = o.threads > 0 ? o.threads : int(std::max(1u, std::thread::hardware_concurrency()));
+    opts_.SetIntraOpNumThreads(threads);
+    opts_.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    opts_.SetLogSeverityLevel(3);
+    session("vision");
+    session("decoder");
+    auto& dec = m_.graphs.at("decoder");
+    dec_inputs_ = dec.inputs;
+    Ort::AllocatorWithDefaultOptions alloc;
+    Ort::Session& ds = *sessions_.at("decoder");
+    for (size_t i = 0; i < ds.GetOutputCount(); ++i) dec_outputs_.push_back(ds.GetOutputNameAllocated(i, alloc).get());
+    for (size_t i = 0; i < ds.GetInputCount(); ++i) {
+      std::string n = ds.GetInputNameAllocated(i, alloc).get();
+      if (std::find(dec_inputs_.begin(), dec_inputs_.end(), n) == dec_inputs_.end())
+        fail(ATP_ERR_BUNDLE, m_.graphs.at("decoder").file + " has input " + n + " the manifest does not list; re-export the bundle");
+    }
+  }
+
+  Ort::Session& session(const std::string& graph) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(graph);
+    if (it != sessions_.end()) return *it->second;
+    auto g = m_.graphs.find(graph);
+    if (g == m_.graphs.end()) fail(ATP_ERR_BUNDLE, "bundle has no graph '" + graph + "'");
+    std::string path = m_.path(g->second.file);
+    try {
+      auto s = std::make_unique<Ort::Session>(*g_env, path.c_str(), opts_);
+      return *(sessions_[graph] = std::move(s));
+    } catch (const Ort::Exception& e) {
+      fail(ATP_ERR_BUNDLE, "ONNX Runtime cannot load " + path + ": " + e.what());
+    }
+  }
+
+  VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t keep, const float* text) override {
+    Ort::Session& s = session(graph);
+    const GraphInfo& g = m_.graphs.at(graph);
+    auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    int64_t pshape[4] = {1, 3, m_.pre.out_height, m_.pre.out_width};
+    size_t pcount = size_t(3) * size_t(m_.pre.out_height) * size_t(m_.pre.out_width);
+    std::vector<Ort::Value> feeds;
+    std::vector<const char*> names;
+    feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(pixels), pcount, pshape, 4));
+    names.push_back("pixel_values");
+    feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, &keep, 1, nullptr, 0));
+    names.push_back("keep");
+    int64_t tshape[2] = {1, m_.hidden_size};
+    if (g.has_input("text_embeds")) {
+      feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(text), size_t(m_.hidden_size), tshape, 2));
+      names.push_back("text_embeds");
+    }
+    const char* outs[2] = {"image_embeds", "kept_index"};
+    std::vector<Ort::Value> r = s.Run(Ort::RunOptions{nullptr}, names.data(), feeds.data(), feeds.size(), outs, 2);
+    VisionOutput v;
+    auto es = r[0].GetTensorTypeAndShapeInfo().GetShape();
+    if (es.size() != 3 || es[0] != 1) fail(ATP_ERR_BACKEND, "vision graph returned image_embeds of unexpected rank");
+    v.k = es[1];
+    v.dim = es[2];
+    const float* e = r[0].GetTensorData<float>();
+    v.embeds.assign(e, e + v.k * v.dim);
+    const int64_t* ki = r[1].GetTensorData<int64_t>();
+    v.kept.assign(ki, ki + v.k);
+    return v;
+  }
+
+  std::unique_ptr<DecoderState> new_decoder() override;
+
+  const Manifest& m_;
+  Ort::SessionOptions opts_;  // needs the API pointer: make_ort_backend calls init_ort first
+  std::mutex mu_;
+  std::map<std::string, std::unique_ptr<Ort::Session>> sessions_;
+  std::vector<std::string> dec_inputs_, dec_outputs_;
+};
+
+class OrtDecoder : public DecoderState {
+ public:
+  explicit OrtDecoder(OrtBackend& b) : b_(b), s_(b.session("decoder")) {
+    for (const auto& n : b_.dec_outputs_) out_names_.push_back(n.c_str());
+    reset();
+  }
+
+  void reset() override {
+    past_.clear();
+    past_len_ = 0;
+    Ort::AllocatorWithDefaultOptions alloc;
+    int64_t shape[4] = {1, b_.m_.num_kv_heads, 0, b_.m_.head_dim};
+    for (int i = 0; i < b_.m_.num_layers; ++i)
+      for (const char* kv : {"key", "value"})
+        past_["past_key_values." + std::to_string(i) + "." + kv] = Ort::Value::CreateTensor<float>(alloc, shape, 4);
+  }
+
+  void step(const float* embeds, int64_t n, std::vector<float>& logits) override {
+    const Manifest& m = b_.m_;
+    auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    int64_t total = past_len_ + n;
+    mask_.assign(size_t(total), 1);
+    pos_.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) pos_[size_t(i)] = past_len_ + i;
+    int64_t eshape[3] = {1, n, m.hidden_size}, mshape[2] = {1, total}, pshape[2] = {1, n};
+    std::vector<Ort::Value> feeds;
+    std::vector<const char*> names;
+    for (const std::string& name : b_.dec_inputs_) {
+      names.push_back(name.c_str());
+      if (name == "inputs_embeds")
+        feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(embeds), size_t(n * m.hidden_size), eshape, 3));
+      else if (name == "attention_mask")
+        feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, mask_.data(), mask_.size(), mshape, 2));
+      else if (name == "position_ids")
+        feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, pos_.data(), pos_.size(), pshape, 2));
+      else {
+        auto it = past_.find(name);
+        if (it == past_.end()) fail(ATP_ERR_BUNDLE, "decoder input " + name + " is not one the runtime knows how to feed");
+        feeds.push_back(std::move(it->second));
+      }
+    }
+    std::vector<Ort::Value> r = s_.Run(Ort::RunOptions{nullptr}, names.data(), feeds.data(), feeds.size(), out_names_.data(),
+                                       out_names_.size());
+    for (size_t i = 0; i < r.size(); ++i) {
+      const std::string& on = b_.dec_outputs_[i];
+      if (on == "logits") {
+        auto shape = r[i].GetTensorTypeAndShapeInfo().GetShape();
+        int64_t v = shape.back(), rows = 1;
+        for (size_t d = 0; d + 1 < shape.size(); ++d) rows *= shape[d];
+        const float* p = r[i].GetTensorData<float>() + (rows - 1) * v;
+        logits.assign(p, p + v);
+      } else if (on.rfind("present.", 0) == 0) {
+        past_["past_key_values." + on.substr(8)] = std::move(r[i]);
+      }
+    }
+    past_len_ = total;
+  }
+
+ private:
+  OrtBackend& b_;
+  Ort::Session& s_;
+  std::vector<const char*> out_names_;
+  std::map<std::string, Ort::Value> past_;
+  std::vector<int64_t> mask_, pos_;
+  int64_t past_len_ = 0;
+};
+
+std::unique_ptr<DecoderState> OrtBackend::new_decoder() { return std::make_unique<OrtDecoder>(*this); }
+
+}  // namespace
+
+std::unique_ptr<Backend> make_ort_backend(const Manifest& m, const OpenOptions& o) {
+  init_ort(o.ort_library);  // before any Ort:: object exists (their constructors and destructors use the API)
+  try {
+    return std::make_unique<OrtBackend>(m, o);
+  } catch (const Ort::Exception& e) {
+    fail(ATP_ERR_BACKEND, std::string("ONNX Runtime: ") + e.what());
+  }
+}
+
+}  // namespace atp_impl

@@ -1,0 +1,144 @@
+#include "bundle.hpp"
+
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common.hpp"
+
+namespace atp_impl {
+
+using json = nlohmann::json;
+
+bool GraphInfo::has_input(const std::string& name) const {
+  for (const auto& i : inputs)
+    if (i == name) return true;
+  return false;
+}
+
+namespace {
+
+bool is_dir(const std::string& p) {
+  struct stat st{};
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool file_size(const std::string& p, int64_t& size) {
+  struct stat st{};
+  if (stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  size = int64_t(st.st_size);
+  return true;
+}
+
+void verify_files(const std::string& dir, const json& m) {
+  auto it = m.find("files");
+  if (it == m.end() || !it->is_object() || it->empty()) fail(ATP_ERR_BUNDLE, dir + "/manifest.json lists no files; re-export the bundle");
+  for (auto& [rel, meta] : it->items()) {
+    if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
+      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": manifest lists an unsafe path '" + rel + "'");
+    std::string p = dir + "/" + rel;
+    int64_t size = 0;
+    if (!file_size(p, size)) fail(ATP_ERR_BUNDLE, "bundle " + dir + " is incomplete: " + rel + " is missing");
+    if (!meta.contains("bytes") || meta["bytes"].get<int64_t>() != size)
+      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": " + rel + " has the wrong size (checksum mismatch); the file was modified or truncated");
+    if (sha256_file(p) != meta.value("sha256", std::string()))
+      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": checksum mismatch for " + rel + "; the file was modified after export");
+  }
+}
+
+std::vector<std::string> io_names(const json& arr) {
+  std::vector<std::string> out;
+  for (const json& e : arr) out.push_back(e.at("name").get<std::string>());
+  return out;
+}
+
+}  // namespace
+
+Manifest read_manifest(const std::string& dir_in, bool verify) {
+  std::string dir = dir_in;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (!is_dir(dir)) fail(ATP_ERR_BUNDLE, "bundle " + dir + " does not exist or is not a directory");
+  std::string mpath = dir + "/manifest.json";
+  int64_t size = 0;
+  if (!file_size(mpath, size)) fail(ATP_ERR_BUNDLE, dir + " is not an atp bundle: manifest.json is missing");
+  Manifest out;
+  out.dir = dir;
+  out.raw_json = read_file(mpath);
+  json m;
+  try {
+    m = json::parse(out.raw_json);
+  } catch (const json::exception& e) {
+    fail(ATP_ERR_BUNDLE, mpath + " is not valid JSON (" + std::string(e.what()) + "); re-export the bundle");
+  }
+  if (!m.is_object()) fail(ATP_ERR_BUNDLE, mpath + " does not hold a JSON object; re-export the bundle");
+  auto ver = m.find("format_version");
+  if (ver == m.end() || !ver->is_number_integer() || ver->get<int>() != 1)
+    fail(ATP_ERR_BUNDLE, "bundle " + dir + " has manifest format version " + (ver == m.end() ? std::string("None") : ver->dump()) +
+                             "; this atp reads version 1 only: re-export it with this atp, or use the atp release that wrote it");
+  if (verify) verify_files(dir, m);
+  try {
+    const json& model = m.at("model");
+    out.num_layers = model.at("num_layers").get<int>();
+    out.num_kv_heads = model.at("num_kv_heads").get<int>();
+    out.head_dim = model.at("head_dim").get<int>();
+    out.hidden_size = model.at("hidden_size").get<int>();
+    out.eos_ids = model.at("eos_token_ids").get<std::vector<int32_t>>();
+    for (auto& [name, g] : m.at("graphs").items()) {
+      GraphInfo gi;
+      gi.file = g.at("file").get<std::string>();
+      gi.inputs = io_names(g.at("inputs"));
+      gi.outputs = io_names(g.at("outputs"));
+      out.graphs[name] = gi;
+    }
+    if (!out.graphs.count("vision") || !out.graphs.count("decoder")) fail(ATP_ERR_BUNDLE, mpath + " lacks the vision or decoder graph");
+    const json& pr = m.at("pruning");
+    out.num_visual_tokens = pr.at("num_visual_tokens").get<int>();
+    out.default_keep = pr.at("default_keep").get<int>();
+    if (pr.contains("scorers") && pr["scorers"].is_object())
+      for (auto& [name, graph] : pr["scorers"].items()) out.scorers[name] = graph.get<std::string>();
+    const json& p = m.at("prompt");
+    out.chat_template = p.at("template").get<std::string>();
+    out.image_token = p.at("image_token").get<std::string>();
+    out.image_token_id = p.at("image_token_id").get<int32_t>();
+    out.embeddings_file = m.at("embeddings").at("file").get<std::string>();
+    out.tokenizer_file = m.at("tokenizer").at("file").get<std::string>();
+    const json& s = m.at("preprocessing");
+    PreprocessSpec& ps = out.pre;
+    ps.convert_rgb = s.value("convert_rgb", true);
+    if (s.contains("resize") && !s["resize"].is_null() && !s["resize"].empty()) {
+      const json& r = s["resize"];
+      if (r.contains("shortest_edge")) ps.resize_shortest = r["shortest_edge"].get<int>();
+      else {
+        ps.resize_width = r.at("width").get<int>();
+        ps.resize_height = r.at("height").get<int>();
+      }
+    }
+    ps.resample = s.value("resample", 3);
+    if (s.contains("center_crop") && !s["center_crop"].is_null() && !s["center_crop"].empty()) {
+      ps.crop_height = s["center_crop"].at("height").get<int>();
+      ps.crop_width = s["center_crop"].at("width").get<int>();
+    }
+    if (s.contains("rescale_factor") && !s["rescale_factor"].is_null()) {
+      ps.has_rescale = true;
+      ps.rescale = s["rescale_factor"].get<double>();
+    }
+    if (s.contains("mean") && !s["mean"].is_null()) {
+      ps.has_norm = true;
+      auto mean = s["mean"].get<std::vector<double>>(), stdv = s.at("std").get<std::vector<double>>();
+      if (mean.size() != 3 || stdv.size() != 3) fail(ATP_ERR_BUNDLE, mpath + ": preprocessing mean/std must have 3 values");
+      for (int c = 0; c < 3; ++c) {
+        ps.mean[c] = float(mean[size_t(c)]);
+        ps.std[c] = float(stdv[size_t(c)]);
+      }
+    }
+    auto size = s.at("image_size").get<std::vector<int>>();
+    if (size.size() != 2) fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.image_size must be [H, W]");
+    ps.out_height = size[0];
+    ps.out_width = size[1];
+    if (m.contains("limits") && m["limits"].is_object()) out.max_sequence = m["limits"].value("max_sequence", 0);
+  } catch (const json::exception& e) {
+    fail(ATP_ERR_BUNDLE, mpath + " lacks a field the runtime needs (" + std::string(e.what()) + "); re-export the bundle");
+  }
+  return out;
+}
+
+}  // namespace atp_impl

@@ -1,0 +1,40 @@
+// Bundle manifest (atp.bundle format version 1): parsed fields the C++ runtime needs, with verification.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "image.hpp"
+
+namespace atp_impl {
+
+struct GraphInfo {
+  std::string file;
+  std::vector<std::string> inputs, outputs;
+  bool has_input(const std::string& name) const;
+};
+
+struct Manifest {
+  std::string dir;
+  std::string raw_json;  // for backends that read their own sections (TensorRT engines)
+  int num_layers = 0, num_kv_heads = 0, head_dim = 0, hidden_size = 0;
+  std::vector<int32_t> eos_ids;
+  int num_visual_tokens = 0, default_keep = 0;
+  std::map<std::string, std::string> scorers;  // retention scorer -> vision graph key (pruning.scorers)
+  std::map<std::string, GraphInfo> graphs;
+  std::string image_token, chat_template;
+  int32_t image_token_id = -1;
+  std::string embeddings_file, tokenizer_file;
+  PreprocessSpec pre;
+  int max_sequence = 0;  // from manifest "limits.max_sequence" when present, else 0 (unlimited)
+
+  std::string path(const std::string& rel) const { return dir + "/" + rel; }
+};
+
+/// Read manifest.json, refuse unknown format versions, and (verify) check size + sha256 of every listed file.
+/// Errors are ATP_ERR_BUNDLE with the same wording as atp.bundle.read_manifest.
+Manifest read_manifest(const std::string& dir, bool verify);
+
+}  // namespace atp_impl
