@@ -47,3 +47,7 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module} is not installed ({exc}); install it with: pip install 'atp-edge[{extra}]'"
         ) from exc
+
+
+class CalibrationError(AtpError):
+    """A calibration artifact is missing, corrupt, of an unknown version or made for another model."""
