@@ -238,9 +238,25 @@ def fake_quant_weight(w: np.ndarray, plan: QuantPlan, name: str) -> np.ndarray:
     return fake_quant_mixed(w, lp.int8, plan.group_size, plan.symmetric)
 
 
-def apply_fake_quant(model, plan: QuantPlan):
+def quantize_activation_blocks(x, block: int):
+    """Int8 fake-quant of activations per row in blocks of ``block`` along the last dim (scale = max|x| / 127):
+    what ONNX Runtime's MatMulNBits does to its input at ``accuracy_level=4``."""
+    import torch
+
+    shape = x.shape
+    xb = x.reshape(*shape[:-1], shape[-1] // block, block)
+    scale = xb.abs().amax(-1, keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.round(xb / scale) * scale).reshape(shape)
+
+
+def apply_fake_quant(model, plan: QuantPlan, activations: bool = True):
     """Replace every decoder linear's weight of ``model`` (in place) by its quantize-dequantize under ``plan``:
-    the PyTorch reference of the quantized graphs. A tied lm_head is untied first (the embedding stays fp32)."""
+    the PyTorch reference of the quantized graphs. A tied lm_head is untied first (the embedding stays fp32).
+
+    With ``activations`` (default), each linear's input is also int8 fake-quantized per row in blocks of
+    ``plan.group_size`` (a forward pre-hook), as ORT's MatMulNBits ``accuracy_level=4`` does: the
+    reference then matches the ORT graph to float rounding (W4A8 / W8A8, not weight-only)."""
     import torch
 
     from atp.calibration.salience import decoder_linears
@@ -251,6 +267,8 @@ def apply_fake_quant(model, plan: QuantPlan):
         w = mod.weight.detach().float().cpu().numpy()
         mod.weight = torch.nn.Parameter(torch.from_numpy(fake_quant_weight(w, plan, name)).to(mod.weight.dtype),
                                         requires_grad=False)
+        if activations:
+            mod.register_forward_pre_hook(lambda m, inp, b=plan.group_size: (quantize_activation_blocks(inp[0], b), *inp[1:]))
     return model
 
 

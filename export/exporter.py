@@ -161,6 +161,14 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path, decoder_ref=N
     return report
 
 
+def _weights_label(q, plan) -> str:
+    if q.weights == "mixed":
+        return f"mixed-{plan.average_bits():.2f}b-g{plan.group_size}{'' if plan.symmetric else '-asym'}"
+    if q.weights == "int4":
+        return f"int4-g{q.group_size}{'' if q.symmetric else '-asym'}"
+    return q.weights
+
+
 def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
                   validate: bool = True) -> dict:
     """Export ``adapter``'s model into a bundle directory at ``out``.
@@ -216,8 +224,10 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
                        "image_token_id": adapter.image_token_id},
             "tokenizer": {"dir": TOKENIZER_DIR, "file": f"{TOKENIZER_DIR}/tokenizer.json"},
-            "quantization": {**q.to_dict(), "decoder_weights": q.weights, "kv_dtype": q.kv,
-                             "vision_weights": "fp32"},
+            "quantization": q.to_dict(),
+            "precision": {"weights": _weights_label(q, plan), "kv": q.kv,
+                          "graphs": {**{k: {"weights": "fp32"} for k in graphs},
+                                     "decoder": {"weights": _weights_label(q, plan), "kv": q.kv}}},
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
         }

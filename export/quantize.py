@@ -4,7 +4,10 @@ Every ``MatMul`` whose second input is the constant weight of a planned linear l
 weight's bytes: the TorchScript exporter stores ``W.T`` of each ``nn.Linear`` verbatim, while its node
 names lose the layer index) is replaced according to a :class:`~atp.calibration.mixed_precision.QuantPlan`:
 
-- target ``ort`` (ONNX Runtime): ``com.microsoft.MatMulNBits`` with ``accuracy_level=4`` (int8 compute).
+- target ``ort`` (ONNX Runtime): ``com.microsoft.MatMulNBits`` with ``accuracy_level=4`` (int8 compute:
+  ORT quantizes the activations per row in blocks of ``block_size``; every GEMM of a plan uses the
+  plan's group size as its block, so :func:`~atp.calibration.mixed_precision.apply_fake_quant` can
+  reproduce it).
   int4 layers: one ``bits=4`` node (block = group size). int8 layers: one ``bits=8`` node (symmetric
   per output feature, written as blocks that repeat the feature's scale). Mixed layers: the int8 and
   int4 features as two GEMMs over offline-permuted output channels, then ``Concat``.
@@ -60,14 +63,6 @@ def weight_keys(layer_weights: dict[str, np.ndarray]) -> dict[str, str]:
     return out
 
 
-def int8_block_size(k: int) -> int:
-    """Largest MatMulNBits block (power of two, 16..256) dividing ``k``, for per-feature int8 as blocks."""
-    for b in (256, 128, 64, 32, 16):
-        if k % b == 0:
-            return b
-    raise ConfigError(f"int8 MatMulNBits needs input features divisible by 16, got {k}")
-
-
 class _Rewriter:
     def __init__(self, model: onnx.ModelProto, target: str, accuracy_level: int = 4):
         if target not in TARGETS:
@@ -88,10 +83,9 @@ class _Rewriter:
         return name
 
     # ------------------------------------------------------------------ one GEMM part
-    def gemm_int8(self, x: str, q8: np.ndarray, s8: np.ndarray, out: str, base: str) -> list[onnx.NodeProto]:
+    def gemm_int8(self, x: str, q8: np.ndarray, s8: np.ndarray, out: str, base: str, bs: int) -> list[onnx.NodeProto]:
         n, k = q8.shape
         if self.target == "ort":
-            bs = int8_block_size(k)
             u, s = int8_as_blocks(q8, s8, bs)
             t = to_matmulnbits(u, s, None, 8, bs)
             return [helper.make_node("MatMulNBits", [x, self.const(f"{base}.q8", t["B"]), self.const(f"{base}.s8", t["scales"])],
@@ -127,11 +121,11 @@ class _Rewriter:
         x, y, base = node.input[0], node.output[0], name
         n = w.shape[0]
         if plan.weights == "int8" or lp.n8 == n:
-            return self.gemm_int8(x, *quantize_int8(w), y, base)
+            return self.gemm_int8(x, *quantize_int8(w), y, base, plan.group_size)
         if lp.n8 == 0:
             return self.gemm_int4(x, quantize_int4(w, plan.group_size, plan.symmetric), y, base)
         mw = quantize_mixed(w, lp.int8, plan.group_size, plan.symmetric)
-        nodes = self.gemm_int8(x, mw.q8, mw.s8, f"{base}.y8", base) + self.gemm_int4(x, mw.int4(), f"{base}.y4", base)
+        nodes = self.gemm_int8(x, mw.q8, mw.s8, f"{base}.y8", base, plan.group_size) + self.gemm_int4(x, mw.int4(), f"{base}.y4", base)
         cat = y if absorbed else f"{base}.yperm"
         nodes.append(helper.make_node("Concat", [f"{base}.y8", f"{base}.y4"], [cat], name=f"{base}/Concat", axis=-1))
         if not absorbed:
@@ -243,11 +237,13 @@ def rewrite_file(path: Path, plan: QuantPlan | None, weights: str, target: str =
     return report
 
 
-def prepare_quantized_decoder(adapter, q):
+def prepare_quantized_decoder(adapter, q, activations: bool | None = None):
     """(module to export, fake-quant PyTorch reference, plan) for an adapter under a QuantConfig.
 
     The module is a copy of the adapter's decoder with mixed MLP features permuted (int8 first);
-    the reference is a further copy whose weights are quantize-dequantized under the plan.
+    the reference is a further copy whose weights are quantize-dequantized under the plan, and whose
+    linear inputs are int8 fake-quantized per block like MatMulNBits ``accuracy_level=4`` does
+    (``activations``; default: for the ``ort`` target only).
 
     Raises:
         CalibrationError: ``mixed`` with an artifact for another model or without a plan.
@@ -267,7 +263,9 @@ def prepare_quantized_decoder(adapter, q):
     else:
         plan = uniform_plan(shapes, q.weights, q.group_size, q.symmetric)
     plan = permute_mlp_features(module, plan)
-    reference = apply_fake_quant(copy.deepcopy(module), plan)
+    if activations is None:
+        activations = q.target == "ort"
+    reference = apply_fake_quant(copy.deepcopy(module), plan, activations=activations)
     return module, reference, plan
 
 
