@@ -57,6 +57,13 @@ def fetch_fortunes(cache: Path | None = None) -> Path:
     return data
 
 
+def fortunes_source() -> str:
+    """Which Debian package file the fortunes corpus came from (e.g. ``Debian package fortunes_1%3a1.99.1-7.3_all.deb``)."""
+    data = fetch_fortunes()
+    src = data.parents[3] / "SOURCE"
+    return src.read_text().strip() if src.is_file() else f"Debian package {PACKAGE}"
+
+
 def read_fortunes(folder: Path) -> list[str]:
     """All fortunes (text between ``%`` lines) of the English data files, in a fixed order."""
     texts = []
