@@ -29,6 +29,7 @@ MAIN_EPILOG = _fmt("""
       atp-export run build/demo --image assets/demo.png --prompt "What shapes do you see?" --keep 64
       atp-export inspect build/demo
       atp-export eval build/demo --data easy-vqa --limit 500 --out build/eval-easy
+      atp-export calibrate demo --data multi-object --out build/calib-demo --limit 200
       atp-export list
 """)
 
@@ -65,6 +66,13 @@ BENCH_EPILOG = _fmt("""
       atp-export bench build/demo --keep-ratios 1 0.25 --repeats 3 --backend ort --out build/bench-quick
 """)
 
+CALIBRATE_EPILOG = _fmt("""
+    examples:
+      atp-export calibrate demo --data multi-object --out build/calib-demo --limit 200
+      atp-export calibrate demo --data easy-vqa --out build/calib-easy --limit 100 --scorers atp qat --budgets 0.99 0.95
+      atp-export onnx demo --out build/demo-cal --scorer atp --extra-scorers qat --calibration build/calib-demo
+""")
+
 INSPECT_EPILOG = _fmt("""
     examples:
       atp-export inspect build/demo
@@ -94,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--scorer", default="cls", metavar="NAME", help="token retention scorer (default: cls; `atp-export list` shows all)")
     o.add_argument("--extra-scorers", nargs="+", default=[], metavar="NAME",
                    help="also export vision graphs for these scorers (selectable per request, compared by eval)")
+    o.add_argument("--calibration", metavar="ARTIFACT", default=None,
+                   help="calibration artifact of this model (atp-export calibrate): blend weights of the scorers, "
+                        "recommended keep ratio")
     o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
@@ -148,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--out", required=True, metavar="DIR")
 
+    c = sub.add_parser("calibrate", help="fit scorer blend weights and recommended keep ratios on calibration data",
+                       epilog=CALIBRATE_EPILOG, formatter_class=raw,
+                       description="Answer calibration questions with all visual tokens and with K kept by each scorer setting "
+                       "(PyTorch); keep the blend weights that agree most with the dense answers and the smallest keep ratio "
+                       "per accuracy budget. Writes an artifact directory (calibration.json + safetensors) for "
+                       "`atp-export onnx --calibration`. Interrupted runs resume from ARTIFACT.partial/.")
+    c.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2")
+    c.add_argument("--data", required=True, help="easy-vqa, multi-object (their calibration part only) or a folder with questions.json")
+    c.add_argument("--out", required=True, metavar="ARTIFACT", help="artifact directory to write (atomically)")
+    c.add_argument("--limit", type=int, default=200, metavar="N", help="calibration questions (default: 200)")
+    c.add_argument("--scorers", nargs="+", default=["cls", "atp", "qat"], metavar="NAME", help="scorers to calibrate (default: cls atp qat)")
+    c.add_argument("--keep-ratios", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.375, 0.25, 0.125, 0.0625], metavar="R")
+    c.add_argument("--budgets", type=float, nargs="+", default=[0.99, 0.95], metavar="A",
+                   help="agreement with the dense answers for the recommended keep ratios (default: 0.99 0.95)")
+    c.add_argument("--max-new-tokens", type=int, default=4, metavar="N")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    c.add_argument("--no-resume", action="store_true", help="start over even if ARTIFACT.partial/ holds progress")
+
     sub.add_parser("list", help="list registered architectures, scorers and backends",
                    epilog="example:\n  atp-export list", formatter_class=raw)
     return p
@@ -179,18 +208,75 @@ def cmd_onnx(args) -> int:
     _quiet_transformers()
     from atp.export.exporter import export_bundle
 
-    from atp.export.demo import BUILTINS
-
-    if args.checkpoint in BUILTINS:
-        adapter = BUILTINS[args.checkpoint]()
-    else:
-        from atp.export.adapters import adapter_for_checkpoint
-
-        adapter = adapter_for_checkpoint(args.checkpoint).from_checkpoint(args.checkpoint)
-    manifest = export_bundle(adapter, args.out, cfg, overwrite=args.overwrite, validate=not args.no_validate)
+    adapter = _load_adapter(args.checkpoint)
+    params, calibration = {}, None
+    if args.calibration:
+        params, calibration, cfg = _apply_calibration(args, adapter, cfg)
+    manifest = export_bundle(adapter, args.out, cfg, overwrite=args.overwrite, validate=not args.no_validate,
+                             scorer_params=params, calibration=calibration)
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"wrote {args.out}: {manifest['pruning']['num_visual_tokens']} visual tokens (default keep "
           f"{manifest['pruning']['default_keep']}), {len(manifest['files'])} files, {total / 1e6:.1f} MB")
+    return 0
+
+
+def _load_adapter(checkpoint: str):
+    """A built-in (demo, demo-smollm2) or a local checkpoint folder, wrapped in its architecture adapter."""
+    from atp.export.demo import BUILTINS
+
+    if checkpoint in BUILTINS:
+        return BUILTINS[checkpoint]()
+    from atp.export.adapters import adapter_for_checkpoint
+
+    return adapter_for_checkpoint(checkpoint).from_checkpoint(checkpoint)
+
+
+def _apply_calibration(args, adapter, cfg):
+    """(scorer params, manifest record, config) from ``--calibration``; refuses another model's artifact."""
+    from dataclasses import replace
+
+    from atp.calibration.artifact import CalibrationArtifact, adapter_fingerprint
+    from atp.calibration.calibrate import scorer_params_from
+
+    fp = adapter_fingerprint(adapter)
+    art = CalibrationArtifact.load(args.calibration)
+    art.check_model(fp, what=f"{args.checkpoint}")
+    params = {k: v for k, v in scorer_params_from(art).items() if k in cfg.pruning.scorers}
+    retention = art.section("retention") or {}
+    record = {"artifact": str(args.calibration), "fingerprint": fp, "created": art.meta.get("created"),
+              "data": retention.get("data"), "n_samples": retention.get("n_samples"), "scorer_params": params,
+              "recommended_keep": {name: v.get("recommended_keep") for name, v in (retention.get("scorers") or {}).items()
+                                   if name in cfg.pruning.scorers}}
+    rec = record["recommended_keep"].get(cfg.pruning.scorer) or {}
+    if args.keep is None and args.keep_ratio is None and rec:
+        strictest = max(rec, key=float)
+        ratio = rec[strictest]["keep_ratio"]
+        log.info("default keep ratio %g from the calibration artifact (agreement >= %s for %s)", ratio, strictest, cfg.pruning.scorer)
+        cfg = replace(cfg, pruning=replace(cfg.pruning, keep_ratio=ratio))
+        record["default_keep_from"] = f"budget {strictest}"
+    for name, p in params.items():
+        log.info("scorer %s: calibrated parameters %s", name, p)
+    return params, record, cfg
+
+
+def cmd_calibrate(args) -> int:
+    from atp.errors import require
+
+    for module in ("torch", "transformers", "safetensors"):
+        require(module, "export")
+    from atp.calibration.calibrate import RetentionCalibConfig, run_calibrate
+
+    cfg = RetentionCalibConfig(data=args.data, limit=args.limit, scorers=tuple(args.scorers), keep_ratios=tuple(args.keep_ratios),
+                               budgets=tuple(args.budgets), max_new_tokens=args.max_new_tokens)
+    _quiet_transformers()
+    adapter = _load_adapter(args.checkpoint)
+    art = run_calibrate(adapter, cfg, args.out, overwrite=args.overwrite, resume=not args.no_resume)
+    sec = art.section("retention")
+    for name, v in sec["scorers"].items():
+        rec = ", ".join(f">={b}: keep {r['keep_ratio']:g} (K={r['k']})" for b, r in v["recommended_keep"].items())
+        print(f"{name:10s} params {json.dumps(v['params'])}  mean agreement {v['objective']:.3f} "
+              f"(defaults {v['default_objective']:.3f}); {rec}")
+    print(f"wrote {args.out} (model fingerprint {art.fingerprint[:12]}..., {sec['n_samples']} {sec['data']} calibration questions)")
     return 0
 
 
@@ -270,7 +356,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"onnx": cmd_onnx, "run": cmd_run, "inspect": cmd_inspect, "eval": cmd_eval, "bench": cmd_bench, "list": cmd_list}
+COMMANDS = {"onnx": cmd_onnx, "calibrate": cmd_calibrate, "run": cmd_run, "inspect": cmd_inspect, "eval": cmd_eval, "bench": cmd_bench, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,34 @@ class LlamaLikeDecoder(nn.Module):
         out = torch.matmul(probs, _repeat_kv(v, groups)).transpose(1, 2).reshape(b, s, -1)
         return attn.o_proj(out), cache
 
+    def attention_probe(self, h: torch.Tensor, layer: int, n_queries: int) -> torch.Tensor:
+        """Attention of the last ``n_queries`` positions at decoder layer ``layer`` (clamped to the last one),
+        mean over heads, after running the layers before it on the whole sequence ``h [B, T, D]``
+        (positions 0..T-1, causal, no cache): ``[B, n_queries, T]``. FastV's scoring pass."""
+        layer = min(layer, len(self.layers) - 1)
+        b, t = h.shape[0], h.shape[1]
+        pos = torch.arange(t, device=h.device)
+        position_ids = pos[None].expand(b, t)
+        allowed = (pos[None, :] <= pos[:, None])[None, None]
+        neg = torch.finfo(h.dtype).min
+        bias = torch.where(allowed, torch.zeros((), dtype=h.dtype), torch.full((), neg, dtype=h.dtype))
+        cos, sin = self.rotary_emb(h, position_ids)
+        empty = h.new_zeros((b, self.num_kv_heads, 0, self.head_dim))
+        for lyr in self.layers[:layer]:
+            a, _, _ = self._attention(lyr.self_attn, lyr.input_layernorm(h), cos, sin, empty, empty, bias)
+            h = h + a
+            h = h + lyr.mlp(lyr.post_attention_layernorm(h))
+        attn = self.layers[layer].self_attn
+        x = self.layers[layer].input_layernorm(h)
+        q = attn.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = (q * c + _rotate_half(q) * s)[:, :, t - n_queries:]
+        k = k * c + _rotate_half(k) * s
+        scores = torch.matmul(q, _repeat_kv(k, self.num_heads // self.num_kv_heads).transpose(-1, -2)) * (self.head_dim**-0.5)
+        probs = torch.softmax(scores + bias[:, :, t - n_queries:], dim=-1)
+        return probs.mean(dim=1)
+
     def forward(self, inputs_embeds, attention_mask, position_ids, *past):
         s = inputs_embeds.shape[1]
         total = attention_mask.shape[1]

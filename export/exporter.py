@@ -33,9 +33,13 @@ def _vision_example(adapter, scorer=None, batch: int = 2):
     g = torch.Generator().manual_seed(0)
     px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
     keep = torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+    d = adapter.model_info()["hidden_size"]
+    out = [px, keep]
     if scorer is not None and scorer.needs_text:
-        return px, keep, torch.randn(batch, adapter.model_info()["hidden_size"], generator=g) * 0.02
-    return px, keep
+        out.append(torch.randn(batch, d, generator=g) * 0.02)
+    if scorer is not None and getattr(scorer, "needs_prompt", False):  # sizes >= 2 so the exporter keeps them dynamic
+        out += [torch.randn(batch, 3, d, generator=g) * 0.02, torch.randn(batch, 4, d, generator=g) * 0.02]
+    return tuple(out)
 
 
 def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2, kv_dtype: str = "float32"):
@@ -68,7 +72,9 @@ def vision_graph_key(scorer: str, default: str) -> str:
 
 def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str) -> dict:
     module = adapter.vision_module(scorer)
-    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else [])
+    needs_prompt = getattr(scorer, "needs_prompt", False)
+    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
+        (["prompt_prefix", "prompt_suffix"] if needs_prompt else [])
     io = export_module(
         module,
         _vision_example(adapter, scorer),
@@ -76,6 +82,7 @@ def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str)
         input_names=inputs,
         output_names=["image_embeds", "kept_index"],
         dynamic_axes={"pixel_values": {0: "batch"}, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
+                      "prompt_prefix": {0: "batch", 1: "prefix_length"}, "prompt_suffix": {0: "batch", 1: "suffix_length"},
                       "kept_index": {0: "batch", 1: "keep"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
@@ -84,6 +91,12 @@ def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str)
     if scorer.needs_text:
         graph["text_embeds"] = {"space": getattr(scorer, "text_space", "lm"),
                                 "definition": "mean of the prompt's token embeddings (no special tokens, no template)"}
+    if needs_prompt:
+        graph["prompt_sequence"] = {"inputs": ["prompt_prefix", "prompt_suffix"],
+                                    "definition": "token embeddings of the templated prompt before / after the image placeholder",
+                                    "cost": scorer.cost(adapter.model_info()["num_layers"])}
+    if hasattr(scorer, "contextual_tokens"):
+        graph["contextual_tokens"] = int(scorer.contextual_tokens)
     return graph
 
 
@@ -170,7 +183,7 @@ def _weights_label(q, plan) -> str:
 
 
 def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
-                  validate: bool = True) -> dict:
+                  validate: bool = True, scorer_params: dict[str, dict] | None = None, calibration: dict | None = None) -> dict:
     """Export ``adapter``'s model into a bundle directory at ``out``.
 
     Args:
@@ -179,6 +192,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         config: Opset and default pruning.
         overwrite: Replace an existing bundle at ``out``.
         validate: Compare ONNX Runtime with PyTorch on example inputs and record the differences.
+        scorer_params: ``scorer -> constructor kwargs`` (blend weights from a calibration artifact).
+        calibration: What to record about the calibration artifact in the manifest (``pruning.calibration``).
 
     Returns:
         The written manifest.
@@ -187,7 +202,12 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
     n = adapter.num_visual_tokens
     default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
     default = config.pruning.scorer
-    scorers = {vision_graph_key(name, default): SCORERS.get(name)().eval() for name in config.pruning.scorers}
+    scorer_params = scorer_params or {}
+    params = {name: dict(scorer_params.get(name, {})) for name in config.pruning.scorers}
+    try:
+        scorers = {vision_graph_key(name, default): SCORERS.get(name)(**params[name]).eval() for name in config.pruning.scorers}
+    except (TypeError, ValueError) as exc:
+        raise AtpError(f"bad scorer parameters {params}: {exc}") from None
     steps = ["vision graph(s)", "decoder graph", "embeddings + tokenizer", "validation" if validate else None]
     steps = [s for s in steps if s]
 
@@ -219,6 +239,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "embeddings": {"file": EMBED_FILE, "dtype": str(table.dtype), "shape": list(table.shape)},
             "pruning": {**config.pruning.to_dict(), "num_visual_tokens": n, "default_keep": default_keep,
                         "scorers": {name: vision_graph_key(name, default) for name in config.pruning.scorers},
+                        "scorer_params": params,
                         "gate": "in-graph TopK; keep is a runtime input (1..N)"},
             "preprocessing": adapter.preprocessing(),
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
@@ -231,6 +252,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
         }
+        if calibration is not None:
+            manifest["pruning"]["calibration"] = calibration
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
             manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, reference, q.kv)

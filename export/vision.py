@@ -52,9 +52,15 @@ class ClipVisionGate(nn.Module):
         drop_cls: True for LLaVA's ``"default"`` feature select strategy.
         projector: The multimodal projector (per-token MLP).
         scorer: Retention scorer module.
+        lm_probe: Module with ``attention_probe(seq, layer, n_queries)`` (the decoder), for scorers with
+            ``needs_prompt`` (``fastv``).
+
+    Graph inputs: ``pixel_values``, ``keep``, then ``text_embeds`` if the scorer ``needs_text``, then
+    ``prompt_prefix`` and ``prompt_suffix`` if it ``needs_prompt``.
     """
 
-    def __init__(self, vision_model: nn.Module, feature_layer: int, drop_cls: bool, projector: nn.Module, scorer: Scorer):
+    def __init__(self, vision_model: nn.Module, feature_layer: int, drop_cls: bool, projector: nn.Module, scorer: Scorer,
+                 lm_probe: nn.Module | None = None):
         super().__init__()
         layers = vision_model.encoder.layers
         n_hidden = len(layers) + 1  # hidden_states = [embeddings, layer_0 out, ..., layer_{L-1} out]
@@ -67,6 +73,9 @@ class ClipVisionGate(nn.Module):
         self.drop_cls = drop_cls
         self.projector = projector
         self.scorer = scorer
+        if getattr(scorer, "needs_prompt", False) and lm_probe is None:
+            raise ValueError(f"scorer {type(scorer).__name__} needs the language model (lm_probe)")
+        self.lm_probe = lm_probe if getattr(scorer, "needs_prompt", False) else None
 
     def features(self, pixel_values: torch.Tensor):
         """(feature-layer tokens [B, N, Dv], lazy CLS attention [B, N])."""
@@ -79,12 +88,18 @@ class ClipVisionGate(nn.Module):
         feats = h[:, 1:] if self.drop_cls else h
         return feats, (lambda: clip_cls_attention(last, h_in, self.drop_cls))
 
-    def context(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None) -> VisionContext:
+    def context(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None,
+                prompt_prefix: torch.Tensor | None = None, prompt_suffix: torch.Tensor | None = None) -> VisionContext:
         feats, cls_attn = self.features(pixel_values)
-        return VisionContext(features=feats, cls_attention=cls_attn, project=self.projector, keep=keep, text_embeds=text_embeds)
+        probe = self.lm_probe.attention_probe if self.lm_probe is not None else None
+        return VisionContext(features=feats, cls_attention=cls_attn, project=self.projector, keep=keep, text_embeds=text_embeds,
+                             prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix, lm_attention=probe)
 
-    def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None):
-        ctx = self.context(pixel_values, keep, text_embeds)
+    def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor, *extra: torch.Tensor):
+        extra = list(extra)
+        text_embeds = extra.pop(0) if self.scorer.needs_text else None
+        prefix, suffix = (extra.pop(0), extra.pop(0)) if self.lm_probe is not None else (None, None)
+        ctx = self.context(pixel_values, keep, text_embeds, prefix, suffix)
         index = topk_ascending(self.scorer(ctx), keep)
         if ctx._projected is not None:  # the scorer already projected every token: gather, do not project twice
             return gather_tokens(ctx._projected, index), index

@@ -109,13 +109,30 @@ class Session:
             return np.zeros((1, self.embeddings.shape[1]), np.float32)
         return np.asarray(self.embeddings[ids], dtype=np.float32).mean(axis=0, keepdims=True)
 
-    def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None):
+    def needs_prompt(self, graph: str) -> bool:
+        """Whether a vision graph takes the prompt's token sequence (``fastv``)."""
+        return any(i["name"] == "prompt_prefix" for i in self.manifest["graphs"][graph]["inputs"])
+
+    def prompt_sequence(self, prompt: str, raw_prompt: bool = False) -> dict[str, np.ndarray]:
+        """``prompt_prefix [1, P, D]`` and ``prompt_suffix [1, S, D]``: embeddings of the templated prompt's
+        tokens before and after the image placeholder."""
+        ids = self.prompt_ids(prompt, raw_prompt)
+        pos = ids.index(self.image_token_id)
+        if pos == len(ids) - 1:
+            raise InputError("this scorer needs prompt text after the image placeholder")
+        table = self.embeddings
+        return {"prompt_prefix": np.asarray(table[ids[:pos]], np.float32)[None],
+                "prompt_suffix": np.asarray(table[ids[pos + 1:]], np.float32)[None]}
+
+    def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None, raw_prompt: bool = False):
         """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it."""
         graph = self.vision_graph(scorer)
-        text = None
+        text = extra = None
         if self.needs_text(graph):
             text = np.repeat(self.text_embeds(prompt), pixels.shape[0], axis=0)
-        return self.backend.run_vision(pixels, keep, graph, text)
+        if self.needs_prompt(graph):
+            extra = {k: np.repeat(v, pixels.shape[0], axis=0) for k, v in self.prompt_sequence(prompt, raw_prompt).items()}
+        return self.backend.run_vision(pixels, keep, graph, text, extra)
 
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
         """``[1, L - 1 + K, D]``: text token embeddings with the K visual tokens where the image token was."""
@@ -208,7 +225,7 @@ class Session:
         t0 = time.perf_counter()
         pixels = preprocess(image, self.manifest["preprocessing"])
         t1 = time.perf_counter()
-        image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer)
+        image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt)
         t2 = time.perf_counter()
         embeds = self.inputs_embeds(ids, image_embeds[0])
         length = embeds.shape[1]

@@ -30,6 +30,12 @@ class VisionContext:
         project: The multimodal projector (``[..., Dv] -> [..., D]``).
         keep: int64 scalar K (for selection scorers that stop after K picks).
         text_embeds: ``[B, D]`` prompt embedding in LM space, for scorers with ``needs_text``.
+        prompt_prefix: ``[B, P, D]`` token embeddings of the prompt before the image placeholder
+            (scorers with ``needs_prompt``).
+        prompt_suffix: ``[B, S, D]`` token embeddings after the placeholder.
+        lm_attention: ``(sequence [B, T, D], layer, n_queries) -> [B, n_queries, T]``: attention
+            probabilities (mean over heads) of the last ``n_queries`` positions at LM layer ``layer``
+            (clamped to the last layer) after the layers before it (scorers with ``needs_prompt``).
     """
 
     features: torch.Tensor
@@ -37,6 +43,9 @@ class VisionContext:
     project: Callable[[torch.Tensor], torch.Tensor]
     keep: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
+    prompt_prefix: torch.Tensor | None = None
+    prompt_suffix: torch.Tensor | None = None
+    lm_attention: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
     _projected: torch.Tensor | None = field(default=None, repr=False)
 
     def projected(self) -> torch.Tensor:
@@ -53,6 +62,8 @@ class Scorer(torch.nn.Module):
     summary: str = ""
     #: True when the vision graph needs the ``text_embeds`` input.
     needs_text: bool = False
+    #: True when the vision graph needs ``prompt_prefix``/``prompt_suffix`` and the language model.
+    needs_prompt: bool = False
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -8,12 +8,13 @@ keeps exactly the K picks.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 
-@torch.jit.script
-def greedy_select(first: torch.Tensor, importance: torch.Tensor, similarity: torch.Tensor, keep: torch.Tensor,
+def _greedy_select(first: torch.Tensor, importance: torch.Tensor, similarity: torch.Tensor, keep: torch.Tensor,
                   lam: float) -> torch.Tensor:
     """Greedy MMR: pick argmax ``first`` first, then repeatedly argmax over unpicked i of
     ``lam * importance_i - (1 - lam) * max_{j picked} similarity_ij``.
@@ -46,6 +47,12 @@ def greedy_select(first: torch.Tensor, importance: torch.Tensor, similarity: tor
         row = torch.gather(similarity, 1, j.view(b, 1, 1).expand(b, 1, n)).squeeze(1)
         penalty = row if step == 0 else torch.maximum(penalty, row)
     return rank
+
+
+with warnings.catch_warnings():  # torch >= 2.13 marks TorchScript deprecated; it is still what exports as one ONNX Loop
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=DeprecationWarning)
+    greedy_select = torch.jit.script(_greedy_select)
 
 
 def greedy_select_reference(first: np.ndarray, importance: np.ndarray, similarity: np.ndarray, keep: int, lam: float) -> list[set]:

@@ -215,6 +215,7 @@ class LlavaAdapter:
             drop_cls=self.config.vision_feature_select_strategy == "default",
             projector=m.multi_modal_projector,
             scorer=scorer,
+            lm_probe=self.decoder_module() if getattr(scorer, "needs_prompt", False) else None,
         ).eval()
 
     def decoder_module(self, kv_dtype: str = "float32", all_logits: bool = False) -> LlamaLikeDecoder:

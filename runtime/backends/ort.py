@@ -46,10 +46,11 @@ class _OrtBackend:
         return self.sessions[graph]
 
     def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision",
-                   text_embeds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   text_embeds: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"pixel_values": pixel_values, "keep": np.array(keep, dtype=np.int64)}
         if text_embeds is not None:
             feeds["text_embeds"] = text_embeds
+        feeds.update(extra or {})
         embeds, index = self._session(graph).run(None, feeds)
         return embeds, index
 

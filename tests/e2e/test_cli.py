@@ -67,7 +67,8 @@ def test_help_shows_examples_that_parse(capsys):
             cli.main([sub, "--help"] if sub else ["--help"])
         assert exc.value.code == 0
         assert "example" in capsys.readouterr().out
-    for text in (cli.MAIN_EPILOG, cli.ONNX_EPILOG, cli.RUN_EPILOG, cli.INSPECT_EPILOG, cli.EVAL_EPILOG, cli.BENCH_EPILOG):
+    for text in (cli.MAIN_EPILOG, cli.ONNX_EPILOG, cli.RUN_EPILOG, cli.INSPECT_EPILOG, cli.EVAL_EPILOG, cli.BENCH_EPILOG,
+                 cli.CALIBRATE_EPILOG):
         cmds = [ln.strip().split("  #")[0] for ln in text.splitlines() if ln.strip().startswith("atp-export ")]
         assert cmds
         for cmd in cmds:
