@@ -90,8 +90,9 @@ def calibrate_quantization(model, token_ids: list[int], bits: float, group_size:
 
 
 def save_plan(out: str | Path, plan: QuantPlan, model, model_name: str, overwrite: bool = False,
-              extra: dict | None = None) -> Path:
-    """Write (or add to) a calibration artifact with ``plan`` as its quantization section."""
+              extra: dict | None = None, add_to_existing: bool = False) -> Path:
+    """Write a calibration artifact with ``plan`` as its quantization section, or (``add_to_existing``)
+    set that section in the artifact already at ``out`` (made for the same model)."""
     data, tensors = plan.to_section()
     if extra:
         data.update(extra)
@@ -99,12 +100,36 @@ def save_plan(out: str | Path, plan: QuantPlan, model, model_name: str, overwrit
     try:
         from atp.calibration.artifact import CalibrationArtifact
     except ImportError:
-        return _save_minimal(Path(out), data, tensors, fp, model_name, overwrite)
+        return _save_minimal(Path(out), data, tensors, fp, model_name, overwrite or add_to_existing)
     out = Path(out)
-    art = (CalibrationArtifact.load(out, expect_fingerprint=fp) if out.exists() and overwrite
-           else CalibrationArtifact(fp, model_name))
+    if add_to_existing and out.exists():
+        art = CalibrationArtifact.load(out, expect_fingerprint=fp)
+        overwrite = True
+    else:
+        art = CalibrationArtifact(fp, model_name)
     art.set_section(SECTION, data, tensors)
     return art.save(out, overwrite=overwrite)
+
+
+def run_calibrate_quantization(adapter, out: str | Path, bits: float, group_size: int = 32, symmetric: bool = True,
+                               method: str = "fisher", text: str | None = None, tokens: int = 16384, seq_len: int = 512,
+                               overwrite: bool = False, add_to_existing: bool = False) -> QuantPlan:
+    """``atp-export calibrate ... --bits B``: calibrate on the ``calibration`` split of ``text`` (a file) or of
+    the fortunes corpus and write the plan into the artifact at ``out``."""
+    from atp.calibration.text_corpus import corpus_texts, token_stream
+
+    bits = check_bits(bits)
+    if tokens < 2:
+        raise CalibrationError(f"--calib-tokens must be >= 2, got {tokens}")
+    out = Path(out)
+    if out.exists() and not (overwrite or add_to_existing):
+        raise CalibrationError(f"{out} already exists; pass --overwrite or choose another --out")
+    ids = token_stream(adapter.tokenizer, corpus_texts("calibration", text), tokens)
+    plan = calibrate_quantization(adapter.model, ids, bits, group_size, symmetric, method, seq_len)
+    source = text or "Debian package fortunes (calibration split)"
+    save_plan(out, plan, adapter.model, adapter.source, overwrite=overwrite,
+              extra={"data": {"source": source, "tokens": len(ids), "seq_len": seq_len}}, add_to_existing=add_to_existing)
+    return plan
 
 
 def _save_minimal(out: Path, data: dict, tensors: dict, fp: str, model_name: str, overwrite: bool) -> Path:

@@ -99,8 +99,13 @@ class LlamaLikeDecoder(nn.Module):
         bias = torch.where(allowed, torch.zeros((), dtype=h.dtype), torch.full((), neg, dtype=h.dtype))
         cos, sin = self.rotary_emb(h, position_ids)
         empty = h.new_zeros((b, self.num_kv_heads, 0, self.head_dim))
+        if self.kv_dtype == "int8":
+            scale = h.new_zeros((b, self.num_kv_heads, 0, 1))
+            empty_cache = [empty.to(torch.int8), scale, empty.to(torch.int8), scale]
+        else:
+            empty_cache = [empty, empty]
         for lyr in self.layers[:layer]:
-            a, _, _ = self._attention(lyr.self_attn, lyr.input_layernorm(h), cos, sin, empty, empty, bias)
+            a, _ = self._attention(lyr.self_attn, lyr.input_layernorm(h), cos, sin, empty_cache, bias)
             h = h + a
             h = h + lyr.mlp(lyr.post_attention_layernorm(h))
         attn = self.layers[layer].self_attn

@@ -272,3 +272,33 @@ def test_qdq_graph_builds_in_tensorrt_rtx(adapter, tmp_path_factory, mixed_artif
     config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     assert engine is not None and engine.nbytes > 0
+
+
+def test_cli_calibrate_bits_then_export_mixed(tiny_ckpt, tmp_path, capsys):
+    import json
+
+    from atp.cli import main
+    from tests.tiny import CORPUS
+
+    text = tmp_path / "calib.txt"
+    text.write_text("\n\n".join(f"{s} {i}" for i in range(100) for s in CORPUS))
+    art = tmp_path / "art"
+    assert main(["calibrate", str(tiny_ckpt), "--bits", "4.5", "--text", str(text), "--calib-tokens", "300",
+                 "--out", str(art)]) == 0
+    doc = json.loads((art / "calibration.json").read_text())
+    assert doc["quantization"]["summary"]["average_bits"] == pytest.approx(4.5, abs=0.01)
+    out = tmp_path / "bundle"
+    assert main(["onnx", str(tiny_ckpt), "--out", str(out), "--weights", "mixed", "--calibration", str(art),
+                 "--kv-cache", "int8"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"]["kv"] == "int8" and manifest["precision"]["weights"].startswith("mixed-4.5")
+    capsys.readouterr()
+    # clear errors, exit code 2, no traceback
+    assert main(["calibrate", str(tiny_ckpt), "--bits", "9", "--out", str(tmp_path / "x")]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["onnx", str(tiny_ckpt), "--out", str(tmp_path / "y"), "--weights", "int4", "--group-size", "128"]) == 2
+    assert "does not divide" in capsys.readouterr().err
+    assert main(["onnx", str(tiny_ckpt), "--out", str(tmp_path / "z"), "--weights", "mixed"]) == 2
+    assert "calibration artifact" in capsys.readouterr().err
+    assert main(["calibrate", str(tiny_ckpt), "--out", str(tmp_path / "w")]) == 2
+    assert "nothing to calibrate" in capsys.readouterr().err
