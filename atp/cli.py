@@ -355,6 +355,10 @@ def cmd_inspect(args) -> int:
     print(f"source      {m['source']['checkpoint']} [{m['source']['architecture']}]")
     print(f"model       {model['text_model_type']} {model['num_layers']} layers x {model['hidden_size']}, "
           f"vocab {model['vocab_size']}; vision {model['vision_model_type']}, {model['num_visual_tokens']} visual tokens")
+    if m.get("precision"):
+        from atp.bundle import precision_label
+
+        print(f"precision   {precision_label(m)} (decoder weights, KV cache); vision fp32")
     print(f"pruning     scorer {pr['scorer']}, default keep {pr['default_keep']}/{pr['num_visual_tokens']} (K is a run-time input)")
     for name, g in m["graphs"].items():
         def sig(vs):

@@ -77,7 +77,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", ["int4-sym-g32", pytest.param("int4-asym-g16", marks=pytest.mark.slow), "int8"])
 def test_quantized_decoder_matches_fake_quant(adapter, tmp_path_factory, case):
     from atp.export.exporter import _decoder_example
     from atp.export.quantize import prepare_quantized_decoder
@@ -126,7 +126,7 @@ def _greedy_reference(module, embeds, steps, table, kv_dtype="float32"):
     return out
 
 
-@pytest.mark.parametrize("case", ["int4-sym-g32", "mixed", "int8-kv"])
+@pytest.mark.parametrize("case", ["int4-sym-g32", "mixed", pytest.param("int8-kv", marks=pytest.mark.slow)])
 def test_greedy_tokens_equal_fake_quant(adapter, tmp_path_factory, mixed_artifact, case):
     from atp.export.quantize import prepare_quantized_decoder
     from atp.runtime import Session
