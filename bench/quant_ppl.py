@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         t = time.time()
         stats = collect_stats(lm, (torch.tensor([w]) for w in calib_w), args.method)
         log.info("salience statistics (%s) in %.0f s", args.method, time.time() - t)
-    rows, sensitivity = [], {}
+    rows, sensitivity, sal_cache = [], {}, {}
     for spec in specs:
         t = time.time()
         decoder = LlamaLikeDecoder(lm.model, lm.lm_head, lm.config, kv_dtype=spec["kv"], all_logits=True).eval()
@@ -130,7 +130,10 @@ def main(argv=None) -> int:
         if spec["weights"] in ("int4", "int8", "mixed"):
             decoder = copy.deepcopy(decoder)
             if spec["weights"] == "mixed":
-                sal = compute_salience(lm, stats, spec["group"], spec["symmetric"])
+                key = (spec["group"], spec["symmetric"])
+                if key not in sal_cache:
+                    sal_cache[key] = compute_salience(lm, stats, spec["group"], spec["symmetric"])
+                sal = sal_cache[key]
                 plan = allocate(sal, shapes, spec["bits"], spec["group"], spec["symmetric"], args.method)
                 sensitivity.setdefault(f"g{spec['group']}", layer_sensitivity(sal))
             else:
@@ -150,6 +153,12 @@ def main(argv=None) -> int:
                      "ppl": ppl})
         log.info("%-22s ppl %.4f  (%.0f s)", spec["name"], ppl, time.time() - t)
         del decoder
+        write_report(args, argv, rows, sensitivity, source, eval_ids, eval_w, calib_ids, t0)
+    return 0
+
+
+def write_report(args, argv, rows, sensitivity, source, eval_ids, eval_w, calib_ids, t0) -> None:
+    """Markdown + JSON of the rows so far (written after every variant, so a cut run keeps its results)."""
 
     ref = next((r["ppl"] for r in rows if r["variant"] == "fp32"), None)
     out = Path(args.out)
@@ -191,8 +200,6 @@ def main(argv=None) -> int:
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "source": source, "eval_tokens": len(eval_ids),
                                                     "calib_tokens": len(calib_ids)}, indent=1) + "\n")
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
