@@ -129,3 +129,21 @@ def verify_files(bundle: Path, manifest: dict) -> None:
             raise BundleError(f"bundle {bundle}: {rel} has the wrong size (checksum mismatch); the file was modified or truncated")
         if sha256_file(path) != meta.get("sha256"):
             raise BundleError(f"bundle {bundle}: checksum mismatch for {rel}; the file was modified after export")
+
+
+def precision_label(manifest: dict) -> str:
+    """Short precision of a bundle for report columns, e.g. ``fp32``, ``int4-g32``, ``mixed-4.40b-g64 kv-int8``."""
+    p = manifest.get("precision") or {}
+    label = p.get("weights", "fp32")
+    if p.get("kv", "float32") != "float32":
+        label += f" kv-{p['kv']}"
+    return label
+
+
+def kv_bytes_per_token(manifest: dict) -> int:
+    """KV-cache bytes one token adds (keys + values, every layer, int8 scales included)."""
+    info = manifest["model"]
+    per = info["num_kv_heads"] * info["head_dim"]
+    if (manifest.get("precision") or {}).get("kv") == "int8":
+        return 2 * info["num_layers"] * (per + 4 * info["num_kv_heads"])
+    return 2 * info["num_layers"] * per * 4

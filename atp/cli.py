@@ -40,6 +40,8 @@ ONNX_EPILOG = _fmt("""
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep 144 --scorer cls
       atp-export onnx demo --out build/demo-ab --extra-scorers random         # A/B: pick the scorer per request
       atp-export onnx ./my-llava --out build/my-llava --keep-ratio 0.25 --opset 21 --overwrite
+      atp-export onnx demo-smollm2 --out build/smollm2-int4 --weights int4 --group-size 64 --kv-cache int8
+      atp-export onnx demo-smollm2 --out build/smollm2-w44 --weights mixed --calibration build/calib-smollm2
 
     CHECKPOINT is a local Hugging Face folder (config.json, weights, processor and tokenizer
     files) of a registered architecture (see `atp-export list`), or a built-in: `demo` (the
@@ -71,6 +73,7 @@ CALIBRATE_EPILOG = _fmt("""
       atp-export calibrate demo --data multi-object --out build/calib-demo --limit 200
       atp-export calibrate demo --data easy-vqa --out build/calib-easy --limit 100 --scorers atp qat --budgets 0.99 0.95
       atp-export onnx demo --out build/demo-cal --scorer atp --extra-scorers qat --calibration build/calib-demo
+      atp-export calibrate demo-smollm2 --bits 4.4 --group-size 64 --out build/calib-smollm2   # mixed int4/int8 plan
 """)
 
 INSPECT_EPILOG = _fmt("""
@@ -109,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open_clip model name (e.g. ViT-L-14-336): `atp` measures text relevance in CLIP space "
                         "(needs the clip extra); without it, in the language model's embedding space")
     o.add_argument("--clip-weights", metavar="FILE", default=None, help="local open_clip checkpoint for --clip-model")
+    q = o.add_argument_group("quantization (decoder)")
+    q.add_argument("--weights", default="fp32", choices=["fp32", "fp16", "int8", "int4", "mixed"],
+                   help="decoder weight precision (default fp32); mixed = int8/int4 per output feature from --calibration")
+    q.add_argument("--group-size", type=int, default=32, metavar="G", help="int4 group size along the input features (default 32)")
+    q.add_argument("--asymmetric", action="store_true", help="int4 with zero points (default: symmetric)")
+    q.add_argument("--kv-cache", default="float32", choices=["float32", "int8"], help="KV-cache precision (default float32)")
+    q.add_argument("--quant-target", default="ort", choices=["ort", "qdq"],
+                   help="ort: MatMulNBits (ONNX Runtime); qdq: standard DequantizeLinear (TensorRT)")
     o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
@@ -170,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "per accuracy budget. Writes an artifact directory (calibration.json + safetensors) for "
                        "`atp-export onnx --calibration`. Interrupted runs resume from ARTIFACT.partial/.")
     c.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2")
-    c.add_argument("--data", required=True, help="easy-vqa, multi-object (their calibration part only) or a folder with questions.json")
+    c.add_argument("--data", default=None,
+                   help="retention: easy-vqa, multi-object (their calibration part only) or a folder with questions.json")
     c.add_argument("--out", required=True, metavar="ARTIFACT", help="artifact directory to write (atomically)")
     c.add_argument("--limit", type=int, default=200, metavar="N", help="calibration questions (default: 200)")
     c.add_argument("--scorers", nargs="+", default=["cls", "atp", "qat"], metavar="NAME", help="scorers to calibrate (default: cls atp qat)")
@@ -180,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int, default=4, metavar="N")
     c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     c.add_argument("--no-resume", action="store_true", help="start over even if ARTIFACT.partial/ holds progress")
+    cq = c.add_argument_group("quantization (mixed int4/int8 weights per output feature)")
+    cq.add_argument("--bits", type=float, default=None, metavar="B",
+                    help="average weight bits in [4, 8] (e.g. 4.4): salience per output feature, int8 for the most salient")
+    cq.add_argument("--group-size", type=int, default=32, metavar="G", help="int4 group size (default 32)")
+    cq.add_argument("--asymmetric", action="store_true", help="int4 with zero points")
+    cq.add_argument("--salience", default="fisher", choices=["fisher", "hessian"], help="salience estimate (default fisher)")
+    cq.add_argument("--text", default=None, metavar="FILE",
+                    help="calibration text (paragraphs); default: the Debian fortunes corpus, calibration split")
+    cq.add_argument("--calib-tokens", type=int, default=16384, metavar="N", help="calibration tokens (default 16384)")
 
     _add_engine_parser(sub, raw)
 
@@ -205,7 +226,11 @@ def cmd_onnx(args) -> int:
     for module in ("torch", "transformers", "onnx"):
         require(module, "export")
 
-    cfg = ExportConfig(opset=args.opset, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio,
+    from atp.config import QuantConfig
+
+    quant = QuantConfig(weights=args.weights, group_size=args.group_size, symmetric=not args.asymmetric, kv=args.kv_cache,
+                        calibration=args.calibration if args.weights == "mixed" else None, target=args.quant_target)
+    cfg = ExportConfig(opset=args.opset, quantization=quant, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio,
                                                                extra_scorers=tuple(args.extra_scorers)))
     from atp.registry import SCORERS
 
@@ -275,21 +300,38 @@ def _apply_calibration(args, adapter, cfg):
 def cmd_calibrate(args) -> int:
     from atp.errors import require
 
+    if args.data is None and args.bits is None:
+        raise ConfigError("nothing to calibrate: give --data (token retention) and/or --bits (mixed-precision weights)")
     for module in ("torch", "transformers", "safetensors"):
         require(module, "export")
-    from atp.calibration.calibrate import RetentionCalibConfig, run_calibrate
+    if args.bits is not None:
+        from atp.calibration.mixed_precision import check_bits
 
-    cfg = RetentionCalibConfig(data=args.data, limit=args.limit, scorers=tuple(args.scorers), keep_ratios=tuple(args.keep_ratios),
-                               budgets=tuple(args.budgets), max_new_tokens=args.max_new_tokens)
+        check_bits(args.bits)  # fail before loading anything
     _quiet_transformers()
     adapter = _load_adapter(args.checkpoint)
-    art = run_calibrate(adapter, cfg, args.out, overwrite=args.overwrite, resume=not args.no_resume)
-    sec = art.section("retention")
-    for name, v in sec["scorers"].items():
-        rec = ", ".join(f">={b}: keep {r['keep_ratio']:g} (K={r['k']})" for b, r in v["recommended_keep"].items())
-        print(f"{name:10s} params {json.dumps(v['params'])}  mean agreement {v['objective']:.3f} "
-              f"(defaults {v['default_objective']:.3f}); {rec}")
-    print(f"wrote {args.out} (model fingerprint {art.fingerprint[:12]}..., {sec['n_samples']} {sec['data']} calibration questions)")
+    if args.data is not None:
+        from atp.calibration.calibrate import RetentionCalibConfig, run_calibrate
+
+        cfg = RetentionCalibConfig(data=args.data, limit=args.limit, scorers=tuple(args.scorers), keep_ratios=tuple(args.keep_ratios),
+                                   budgets=tuple(args.budgets), max_new_tokens=args.max_new_tokens)
+        art = run_calibrate(adapter, cfg, args.out, overwrite=args.overwrite, resume=not args.no_resume)
+        sec = art.section("retention")
+        for name, v in sec["scorers"].items():
+            rec = ", ".join(f">={b}: keep {r['keep_ratio']:g} (K={r['k']})" for b, r in v["recommended_keep"].items())
+            print(f"{name:10s} params {json.dumps(v['params'])}  mean agreement {v['objective']:.3f} "
+                  f"(defaults {v['default_objective']:.3f}); {rec}")
+        print(f"wrote {args.out} (model fingerprint {art.fingerprint[:12]}..., {sec['n_samples']} {sec['data']} calibration questions)")
+    if args.bits is not None:
+        from atp.calibration.quant_calibrate import run_calibrate_quantization
+
+        plan = run_calibrate_quantization(adapter, args.out, args.bits, args.group_size, not args.asymmetric, args.salience,
+                                          args.text, args.calib_tokens, overwrite=args.overwrite,
+                                          add_to_existing=args.data is not None)
+        s = plan.summary()
+        print(f"quantization plan: {s['average_bits']:.3f} average bits ({100 * s['int8_fraction']:.1f}% of weights int8, "
+              f"{s['average_bits_with_scales']:.3f} with scales), int4 group {s['group_size']}"
+              f"{'' if s['symmetric'] else ' asymmetric'}; written to {args.out}")
     return 0
 
 
@@ -326,6 +368,10 @@ def cmd_inspect(args) -> int:
     print(f"source      {m['source']['checkpoint']} [{m['source']['architecture']}]")
     print(f"model       {model['text_model_type']} {model['num_layers']} layers x {model['hidden_size']}, "
           f"vocab {model['vocab_size']}; vision {model['vision_model_type']}, {model['num_visual_tokens']} visual tokens")
+    if m.get("precision"):
+        from atp.bundle import precision_label
+
+        print(f"precision   {precision_label(m)} (decoder weights, KV cache); vision fp32")
     print(f"pruning     scorer {pr['scorer']}, default keep {pr['default_keep']}/{pr['num_visual_tokens']} (K is a run-time input)")
     for name, g in m["graphs"].items():
         def sig(vs):

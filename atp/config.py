@@ -76,6 +76,50 @@ class PruningConfig:
         return asdict(self)
 
 
+WEIGHT_PRECISIONS = ("fp32", "fp16", "int8", "int4", "mixed")
+KV_PRECISIONS = ("float32", "int8")
+QUANT_TARGETS = ("ort", "qdq")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Decoder weight and KV-cache precision.
+
+    Attributes:
+        weights: ``fp32``, ``fp16`` (storage), ``int8`` (per output feature), ``int4`` (group-wise
+            round to nearest) or ``mixed`` (int8/int4 per output feature from a calibration artifact).
+        group_size: int4 group size along the input features (16..256, power of two, dividing them).
+        symmetric: int4 symmetric (no zero points) or asymmetric.
+        kv: KV-cache dtype: ``float32`` or ``int8`` (dynamic, per token and head).
+        calibration: Calibration artifact directory (required for ``mixed``).
+        target: ``ort`` (MatMulNBits) or ``qdq`` (standard DequantizeLinear, for TensorRT).
+    """
+
+    weights: str = "fp32"
+    group_size: int = 32
+    symmetric: bool = True
+    kv: str = "float32"
+    calibration: str | None = None
+    target: str = "ort"
+
+    def __post_init__(self):
+        if self.weights not in WEIGHT_PRECISIONS:
+            raise ConfigError(f"weights must be one of {', '.join(WEIGHT_PRECISIONS)}, got {self.weights!r}")
+        if self.kv not in KV_PRECISIONS:
+            raise ConfigError(f"kv cache precision must be one of {', '.join(KV_PRECISIONS)}, got {self.kv!r}")
+        if self.target not in QUANT_TARGETS:
+            raise ConfigError(f"quantization target must be one of {', '.join(QUANT_TARGETS)}, got {self.target!r}")
+        if isinstance(self.group_size, bool) or self.group_size not in (16, 32, 64, 128, 256):
+            raise ConfigError(f"int4 group size must be a power of two in 16..256, got {self.group_size!r}")
+        if self.weights == "mixed" and not self.calibration:
+            raise ConfigError("mixed weights need a calibration artifact: atp-export calibrate ... --bits B, then --calibration DIR")
+        if self.target == "qdq" and self.weights in ("int4", "mixed") and not self.symmetric:
+            raise ConfigError("the TensorRT (qdq) target takes symmetric int4 only; drop --asymmetric")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """How a checkpoint is turned into graphs.
@@ -85,11 +129,13 @@ class ExportConfig:
         pruning: Default token pruning recorded in the manifest.
         external_data_threshold: Graphs whose weights exceed this many bytes store them in a
             side file (protobuf cannot hold more than 2 GB).
+        quantization: Decoder weight and KV-cache precision.
     """
 
     opset: int = 21
     pruning: PruningConfig = PruningConfig()
     external_data_threshold: int = 1_800_000_000
+    quantization: QuantConfig = QuantConfig()
 
     def __post_init__(self):
         if self.opset not in SUPPORTED_OPSETS:

@@ -7,12 +7,19 @@ lm_head over all prefill positions is a large share of prefill time for small
 models) and ``present.{i}.key/value [B,Hkv,P+S,hd]``. Names follow
 onnxruntime-genai. Attention is written out here (rather than traced through
 transformers' cache classes) so the graph is plain ONNX and the KV layout is ours.
+
+With ``kv_dtype="int8"`` the cache is int8 with one fp32 scale per (batch, head, token)
+(:mod:`atp.calibration.kv`): each layer has ``past_key_values.{i}.key``, ``.key_scale``,
+``.value``, ``.value_scale`` (and the same ``present.*``); new keys/values are quantized when
+they enter the cache and the whole cache is dequantized at attention.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from atp.calibration.kv import dequantize_kv_torch, quantize_kv_torch
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +43,13 @@ class LlamaLikeDecoder(nn.Module):
         config: The text config (heads, kv heads, head_dim).
     """
 
-    def __init__(self, language_model: nn.Module, lm_head: nn.Module, config):
+    def __init__(self, language_model: nn.Module, lm_head: nn.Module, config, kv_dtype: str = "float32",
+                 all_logits: bool = False):
         super().__init__()
+        if kv_dtype not in ("float32", "int8"):
+            raise ValueError(f"kv_dtype must be float32 or int8, got {kv_dtype!r}")
+        self.kv_dtype = kv_dtype
+        self.all_logits = all_logits  # logits of every position (perplexity evaluation), not only the last
         self.layers = language_model.layers
         self.norm = language_model.norm
         self.rotary_emb = language_model.rotary_emb
@@ -46,7 +58,12 @@ class LlamaLikeDecoder(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
-    def _attention(self, attn, x, cos, sin, past_k, past_v, bias):
+    @property
+    def kv_per_layer(self) -> int:
+        """Cache tensors per layer: key, value (float32) or key, key_scale, value, value_scale (int8)."""
+        return 4 if self.kv_dtype == "int8" else 2
+
+    def _attention(self, attn, x, cos, sin, past, bias):
         b, s, _ = x.shape
         q = attn.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -54,13 +71,20 @@ class LlamaLikeDecoder(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        k = torch.cat([past_k, k], dim=2)
-        v = torch.cat([past_v, v], dim=2)
+        if self.kv_dtype == "int8":
+            pk, pks, pv, pvs = past
+            qk, sk = quantize_kv_torch(k)
+            qv, sv = quantize_kv_torch(v)
+            cache = [torch.cat([pk, qk], dim=2), torch.cat([pks, sk], dim=2), torch.cat([pv, qv], dim=2), torch.cat([pvs, sv], dim=2)]
+            k, v = dequantize_kv_torch(cache[0], cache[1]), dequantize_kv_torch(cache[2], cache[3])
+        else:
+            cache = [torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)]
+            k, v = cache
         groups = self.num_heads // self.num_kv_heads
         scores = torch.matmul(q, _repeat_kv(k, groups).transpose(-1, -2)) * (self.head_dim**-0.5) + bias
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         out = torch.matmul(probs, _repeat_kv(v, groups)).transpose(1, 2).reshape(b, s, -1)
-        return attn.o_proj(out), k, v
+        return attn.o_proj(out), cache
 
     def attention_probe(self, h: torch.Tensor, layer: int, n_queries: int) -> torch.Tensor:
         """Attention of the last ``n_queries`` positions at decoder layer ``layer`` (clamped to the last one),
@@ -75,8 +99,13 @@ class LlamaLikeDecoder(nn.Module):
         bias = torch.where(allowed, torch.zeros((), dtype=h.dtype), torch.full((), neg, dtype=h.dtype))
         cos, sin = self.rotary_emb(h, position_ids)
         empty = h.new_zeros((b, self.num_kv_heads, 0, self.head_dim))
+        if self.kv_dtype == "int8":
+            scale = h.new_zeros((b, self.num_kv_heads, 0, 1))
+            empty_cache = [empty.to(torch.int8), scale, empty.to(torch.int8), scale]
+        else:
+            empty_cache = [empty, empty]
         for lyr in self.layers[:layer]:
-            a, _, _ = self._attention(lyr.self_attn, lyr.input_layernorm(h), cos, sin, empty, empty, bias)
+            a, _ = self._attention(lyr.self_attn, lyr.input_layernorm(h), cos, sin, empty_cache, bias)
             h = h + a
             h = h + lyr.mlp(lyr.post_attention_layernorm(h))
         attn = self.layers[layer].self_attn
@@ -103,10 +132,11 @@ class LlamaLikeDecoder(nn.Module):
         cos, sin = self.rotary_emb(inputs_embeds, position_ids)
         h = inputs_embeds
         presents = []
+        n = self.kv_per_layer
         for i, layer in enumerate(self.layers):
-            a, k, v = self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, past[2 * i], past[2 * i + 1], bias)
+            a, cache = self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, past[n * i:n * (i + 1)], bias)
             h = h + a
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-            presents += [k, v]
-        logits = self.lm_head(self.norm(h[:, -1:]))
+            presents += cache
+        logits = self.lm_head(self.norm(h if self.all_logits else h[:, -1:]))
         return (logits, *presents)

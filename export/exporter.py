@@ -43,20 +43,26 @@ def _vision_example(adapter, scorer=None, batch: int = 2, clip=None):
     return tuple(out)
 
 
-def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2):
+def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2, kv_dtype: str = "float32"):
+    from atp.calibration.kv import quantize_kv_torch
+
     info = adapter.model_info()
     g = torch.Generator().manual_seed(0)
     embeds = torch.randn(batch, seq, info["hidden_size"], generator=g) * 0.02
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
     pos = torch.arange(past, past + seq, dtype=torch.int64).expand(batch, -1).contiguous()
     kv = [torch.randn(batch, info["num_kv_heads"], past, info["head_dim"], generator=g) for _ in range(2 * info["num_layers"])]
+    if kv_dtype == "int8":
+        kv = [t for x in kv for t in quantize_kv_torch(x)]
     return (embeds, mask, pos, *kv)
 
 
-def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
-    """(past input names, present output names) in genai order: key, value per layer."""
-    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+def kv_names(num_layers: int, kv_dtype: str = "float32") -> tuple[list[str], list[str]]:
+    """(past input names, present output names) in genai order: key, value per layer (int8: key,
+    key_scale, value, value_scale)."""
+    parts = ("key", "key_scale", "value", "value_scale") if kv_dtype == "int8" else ("key", "value")
+    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in parts]
+    present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in parts]
     return past, present
 
 
@@ -110,16 +116,17 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
     return graph
 
 
-def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
+def _export_decoder(adapter, staging: Path, cfg: ExportConfig, module=None, plan=None) -> dict:
     n_layers = adapter.model_info()["num_layers"]
-    past, present = kv_names(n_layers)
+    q = cfg.quantization
+    past, present = kv_names(n_layers, q.kv)
     axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
             "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
     io = export_module(
-        adapter.decoder_module(),
-        _decoder_example(adapter),
+        module if module is not None else adapter.decoder_module(kv_dtype=q.kv),
+        _decoder_example(adapter, kv_dtype=q.kv),
         staging / DECODER_FILE,
         input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
         output_names=["logits", *present],
@@ -128,6 +135,13 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
         external_data_threshold=cfg.external_data_threshold,
         fixed_output_dims={"logits": {1: 1}},
     )
+    weights = {"precision": q.weights}
+    if q.weights != "fp32":
+        from atp.export.quantize import layer_weights_of, rewrite_file
+
+        layer_weights = layer_weights_of(module) if module is not None else None
+        weights.update(rewrite_file(staging / DECODER_FILE, plan, q.weights, q.target, layer_weights))
+        io = onnx.load(str(staging / DECODER_FILE), load_external_data=False)
     return {
         "file": DECODER_FILE,
         "external_data": external_files(staging / DECODER_FILE),
@@ -135,7 +149,11 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig) -> dict:
         "mode": "prefill+decode",
         "logits": "last_position",
         "kv_layout": "[batch, kv_heads, sequence, head_dim]",
-        "kv_dtype": "float32",
+        "kv_dtype": q.kv,
+        "kv_quantization": ({"scheme": "symmetric int8 per (batch, head, token) over head_dim, scale = max|x| / 127",
+                             "scale_inputs": "past_key_values.{i}.key_scale / value_scale [batch, kv_heads, sequence, 1] float32"}
+                            if q.kv == "int8" else None),
+        "weights": weights,
     }
 
 
@@ -160,7 +178,8 @@ def _export_text_graph(clip, ids, staging: Path, cfg: ExportConfig):
                          opset=cfg.opset, external_data_threshold=cfg.external_data_threshold)
 
 
-def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None) -> dict:
+def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, decoder_ref=None,
+              kv_dtype: str = "float32") -> dict:
     """Run every graph in ONNX Runtime on example inputs and compare with PyTorch."""
     import onnxruntime as ort
 
@@ -191,17 +210,27 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None) ->
         report["text"] = {"max_abs_diff": float(np.abs(got - ref_t).max())}
         if report["text"]["max_abs_diff"] > 1e-3:
             raise AtpError(f"validation failed: the CLIP text graph differs from PyTorch ({report['text']})")
-    args = _decoder_example(adapter)
+    args = _decoder_example(adapter, kv_dtype=kv_dtype)
     with torch.no_grad():
-        ref = adapter.decoder_module()(*args)
+        ref = (decoder_ref if decoder_ref is not None else adapter.decoder_module(kv_dtype=kv_dtype))(*args)
     sess = ort.InferenceSession(str(staging / DECODER_FILE), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     outs = sess.run(None, dict(zip(names, (a.numpy() for a in args))))
     report["decoder"] = {
+        "reference": "PyTorch fake-quant (weights quantize-dequantized)" if decoder_ref is not None else "PyTorch",
         "logits_max_abs_diff": float(np.abs(outs[0] - ref[0].numpy()).max()),
-        "present_max_abs_diff": float(max(np.abs(o - r.numpy()).max() for o, r in zip(outs[1:], ref[1:]))),
+        "logits_scale": float(np.abs(ref[0].numpy()).max()),
+        "present_max_abs_diff": float(max(np.abs(o.astype(np.float32) - r.float().numpy()).max() for o, r in zip(outs[1:], ref[1:]))),
     }
     return report
+
+
+def _weights_label(q, plan) -> str:
+    if q.weights == "mixed":
+        return f"mixed-{plan.average_bits():.2f}b-g{plan.group_size}{'' if plan.symmetric else '-asym'}"
+    if q.weights == "int4":
+        return f"int4-g{q.group_size}{'' if q.symmetric else '-asym'}"
+    return q.weights
 
 
 def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
@@ -244,6 +273,12 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
     def step(i, what):
         log.info("[%d/%d] %s", i, len(steps), what)
 
+    module, reference, plan = None, None, None
+    q = config.quantization
+    if q.weights in ("int8", "int4", "mixed"):
+        from atp.export.quantize import prepare_quantized_decoder
+
+        module, reference, plan = prepare_quantized_decoder(adapter, q)
     with staged_bundle(Path(out), overwrite=overwrite) as staging:
         step(1, f"exporting the vision graph ({n} visual tokens, scorers {', '.join(config.pruning.scorers)}, opset {config.opset})")
         graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip)
@@ -251,7 +286,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         if clip is not None:
             graphs["text"] = _export_text(clip, staging, config)
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")
-        decoder = _export_decoder(adapter, staging, config)
+        decoder = _export_decoder(adapter, staging, config, module, plan)
         step(3, "writing the embedding table and tokenizer")
         table = adapter.embedding_table()
         np.save(staging / EMBED_FILE, table)
@@ -272,6 +307,10 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
                        "image_token_id": adapter.image_token_id},
             "tokenizer": {"dir": TOKENIZER_DIR, "file": f"{TOKENIZER_DIR}/tokenizer.json"},
+            "quantization": q.to_dict(),
+            "precision": {"weights": _weights_label(q, plan), "kv": q.kv,
+                          "graphs": {**{k: {"weights": "fp32"} for k in graphs},
+                                     "decoder": {"weights": _weights_label(q, plan), "kv": q.kv}}},
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
         }
@@ -279,7 +318,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             manifest["pruning"]["calibration"] = calibration
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
-            manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, clip=clip)
+            manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, clip=clip,
+                                              decoder_ref=reference, kv_dtype=q.kv)
             log.info("validation: %s", manifest["validation"])
         manifest = finalize_manifest(staging, manifest)
     log.info("bundle written to %s", out)

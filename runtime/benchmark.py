@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atp.bundle import kv_bytes_per_token, precision_label
+
 log = logging.getLogger(__name__)
 
 
@@ -83,7 +85,7 @@ def benchmark(session, image, prompt: str, keep_ratios, repeats: int = 5, decode
     for c in cases:
         n = c["embeds"].shape[1]
         row = {"keep_ratio": c["keep_ratio"], "k": c["k"], "prompt_tokens": n,
-               "kv_bytes": 2 * info["num_layers"] * info["num_kv_heads"] * info["head_dim"] * n * 4,
+               "kv_bytes": kv_bytes_per_token(m) * n,
                "flops": analytic_flops(info["cost"], info, c["k"], n) if "cost" in info else None}
         for key in ("vision", "prefill", "ttft", "decode"):
             row[f"{key}_ms"] = statistics.median(c[key])
@@ -97,7 +99,7 @@ def benchmark(session, image, prompt: str, keep_ratios, repeats: int = 5, decode
             row["vs_dense"]["prefill_flops"] = row["flops"]["prefill"] / base["flops"]["prefill"]
             total = lambda f: f["vision"] + f["projector"] + f["prefill"]  # noqa: E731
             row["vs_dense"]["ttft_flops"] = total(row["flops"]) / total(base["flops"])
-    return {"machine": machine(), "backend": type(session.backend).__name__, "precision": m.get("precision", {}).get("weights", "fp32"),
+    return {"machine": machine(), "backend": type(session.backend).__name__, "precision": precision_label(m),
             "repeats": repeats, "decode_tokens": decode_tokens, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "source": m["source"]["checkpoint"], "rows": rows}
 

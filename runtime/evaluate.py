@@ -15,6 +15,8 @@ from atp import datasets
 from atp.config import resolve_keep
 from atp.errors import ConfigError
 
+from atp.bundle import precision_label
+
 log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (1.0, 0.5, 0.25, 0.125, 0.0625)
@@ -46,7 +48,7 @@ def evaluate(session, samples, keep_ratios=DEFAULT_RATIOS, scorers=None, max_new
         session.vision_graph(name)  # clear error for a scorer the bundle lacks
     n_tokens = session.num_visual_tokens
     ks = {r: resolve_keep(n_tokens, keep_ratio=r) for r in keep_ratios}
-    precision = session.manifest.get("precision", {}).get("weights", "fp32")
+    precision = precision_label(session.manifest)
     correct = {(s, r): 0 for s in scorers for r in keep_ratios}
     agree = dict.fromkeys(correct, 0)
     for sample in tqdm(samples, desc="eval", disable=not progress, mininterval=5):

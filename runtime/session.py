@@ -18,6 +18,8 @@ from atp.runtime.sampling import Sampler, SamplingConfig
 
 log = logging.getLogger(__name__)
 
+_NP_DTYPES = {"float": np.float32, "float32": np.float32, "float16": np.float16, "int8": np.int8}
+
 
 @dataclass
 class GenerationResult:
@@ -175,9 +177,27 @@ class Session:
                               f"(export with --extra-scorers {scorer})")
         return table[scorer]
 
+    @property
+    def kv_dtype(self) -> str:
+        """KV-cache dtype of the decoder graph (``float32`` or ``int8``), read from its inputs."""
+        dtypes = {i["dtype"] for i in self.manifest["graphs"]["decoder"]["inputs"]
+                  if i["name"].startswith("past_key_values.") and not i["name"].endswith("_scale")}
+        return "int8" if dtypes == {"int8"} else "float32"
+
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        shape = (batch, self._n_kv, 0, self._head_dim)
-        return {f"past_key_values.{i}.{kv}": np.zeros(shape, np.float32) for i in range(self._n_layers) for kv in ("key", "value")}
+        """Zero-length cache tensors for every ``past_key_values.*`` input, in the graph's dtypes
+        (int8 caches come with ``*_scale`` inputs of last dim 1)."""
+        past = {}
+        for i in self.manifest["graphs"]["decoder"]["inputs"]:
+            name = i["name"]
+            if not name.startswith("past_key_values."):
+                continue
+            dtype = _NP_DTYPES.get(i["dtype"])
+            if dtype is None:
+                raise ConfigError(f"decoder input {name} has dtype {i['dtype']}, which this runtime cannot feed")
+            last = 1 if name.endswith("_scale") else self._head_dim
+            past[name] = np.zeros((batch, self._n_kv, 0, last), dtype)
+        return past
 
     def _step(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
         out = self.backend.run_decoder({"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **past})

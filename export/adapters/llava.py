@@ -231,8 +231,9 @@ class LlavaAdapter:
             clip_patches=clip_patches,
         ).eval()
 
-    def decoder_module(self) -> LlamaLikeDecoder:
-        return LlamaLikeDecoder(self.model.model.language_model, self.model.lm_head, self.text_config).eval()
+    def decoder_module(self, kv_dtype: str = "float32", all_logits: bool = False) -> LlamaLikeDecoder:
+        return LlamaLikeDecoder(self.model.model.language_model, self.model.lm_head, self.text_config, kv_dtype=kv_dtype,
+                                all_logits=all_logits).eval()
 
     def embedding_table(self) -> np.ndarray:
         return self.model.get_input_embeddings().weight.detach().float().numpy()

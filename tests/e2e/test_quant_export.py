@@ -1,0 +1,304 @@
+"""Quantized decoder export on the tiny LLaVA: ORT vs PyTorch fake-quant parity, greedy tokens, int8 KV,
+mixed plans from calibration, gather-free MLP permutation, QDQ for TensorRT, clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from atp.config import ExportConfig, QuantConfig
+from atp.errors import CalibrationError
+from tests.conftest import random_image
+
+# ORT MatMulNBits accuracy_level=4 quantizes activations to int8 per block inside the GEMM; the
+# fake-quant reference does the same (apply_fake_quant(activations=True)). Stated tolerance on logits
+# and KV (max abs diff; logits are O(5) here): 1e-4 for both accuracy_level 0 against the weight-only
+# reference and level 4 against the W+A reference.
+EXACT_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_ckpt):
+    from atp.export.adapters import adapter_for_checkpoint
+
+    return adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def calib_tokens():
+    return np.random.default_rng(0).integers(4, 290, 600).tolist()
+
+
+@pytest.fixture(scope="module")
+def mixed_artifact(adapter, calib_tokens, tmp_path_factory):
+    from atp.calibration.quant_calibrate import calibrate_quantization, save_plan
+
+    plan = calibrate_quantization(adapter.model, calib_tokens, bits=5.0, group_size=32, method="fisher", seq_len=128)
+    return save_plan(tmp_path_factory.mktemp("calib") / "art", plan, adapter.model, "tiny")
+
+
+def _export(adapter, tmp_path_factory, name, **quant):
+    from atp.export.exporter import export_bundle
+
+    out = tmp_path_factory.mktemp("qb") / name
+    manifest = export_bundle(adapter, out, ExportConfig(quantization=QuantConfig(**quant)))
+    return out, manifest
+
+
+def _ort(path, level=None, optimize=True):
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    if level is not None:
+        for n in model.graph.node:
+            for a in n.attribute:
+                if n.op_type == "MatMulNBits" and a.name == "accuracy_level":
+                    a.i = level
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if not optimize:  # ORT would fuse DQ(int4) + MatMul into MatMulNBits with int8 activations
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _run(sess, args):
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(None, dict(zip(names, (a.numpy() for a in args))))
+
+
+CASES = {
+    "int4-sym-g32": dict(weights="int4", group_size=32),
+    "int4-asym-g16": dict(weights="int4", group_size=16, symmetric=False),
+    "int8": dict(weights="int8"),
+}
+
+
+@pytest.mark.parametrize("case", ["int4-sym-g32", pytest.param("int4-asym-g16", marks=pytest.mark.slow), "int8"])
+def test_quantized_decoder_matches_fake_quant(adapter, tmp_path_factory, case):
+    from atp.export.exporter import _decoder_example
+    from atp.export.quantize import prepare_quantized_decoder
+
+    q = QuantConfig(**CASES[case])
+    bundle, manifest = _export(adapter, tmp_path_factory, case, **CASES[case])
+    args = _decoder_example(adapter)
+    for level, activations in ((0, False), (4, True)):
+        _, reference, _ = prepare_quantized_decoder(adapter, q, activations=activations)
+        with torch.no_grad():
+            ref = [t.numpy() for t in reference(*args)]
+        outs = _run(_ort(bundle / "decoder.onnx", level=level), args)
+        for o, r in zip(outs, ref):
+            np.testing.assert_allclose(o, r, atol=EXACT_ATOL, rtol=0)
+    assert manifest["validation"]["decoder"]["logits_max_abs_diff"] < EXACT_ATOL
+    ops = {n.op_type for n in onnx.load(str(bundle / "decoder.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops
+    assert manifest["precision"]["graphs"]["decoder"]["weights"].startswith(q.weights)
+    # weights really shrank
+    fp32_bytes = sum(m.out_features * m.in_features * 4 for m in reference.modules() if isinstance(m, torch.nn.Linear))
+    assert manifest["graphs"]["decoder"]["weights"]["weight_bytes"] < fp32_bytes * (0.4 if q.weights == "int4" else 0.45)
+
+
+def _greedy_reference(module, embeds, steps, table, kv_dtype="float32"):
+    """Greedy decode with the PyTorch decoder module (same loop as Session.generate)."""
+    info = module
+    n_layers, n_kv, hd = len(info.layers), info.num_kv_heads, info.head_dim
+    if kv_dtype == "int8":
+        past = [torch.zeros(1, n_kv, 0, d, dtype=t) for _ in range(n_layers) for d, t in
+                ((hd, torch.int8), (1, torch.float32), (hd, torch.int8), (1, torch.float32))]
+    else:
+        past = [torch.zeros(1, n_kv, 0, hd) for _ in range(2 * n_layers)]
+    x = torch.from_numpy(embeds)
+    length = x.shape[1]
+    out = []
+    with torch.no_grad():
+        pos = torch.arange(length)[None]
+        for _ in range(steps):
+            total = length + len(out)
+            res = module(x, torch.ones(1, total, dtype=torch.int64), pos, *past)
+            token = int(res[0][0, -1].argmax())
+            out.append(token)
+            past = list(res[1:])
+            x = torch.from_numpy(np.asarray(table[[token]], np.float32))[None]
+            pos = torch.tensor([[total]])
+    return out
+
+
+@pytest.mark.parametrize("case", ["int4-sym-g32", "mixed", pytest.param("int8-kv", marks=pytest.mark.slow)])
+def test_greedy_tokens_equal_fake_quant(adapter, tmp_path_factory, mixed_artifact, case):
+    from atp.export.quantize import prepare_quantized_decoder
+    from atp.runtime import Session
+
+    quant = {"int4-sym-g32": dict(weights="int4", group_size=32), "int8-kv": dict(weights="fp32", kv="int8"),
+             "mixed": dict(weights="mixed", calibration=str(mixed_artifact))}[case]
+    q = QuantConfig(**quant)
+    bundle, manifest = _export(adapter, tmp_path_factory, f"greedy-{case}", **quant)
+    session = Session(bundle)
+    assert session.kv_dtype == q.kv
+    if q.weights == "fp32":
+        reference = adapter.decoder_module(kv_dtype=q.kv)
+    else:
+        _, reference, _ = prepare_quantized_decoder(adapter, q)
+    for seed in range(2):
+        image = random_image(seed)
+        res = session.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)
+        from atp.runtime.preprocess import preprocess
+
+        embeds, _ = session.run_vision(preprocess(image, manifest["preprocessing"]), session.default_keep, "x")
+        ids = session.prompt_ids("what colour is the circle")
+        ref = _greedy_reference(reference, session.inputs_embeds(ids, embeds[0]), 8, session.embeddings, q.kv)
+        assert res.token_ids == ref
+
+
+def test_mixed_plan_export(adapter, tmp_path_factory, mixed_artifact):
+    from atp.calibration.quant_calibrate import load_plan
+    from atp.export.exporter import _decoder_example
+    from atp.export.quantize import prepare_quantized_decoder
+
+    plan = load_plan(mixed_artifact, adapter)
+    assert abs(plan.average_bits() - 5.0) < 0.01
+    q = QuantConfig(weights="mixed", calibration=str(mixed_artifact))
+    bundle, manifest = _export(adapter, tmp_path_factory, "mixed", **q.to_dict())
+    model = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False)
+    nodes = model.graph.node
+    n8 = [n for n in nodes if n.op_type == "MatMulNBits" and any(a.name == "bits" and a.i == 8 for a in n.attribute)]
+    assert n8, "no int8 GEMM part in the mixed graph"
+    gathers = [n.name for n in nodes if n.op_type == "Gather" and n.name.endswith("/Gather") and not n.name.startswith("/")]
+    report = manifest["graphs"]["decoder"]["weights"]
+    # gate/up of mixed MLPs absorb their permutation into down_proj: no gather for them
+    assert report["gather_free_mixed_layers"], "no MLP permutation was absorbed"
+    assert not any("gate_proj" in g or "up_proj" in g for g in gathers)
+    assert report["gathers"] == len(gathers)
+    args = _decoder_example(adapter)
+    for level, activations in ((0, False), (4, True)):
+        _, reference, _ = prepare_quantized_decoder(adapter, q, activations=activations)
+        with torch.no_grad():
+            ref = reference(*args)[0].numpy()
+        np.testing.assert_allclose(_run(_ort(bundle / "decoder.onnx", level=level), args)[0], ref, atol=EXACT_ATOL, rtol=0)
+    # the permuted module computes the same function as the original one in fp32
+    from atp.calibration.mixed_precision import permute_mlp_features
+
+    module = copy.deepcopy(adapter.decoder_module())
+    permute_mlp_features(module, plan)
+    with torch.no_grad():
+        a, b = module(*args)[0], adapter.decoder_module()(*args)[0]
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
+
+
+def test_int8_kv_cache(adapter, tmp_path_factory):
+    from atp.export.exporter import _decoder_example
+
+    bundle, manifest = _export(adapter, tmp_path_factory, "kv8", weights="fp32", kv="int8")
+    g = manifest["graphs"]["decoder"]
+    dtypes = {i["name"]: i["dtype"] for i in g["inputs"]}
+    assert dtypes["past_key_values.0.key"] == "int8" and dtypes["past_key_values.0.key_scale"] == "float"
+    assert manifest["precision"]["kv"] == "int8" and g["kv_dtype"] == "int8"
+    args = _decoder_example(adapter, kv_dtype="int8")
+    with torch.no_grad():
+        ref = adapter.decoder_module(kv_dtype="int8")(*args)
+        dense = adapter.decoder_module()(*_decoder_example(adapter))
+    outs = _run(_ort(bundle / "decoder.onnx"), args)
+    np.testing.assert_allclose(outs[0], ref[0].numpy(), atol=EXACT_ATOL, rtol=0)
+    # cached int8 values equal except for rare rounding ties (<= 1 step)
+    for o, r in zip(outs[1:], ref[1:]):
+        assert o.dtype == r.numpy().dtype
+        assert np.abs(o.astype(np.float32) - r.numpy().astype(np.float32)).max() <= 1.0 + 1e-6
+    # int8 KV stays close to the fp32 cache (the example's past is random, so only a loose bound)
+    assert np.abs(ref[0].numpy() - dense[0].numpy()).max() <= 0.05 * np.abs(dense[0].numpy()).max()
+
+
+def test_calibration_errors(adapter, tiny_ckpt, tmp_path, mixed_artifact):
+    from atp.calibration.quant_calibrate import calibrate_quantization, load_plan
+    from atp.errors import ConfigError
+    from atp.export.adapters import adapter_for_checkpoint
+    from tests.tiny import build_tiny_llava
+
+    with pytest.raises(CalibrationError, match="empty"):
+        calibrate_quantization(adapter.model, [], bits=4.4)
+    with pytest.raises(ConfigError, match="out of range"):
+        calibrate_quantization(adapter.model, [1, 2, 3], bits=9)
+    with pytest.raises(ConfigError, match="does not divide"):
+        calibrate_quantization(adapter.model, [1, 2, 3], bits=4.4, group_size=128)
+    other = build_tiny_llava(tmp_path / "other", seed=1)
+    other_adapter = adapter_for_checkpoint(other).from_checkpoint(other)
+    with pytest.raises(CalibrationError, match="another model"):
+        load_plan(mixed_artifact, other_adapter)
+    with pytest.raises(CalibrationError):
+        load_plan(tmp_path, adapter)
+
+
+@pytest.mark.trt
+def test_qdq_graph_builds_in_tensorrt_rtx(adapter, tmp_path_factory, mixed_artifact):
+    """TensorRT target: opset-21 QDQ (block int4, per-channel int8) runs in ORT like the fake-quant
+    reference and parses + builds in TensorRT-RTX ahead of time (no GPU)."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13)")
+    from atp.export.exporter import _decoder_example
+    from atp.export.quantize import prepare_quantized_decoder
+
+    q = QuantConfig(weights="mixed", calibration=str(mixed_artifact), target="qdq")
+    bundle, _ = _export(adapter, tmp_path_factory, "qdq", **q.to_dict())
+    model = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    assert "MatMulNBits" not in ops and ops.count("DequantizeLinear") >= 2
+    _, reference, _ = prepare_quantized_decoder(adapter, q)
+    args = _decoder_example(adapter)
+    with torch.no_grad():
+        ref = reference(*args)[0].numpy()
+    np.testing.assert_allclose(_run(_ort(bundle / "decoder.onnx", optimize=False), args)[0], ref, atol=EXACT_ATOL, rtol=0)
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(bundle / "decoder.onnx")):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        pytest.fail(f"TensorRT-RTX cannot parse the QDQ decoder: {errors[:3]}")
+    info = adapter.model_info()
+    profile = builder.create_optimization_profile()
+    hd, kvh, d = info["head_dim"], info["num_kv_heads"], info["hidden_size"]
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        if t.name == "inputs_embeds":
+            profile.set_shape(t.name, (1, 1, d), (1, 8, d), (1, 32, d))
+        elif t.name in ("attention_mask",):
+            profile.set_shape(t.name, (1, 1), (1, 16), (1, 64))
+        elif t.name == "position_ids":
+            profile.set_shape(t.name, (1, 1), (1, 8), (1, 32))
+        else:
+            profile.set_shape(t.name, (1, kvh, 0, hd), (1, kvh, 8, hd), (1, kvh, 32, hd))
+    config = builder.create_builder_config()
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    assert engine is not None and engine.nbytes > 0
+
+
+def test_cli_calibrate_bits_then_export_mixed(tiny_ckpt, tmp_path, capsys):
+    import json
+
+    from atp.cli import main
+    from tests.tiny import CORPUS
+
+    text = tmp_path / "calib.txt"
+    text.write_text("\n\n".join(f"{s} {i}" for i in range(100) for s in CORPUS))
+    art = tmp_path / "art"
+    assert main(["calibrate", str(tiny_ckpt), "--bits", "4.5", "--text", str(text), "--calib-tokens", "300",
+                 "--out", str(art)]) == 0
+    doc = json.loads((art / "calibration.json").read_text())
+    assert doc["quantization"]["summary"]["average_bits"] == pytest.approx(4.5, abs=0.01)
+    out = tmp_path / "bundle"
+    assert main(["onnx", str(tiny_ckpt), "--out", str(out), "--weights", "mixed", "--calibration", str(art),
+                 "--kv-cache", "int8"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"]["kv"] == "int8" and manifest["precision"]["weights"].startswith("mixed-4.5")
+    capsys.readouterr()
+    # clear errors, exit code 2, no traceback
+    assert main(["calibrate", str(tiny_ckpt), "--bits", "9", "--out", str(tmp_path / "x")]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["onnx", str(tiny_ckpt), "--out", str(tmp_path / "y"), "--weights", "int4", "--group-size", "128"]) == 2
+    assert "does not divide" in capsys.readouterr().err
+    assert main(["onnx", str(tiny_ckpt), "--out", str(tmp_path / "z"), "--weights", "mixed"]) == 2
+    assert "calibration artifact" in capsys.readouterr().err
+    assert main(["calibrate", str(tiny_ckpt), "--out", str(tmp_path / "w")]) == 2
+    assert "nothing to calibrate" in capsys.readouterr().err
