@@ -482,14 +482,14 @@ def model_card(args, model, history, digest: str, n_tokens: int, n_train: int) -
                      for h in history)
     return f"""# atp demo VLM ({args.config})
 
-A genuine `LlavaForConditionalGeneration`, trained from scratch on a 2-core CPU by
+A genuine `LlavaForConditionalGeneration`, trained {"from scratch" if not args.init_from else "(warm start from " + str(args.init_from) + ")"} on a 2-core CPU by
 `python scripts/train_demo_vlm.py {command}`.
 
 - Vision: CLIP ViT, {args.image_size} px, patch {args.patch} ({n_tokens} visual tokens), width {args.vision_width},
   {args.vision_layers} encoder layers read (feature layer -2; the last layer is unused, as in LLaVA).
 - Projector: LLaVA 2-layer MLP (GELU). Language model: Llama, width {args.text_width}, {args.text_layers} layers,
   word-level tokenizer built from the data's words. {n_params / 1e6:.2f} M parameters in all.
-- Prompt: `USER: <image>\n{{question}} ASSISTANT:`; loss on the answer word and end-of-sequence only.
+- Prompt: `USER: <image>\\n{{question}} ASSISTANT:`; loss on the answer word and end-of-sequence only.
 - Data per batch: {mix[0]:.0%} easy-VQA train questions ({n_train} in all; PyPI `easy-vqa`), {mix[1]:.0%} fresh
   easy-VQA-style images drawn the way easy-VQA draws its own (`atp.datasets.synthetic_easy_vqa`) and {mix[2]:.0%}
   fresh multi-object images (`atp.datasets.multi_object`'s generator); horizontal flips and shifts.
@@ -502,7 +502,7 @@ A genuine `LlavaForConditionalGeneration`, trained from scratch on a 2-core CPU 
   to 5%, batch {args.batch}, {args.steps} steps, gradient clipping 1.0, seed {args.seed}.
 - `model.safetensors` sha256: `{digest}`
 
-## Running accuracy (teacher-forced first answer token, 1,000 held-out questions per set)
+## Running accuracy (teacher-forced first answer token, {args.n_test} held-out questions per set)
 
 | step | loss | easy-vqa test | multi-object test | minutes |
 |---:|---:|---:|---:|---:|
