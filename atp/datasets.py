@@ -126,37 +126,87 @@ def easy_vqa_answer(template: str, shape: str, color: str, asked: str | None) ->
     return "yes" if present != negated else "no"
 
 
+def _draw_easy_vqa_shape(draw, shape: str, rng: np.random.Generator, size: int, fill) -> None:
+    """One shape as easy-VQA draws it (on a 2x canvas): sides/diameter 1/8..1/2 of the canvas, rectangles
+    with independent width and height, upright equilateral triangles that may run off the bottom edge."""
+    lo, hi = size // 8, size // 2
+    if shape == "rectangle":
+        w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+        x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+        draw.rectangle((x, y, x + w, y + h), fill=fill)
+    elif shape == "circle":
+        d = int(rng.integers(lo, hi + 1))
+        x, y = int(rng.integers(0, size - d + 1)), int(rng.integers(0, size - d + 1))
+        draw.ellipse((x, y, x + d, y + d), fill=fill)
+    else:
+        s = int(rng.integers(lo, hi + 1))
+        th = s * 3 ** 0.5 / 2
+        x = int(rng.integers(0, size - s + 1))
+        y = int(rng.integers(0, size - int(th * 0.75) + 1))  # apex row; up to a quarter may be cut off
+        draw.polygon([(x + s / 2, y), (x, y + th), (x + s, y + th)], fill=fill)
+
+
 def synthetic_easy_vqa(rng: np.random.Generator, size: int = 64, n_questions: int = 4, labels: bool = False):
-    """A fresh easy-VQA-style image (one shape, easy-VQA palette and sizes) with questions from its templates:
-    (image, [(question, answer), ...]) and, with ``labels``, the HxW class map.
+    """A fresh easy-VQA-style image drawn the way easy-VQA draws its own (one shape on a 2x canvas with a
+    light random background, bilinear downsampling, easy-VQA palette and size range) with questions
+    from its 24 templates: (image, [(question, answer), ...]) and, with ``labels``, the HxW class map.
+    "What" questions name the true shape/colour (as easy-VQA's do); yes/no questions ask about the
+    true value half the time, so yes and no are balanced.
 
     Used to enlarge training data only; evaluation uses the published test split.
     """
     from PIL import Image, ImageDraw
 
     bg = tuple(int(v) for v in rng.integers(230, 256, 3))
-    img = Image.new("RGB", (size, size), bg)
-    s = int(rng.integers(size // 8, size // 2 + 1))
-    x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
+    big = 2 * size
+    img = Image.new("RGB", (big, big), bg)
     shape, color = SHAPES[int(rng.integers(3))], list(COLORS)[int(rng.integers(len(COLORS)))]
-    _draw_shape(ImageDraw.Draw(img), shape, (x, y, x + s, y + s), COLORS[color])
+    state = rng.bit_generator.state
+    _draw_easy_vqa_shape(ImageDraw.Draw(img), shape, rng, big, COLORS[color])
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
     label_img = None
-    if labels:
-        label_img = Image.new("L", (size, size), 0)
-        _draw_shape(ImageDraw.Draw(label_img), shape, (x, y, x + s, y + s), object_class(shape, color))
+    if labels:  # the same draw (same random numbers replayed), nearest-downsampled to a class map
+        after = rng.bit_generator.state
+        rng.bit_generator.state = state
+        label_img = Image.new("L", (big, big), 0)
+        _draw_easy_vqa_shape(ImageDraw.Draw(label_img), shape, rng, big, object_class(shape, color))
+        label_img = label_img.resize((size, size), Image.Resampling.NEAREST)
+        rng.bit_generator.state = after
     qs = []
     for t in rng.choice(len(EASY_VQA_TEMPLATES), n_questions, replace=False):
         template = EASY_VQA_TEMPLATES[int(t)]
         asked = None
         if "{shape}" in template:
-            asked = shape if rng.random() < 0.5 else SHAPES[int(rng.integers(3))]
+            asked = shape if template.startswith("what") or rng.random() < 0.5 else \
+                [v for v in SHAPES if v != shape][int(rng.integers(len(SHAPES) - 1))]
         elif "{color}" in template:
-            asked = color if rng.random() < 0.5 else list(COLORS)[int(rng.integers(len(COLORS)))]
+            asked = color if template.startswith("what") or rng.random() < 0.5 else \
+                [v for v in COLORS if v != color][int(rng.integers(len(COLORS) - 1))]
         q = template.replace("{shape}", asked or "").replace("{color}", asked or "")
         qs.append((q, easy_vqa_answer(template, shape, color, asked)))
     if labels:
         return np.asarray(img), qs, np.asarray(label_img)
     return np.asarray(img), qs
+
+
+def easy_vqa_labels(samples: list[VqaSample]) -> dict[str, tuple[str, str]]:
+    """(shape, colour) of each easy-VQA image, inferred from its questions and answers: the one
+    (shape, colour) consistent with every answer; images whose questions leave it ambiguous are left out."""
+    parse: dict[str, tuple[str, str | None]] = {}
+    for t in EASY_VQA_TEMPLATES:
+        slots = SHAPES if "{shape}" in t else tuple(COLORS) if "{color}" in t else (None,)
+        for v in slots:
+            parse[t.replace("{shape}", v or "").replace("{color}", v or "")] = (t, v)
+    by_image: dict[str, list[tuple[str, str]]] = {}
+    for s in samples:
+        by_image.setdefault(s.image_id, []).append((s.question, s.answer))
+    out = {}
+    for image_id, qas in by_image.items():
+        cands = [(sh, co) for sh in SHAPES for co in COLORS
+                 if all(q in parse and easy_vqa_answer(*parse[q][:1], sh, co, parse[q][1]) == a for q, a in qas)]
+        if len(cands) == 1:
+            out[image_id] = cands[0]
+    return out
 
 
 def multi_object_questions(objects, rng) -> list[tuple[str, str]]:

@@ -131,8 +131,10 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None, shift: int = 6):
-    """Random flips and translations (edge-padded): no question depends on position or orientation.
+def augment(images: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None, shift: int = 4,
+            vflip: bool = False):
+    """Random horizontal flips and translations (edge-padded; vertical flips only with ``vflip``: the
+    evaluation sets' triangles are upright): no question depends on position or left/right.
     Label maps (``[n, H, W]``), when given, get the same transform; returns (images, labels)."""
     out = np.empty_like(images)
     n, h, w, _ = images.shape
@@ -141,7 +143,7 @@ def augment(images: np.ndarray, rng: np.random.Generator, labels: np.ndarray | N
     lab_pad = np.pad(labels, ((0, 0), (shift, shift), (shift, shift)), mode="edge") if labels is not None else None
     for i in range(n):
         dy, dx = rng.integers(0, 2 * shift + 1, 2)
-        flip_x, flip_y = rng.random() < 0.5, rng.random() < 0.5
+        flip_x, flip_y = rng.random() < 0.5, vflip and rng.random() < 0.5
         for src, dst in ((padded, out), (lab_pad, lab_out)):
             if src is None:
                 continue
@@ -156,6 +158,39 @@ def augment(images: np.ndarray, rng: np.random.Generator, labels: np.ndarray | N
 
 N_CLASSES = 25  # background + 3 shapes x 8 colours (atp.datasets.object_class)
 IGNORE = 255
+
+
+def real_label_maps(images: np.ndarray, index: dict[int, tuple[str, str]]) -> np.ndarray:
+    """Class maps for published easy-VQA images whose (shape, colour) is known (``index``: image row ->
+    label, from :func:`atp.datasets.easy_vqa_labels`): a pixel is the object where it is nearer the
+    object's palette colour than the background (median of the border); other images stay IGNORE."""
+    from atp import datasets
+
+    maps = np.full(images.shape[:3], IGNORE, np.uint8)
+    for i, (shape, color) in index.items():
+        img = images[i].astype(np.int32)
+        border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+        bg = np.median(border, axis=0)
+        d_obj = np.abs(img - np.array(datasets.COLORS[color])).sum(-1)
+        d_bg = np.abs(img - bg).sum(-1)
+        maps[i] = np.where(d_obj < d_bg, datasets.object_class(shape, color), 0)
+    return maps
+
+
+def image_targets(maps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: multi-hot presence of the 24 object classes and the object count - 1 (classes 0..3),
+    from the class maps; IGNORE images get count -100 and presence NaN (masked out)."""
+    n = len(maps)
+    presence = torch.zeros(n, N_CLASSES - 1)
+    count = torch.full((n,), -100, dtype=torch.long)
+    for i, m in enumerate(maps):
+        if m[0, 0] == IGNORE:
+            presence[i] = float("nan")
+            continue
+        present = [int(c) for c in np.unique(m) if 0 < c < N_CLASSES]
+        presence[i, [c - 1 for c in present]] = 1
+        count[i] = len(present) - 1
+    return presence, count
 
 
 def patch_labels(labels: np.ndarray, patch: int, min_pixels: int) -> torch.Tensor:
@@ -241,6 +276,11 @@ def main(argv=None) -> int:
     ap.add_argument("--text-layers", type=int, default=3)
     ap.add_argument("--multi-object-images", type=int, default=2000, help="multi-object images whose words enter the vocabulary")
     ap.add_argument("--aux-patch-loss", type=float, default=0.5, help="weight of the per-patch class loss (0 = off)")
+    ap.add_argument("--aux-image-loss", type=float, default=1.0,
+                    help="weight of the image-level losses on the mean patch token: which (shape, colour) objects are present, and how many (0 = off)")
+    ap.add_argument("--mix", type=float, nargs=3, default=[0.25, 0.25, 0.5], metavar=("REAL", "SYNTH", "MULTI"),
+                    help="batch fractions: published easy-VQA train, generated easy-VQA-style, generated multi-object")
+    ap.add_argument("--vflip", action="store_true", help="also flip images vertically in augmentation")
     ap.add_argument("--limit-train", type=int, default=None, help="seeded subset of training questions (smoke runs)")
     ap.add_argument("--n-test", type=int, default=1000, help="test questions per data set for the running accuracy")
     ap.add_argument("--eval-every", type=int, default=500)
@@ -250,7 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default="build/train-demo-vlm")
     ap.add_argument("--out", default="assets/demo-vlm")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--init-from", default=None, help="start from the weights of a work-dir last.pt (warm start)")
+    ap.add_argument("--init-from", default=None, help="start from the weights of a work-dir last.pt or a saved model folder (warm start)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import transformers
@@ -275,7 +315,12 @@ def main(argv=None) -> int:
     texts += list(datasets.EASY_VQA_TEMPLATES) + list(datasets.COLORS) + list(datasets.SHAPES)
     for v in tests.values():
         texts += [s.question for s in v] + [s.answer for s in v]
-    if args.config == "tiny":
+    if args.config == "tiny" and args.init_from and Path(args.init_from).is_dir():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.init_from)  # warm start from a saved model: keep its vocabulary
+        template = PROMPT_TEMPLATE
+    elif args.config == "tiny":
         tok = build_word_tokenizer(texts)
         template = PROMPT_TEMPLATE
     else:
@@ -296,6 +341,8 @@ def main(argv=None) -> int:
             arrays.append(image_array(s, args.image_size))
     train_images = np.stack(arrays)
     train_index = np.array([uniq[s.image_id] for s in train])
+    known = datasets.easy_vqa_labels(train)
+    train_maps = real_label_maps(train_images, {uniq[k]: v for k, v in known.items() if k in uniq})
     test_images = {k: np.stack([image_array(s, args.image_size) for s in v]) for k, v in tests.items()}
     log.info("train: %d questions on %d images; tests: %s", len(train), len(arrays), {k: len(v) for k, v in tests.items()})
 
@@ -303,13 +350,17 @@ def main(argv=None) -> int:
     # Auxiliary per-patch supervision (object class under each patch, known for generated images): a
     # training-only linear head on the feature layer, discarded at the end; it teaches the ViT trained
     # from scratch what shapes and colours are faster than the answer loss alone.
+    # Image-level heads on the mean patch token (presence of each (shape, colour) and the object count)
+    # teach the patch tokens, which are all the language model sees, what the image holds.
     captured: list[torch.Tensor] = []
     aux_head = None
-    if args.aux_patch_loss > 0:
+    if args.aux_patch_loss > 0 or args.aux_image_loss > 0:
         tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)
         tower.encoder.layers[args.vision_layers - 1].register_forward_hook(
             lambda mod, inp, out: captured.append(out[0] if isinstance(out, tuple) else out))
-        aux_head = torch.nn.Linear(args.vision_width, N_CLASSES)
+        aux_head = torch.nn.ModuleDict({"patch": torch.nn.Linear(args.vision_width, N_CLASSES),
+                                        "presence": torch.nn.Linear(args.vision_width, N_CLASSES - 1),
+                                        "count": torch.nn.Linear(args.vision_width, 4)})
     params = [p for p in model.parameters() if p.requires_grad] + (list(aux_head.parameters()) if aux_head else [])
     log.info("model: %.2f M parameters (%.2f M trained), %d visual tokens", sum(p.numel() for p in model.parameters()) / 1e6,
              sum(p.numel() for p in params) / 1e6, n_tokens)
@@ -322,7 +373,12 @@ def main(argv=None) -> int:
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
     start, history = 0, []
-    if args.init_from:  # warm start: weights only (new optimizer, schedule from step 0)
+    if args.init_from and Path(args.init_from).is_dir():  # warm start from a saved model folder (e.g. the shipped demo)
+        from transformers import LlavaForConditionalGeneration
+
+        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.init_from).state_dict())
+        log.info("initialised weights from %s", args.init_from)
+    elif args.init_from:  # warm start: weights only (new optimizer, schedule from step 0)
         model.load_state_dict(torch.load(args.init_from, weights_only=False)["model"])
         log.info("initialised weights from %s", args.init_from)
     ckpt = work / "last.pt"
@@ -343,13 +399,13 @@ def main(argv=None) -> int:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        n_real = args.batch // 3
-        n_single = (args.batch - n_real) // 2
+        n_real = int(round(args.batch * args.mix[0] / sum(args.mix)))
+        n_single = int(round(args.batch * args.mix[1] / sum(args.mix)))
         pick = rng.integers(0, len(train), n_real)
         questions = [train[i].question for i in pick]
         answers = [train[i].answer for i in pick]
         images = [train_images[train_index[i]] for i in pick]
-        maps = [np.full(images[0].shape[:2], IGNORE, np.uint8)] * n_real  # published images: no label maps
+        maps = [train_maps[train_index[i]] for i in pick]  # published images: inferred maps (or IGNORE)
         for j in range(args.batch - n_real):
             if j < n_single:
                 img, qa, lab = datasets.synthetic_easy_vqa(rng, args.image_size, n_questions=1, labels=True)
@@ -362,17 +418,24 @@ def main(argv=None) -> int:
             images.append(img)
             maps.append(lab)
         ids, mask, labels = enc.batch(questions, answers)
-        aug_images, aug_maps = augment(np.stack(images), rng, np.stack(maps))
+        aug_images, aug_maps = augment(np.stack(images), rng, np.stack(maps), vflip=args.vflip)
         px = to_pixels(aug_images)
         captured.clear()
         loss = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
         if aux_head is not None:
             feats = captured[0][:, 1:]  # feature-layer patch tokens (what the projector reads)
             target = patch_labels(aug_maps, args.patch, max(1, args.patch * args.patch // 8))
-            if (target >= 0).any():
-                aux = torch.nn.functional.cross_entropy(aux_head(feats).reshape(-1, N_CLASSES), target.reshape(-1),
+            if args.aux_patch_loss > 0 and (target >= 0).any():
+                aux = torch.nn.functional.cross_entropy(aux_head["patch"](feats).reshape(-1, N_CLASSES), target.reshape(-1),
                                                         ignore_index=-100)
                 loss = loss + args.aux_patch_loss * aux
+            presence, count = image_targets(aug_maps)
+            known_rows = count >= 0
+            if args.aux_image_loss > 0 and known_rows.any():
+                pooled = feats.mean(dim=1)[known_rows]
+                aux = torch.nn.functional.binary_cross_entropy_with_logits(aux_head["presence"](pooled), presence[known_rows]) * 4
+                aux = aux + torch.nn.functional.cross_entropy(aux_head["count"](pooled), count[known_rows])
+                loss = loss + args.aux_image_loss * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -412,27 +475,34 @@ def main(argv=None) -> int:
 def model_card(args, model, history, digest: str, n_tokens: int, n_train: int) -> str:
     """Markdown model card: architecture, data, recipe, running accuracy, sha256."""
     n_params = sum(p.numel() for p in model.parameters())
+    mix = [m / sum(args.mix) for m in args.mix]
+    command = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+                       if v not in (None, False, True) and k not in ("out", "work_dir"))
     rows = "\n".join(f"| {h['step']} | {h['loss']:.3f} | {h['easy-vqa']:.3f} | {h['multi-object']:.3f} | {h['minutes']} |"
                      for h in history)
     return f"""# atp demo VLM ({args.config})
 
-A genuine `LlavaForConditionalGeneration`, trained from scratch on a 2-core CPU by
-`python scripts/train_demo_vlm.py {' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items() if v not in (None, False, True) and k not in ('out', 'work_dir'))}`.
+A genuine `LlavaForConditionalGeneration`, trained {"from scratch" if not args.init_from else "(warm start from " + str(args.init_from) + ")"} on a 2-core CPU by
+`python scripts/train_demo_vlm.py {command}`.
 
 - Vision: CLIP ViT, {args.image_size} px, patch {args.patch} ({n_tokens} visual tokens), width {args.vision_width},
   {args.vision_layers} encoder layers read (feature layer -2; the last layer is unused, as in LLaVA).
 - Projector: LLaVA 2-layer MLP (GELU). Language model: Llama, width {args.text_width}, {args.text_layers} layers,
   word-level tokenizer built from the data's words. {n_params / 1e6:.2f} M parameters in all.
-- Prompt: `USER: <image>\n{{question}} ASSISTANT:`; loss on the answer word and end-of-sequence only.
-- Data: easy-VQA train ({n_train} questions; PyPI `easy-vqa`), plus per step fresh easy-VQA-style images
-  (same palette, sizes and 24 question templates; answers follow from the drawn shape) and fresh
-  multi-object images (`atp.datasets.multi_object`'s generator), one third each; flips and shifts.
+- Prompt: `USER: <image>\\n{{question}} ASSISTANT:`; loss on the answer word and end-of-sequence only.
+- Data per batch: {mix[0]:.0%} easy-VQA train questions ({n_train} in all; PyPI `easy-vqa`), {mix[1]:.0%} fresh
+  easy-VQA-style images drawn the way easy-VQA draws its own (`atp.datasets.synthetic_easy_vqa`) and {mix[2]:.0%}
+  fresh multi-object images (`atp.datasets.multi_object`'s generator); horizontal flips and shifts.
   Never trained on: the easy-VQA test split and the multi-object `test` split (evaluation only).
+- Auxiliary training-only heads on the feature layer (discarded at export): per-patch object class
+  (weight {args.aux_patch_loss}) and, on the mean patch token, which (shape, colour) objects are present and how
+  many (weight {args.aux_image_loss}); class maps of published easy-VQA images come from their colour and the
+  (shape, colour) their questions imply (`atp.datasets.easy_vqa_labels`).
 - Recipe: AdamW (0.9, 0.98), weight decay 0.05, lr {args.lr} with {args.warmup} warm-up steps and cosine decay
   to 5%, batch {args.batch}, {args.steps} steps, gradient clipping 1.0, seed {args.seed}.
 - `model.safetensors` sha256: `{digest}`
 
-## Running accuracy (teacher-forced first answer token, 1,000 held-out questions per set)
+## Running accuracy (teacher-forced first answer token, {args.n_test} held-out questions per set)
 
 | step | loss | easy-vqa test | multi-object test | minutes |
 |---:|---:|---:|---:|---:|

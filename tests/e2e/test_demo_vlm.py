@@ -8,10 +8,11 @@ import pytest
 from atp import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-# Regression guards at the shipped model's measured level (0.704 easy-VQA, 0.462 multi-object on these
-# 500-question subsets) minus noise. The targets set for the demo model (0.90 / 0.85) are NOT met yet.
-EASY_VQA_MIN = 0.65
-MULTI_OBJECT_MIN = 0.40
+# Regression guards just below the shipped model's measured level (0.780 easy-VQA, 0.474 multi-object on
+# these 500-question subsets; the previous weights measured 0.704 / 0.462). The targets set for the demo
+# model (0.90 / 0.85) are NOT met yet, so they are not asserted.
+EASY_VQA_MIN = 0.75
+MULTI_OBJECT_MIN = 0.44
 
 
 @pytest.fixture(scope="module")
