@@ -203,14 +203,17 @@ def test_seeded_sampling_equals_python_session(cpp_build, demo_bundle, tiny_bund
     img = _images(tmp_path, tuple(sess.manifest["preprocessing"]["image_size"]))[0]
     prompt = "what color is the shape?"
     settings = [dict(temperature=1.0, top_k=0, top_p=1.0, seed=0), dict(temperature=0.7, top_k=10, top_p=0.9, seed=7),
-                dict(temperature=1.5, top_k=0, top_p=0.8, seed=123456789012)]
-    for st in settings[: 3 if which == "demo" else 2]:
+                dict(temperature=1.5, top_k=0, top_p=0.8, seed=123456789012), dict(temperature=4.0, top_k=0, top_p=1.0, seed=1)]
+    sampled = []
+    for st in settings if which == "demo" else settings[:2] + settings[3:]:
         extra = ["--temperature", st["temperature"], "--top-k", st["top_k"], "--top-p", st["top_p"], "--seed", st["seed"]]
         ours = _chat_batch(cpp_build, bundle, [(img, prompt, 8)], tmp_path, max_new=16, ignore_eos=True, extra=extra)[0]
         ref = sess.generate(img, prompt, keep=8, max_new_tokens=16, ignore_eos=True, **st)
         assert ours["token_ids"] == ref.token_ids, st
+        sampled.append(ours["token_ids"])
     greedy = sess.generate(img, prompt, keep=8, max_new_tokens=16, ignore_eos=True).token_ids
-    assert ours["token_ids"] != greedy  # sampling really sampled
+    # sampling really sampled: a confident model may repeat greedy at moderate temperatures, not at temperature 4
+    assert any(ids != greedy for ids in sampled)
 
 
 def test_text_conditioned_scorer_matches_python(cpp_build, demo_bundle, tmp_path):
