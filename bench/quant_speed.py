@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     base = next(r for r in rows if r[0] == "fp32") if any(r[0] == "fp32" for r in rows) else rows[0]
     mc = machine()
     lines = ["# SmolLM2-135M decoder speed per precision (ONNX Runtime CPU)", "",
-             f"- machine: {mc['cpu']}, {mc['logical_cores']} logical cores (shared with other jobs), {mc['os']}, "
+             f"- machine: {mc['cpu']}, {mc['logical_cores']} logical cores (load average {os.getloadavg()[0]:.1f} when written), {mc['os']}, "
              f"onnxruntime {mc['onnxruntime']}, {args.threads} intra-op threads",
              f"- prompt {args.prompt} tokens (prefill), then {args.decode} greedy decode steps; {args.repeats} repeats "
              "round-robin after a warm-up; medians; ratios against the first row measured in the same run",
