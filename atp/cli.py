@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kv-cache", default="float32", choices=["float32", "int8"], help="KV-cache precision (default float32)")
     q.add_argument("--quant-target", default="ort", choices=["ort", "qdq"],
                    help="ort: MatMulNBits (ONNX Runtime); qdq: standard DequantizeLinear (TensorRT)")
+    q.add_argument("--decoder-graph", default="traced", choices=["traced", "fused"],
+                   help="fused: ONNX Runtime GroupQueryAttention/SkipSimplifiedLayerNorm graph, fast decode on ORT CPU "
+                        "(ort target, float32 KV)")
     o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
@@ -229,7 +232,8 @@ def cmd_onnx(args) -> int:
     from atp.config import QuantConfig
 
     quant = QuantConfig(weights=args.weights, group_size=args.group_size, symmetric=not args.asymmetric, kv=args.kv_cache,
-                        calibration=args.calibration if args.weights == "mixed" else None, target=args.quant_target)
+                        calibration=args.calibration if args.weights == "mixed" else None, target=args.quant_target,
+                        decoder_graph=args.decoder_graph)
     cfg = ExportConfig(opset=args.opset, quantization=quant, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio,
                                                                extra_scorers=tuple(args.extra_scorers)))
     from atp.registry import SCORERS

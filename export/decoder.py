@@ -57,6 +57,7 @@ class LlamaLikeDecoder(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.max_positions = int(getattr(config, "max_position_embeddings", None) or 4096)  # RoPE cache length (fused graph)
 
     @property
     def kv_per_layer(self) -> int:

@@ -124,17 +124,23 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig, module=None, plan
             "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
-    io = export_module(
-        module if module is not None else adapter.decoder_module(kv_dtype=q.kv),
-        _decoder_example(adapter, kv_dtype=q.kv),
-        staging / DECODER_FILE,
-        input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
-        output_names=["logits", *present],
-        dynamic_axes=axes,
-        opset=cfg.opset,
-        external_data_threshold=cfg.external_data_threshold,
-        fixed_output_dims={"logits": {1: 1}},
-    )
+    if q.decoder_graph == "fused":
+        from atp.export.decoder_graph import save_fused_decoder
+
+        io = save_fused_decoder(module if module is not None else adapter.decoder_module(kv_dtype=q.kv), staging / DECODER_FILE,
+                                cfg.opset, cfg.external_data_threshold)
+    else:
+        io = export_module(
+            module if module is not None else adapter.decoder_module(kv_dtype=q.kv),
+            _decoder_example(adapter, kv_dtype=q.kv),
+            staging / DECODER_FILE,
+            input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
+            output_names=["logits", *present],
+            dynamic_axes=axes,
+            opset=cfg.opset,
+            external_data_threshold=cfg.external_data_threshold,
+            fixed_output_dims={"logits": {1: 1}},
+        )
     weights = {"precision": q.weights}
     if q.weights != "fp32":
         from atp.export.quantize import layer_weights_of, rewrite_file
@@ -147,6 +153,7 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig, module=None, plan
         "external_data": external_files(staging / DECODER_FILE),
         **describe_io(io),
         "mode": "prefill+decode",
+        "graph": q.decoder_graph,
         "logits": "last_position",
         "kv_layout": "[batch, kv_heads, sequence, head_dim]",
         "kv_dtype": q.kv,
@@ -210,7 +217,8 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, de
         report["text"] = {"max_abs_diff": float(np.abs(got - ref_t).max())}
         if report["text"]["max_abs_diff"] > 1e-3:
             raise AtpError(f"validation failed: the CLIP text graph differs from PyTorch ({report['text']})")
-    args = _decoder_example(adapter, kv_dtype=kv_dtype)
+    # GroupQueryAttention (fused graph) takes a multi-token step over a past cache at batch 1 only
+    args = _decoder_example(adapter, batch=1 if graphs["decoder"].get("graph") == "fused" else 2, kv_dtype=kv_dtype)
     with torch.no_grad():
         ref = (decoder_ref if decoder_ref is not None else adapter.decoder_module(kv_dtype=kv_dtype))(*args)
     sess = ort.InferenceSession(str(staging / DECODER_FILE), so, providers=["CPUExecutionProvider"])

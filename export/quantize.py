@@ -141,8 +141,39 @@ def _weight(rw: _Rewriter, node: onnx.NodeProto) -> np.ndarray | None:
     return arr if arr.ndim == 2 else None
 
 
+def _packed_qkv_consumer(graph: onnx.GraphProto, outs: list[str]) -> onnx.NodeProto | None:
+    """The ``GroupQueryAttention`` node that reads exactly ``outs`` as its query, key and value (and nothing
+    else reads them), or None."""
+    if len(outs) != 3:
+        return None
+    users = [n for n in graph.node if any(i in outs for i in n.input)]
+    if len(users) == 1 and users[0].op_type == "GroupQueryAttention" and list(users[0].input[:3]) == outs:
+        return users[0]
+    return None
+
+
+def fusable_groups(found: dict[str, onnx.NodeProto], plan: QuantPlan) -> list[tuple[str, ...]]:
+    """Layers that read the same input (q/k/v, gate/up) and are all int4 or all int8 under ``plan``: each
+    group becomes ONE ``MatMulNBits`` over the concatenated weight rows + a ``Split`` (row-wise quantization
+    and per-row activation blocks make that exact). Mixed layers stay two GEMMs each."""
+    by_input: dict[str, list[str]] = {}
+    for name, node in found.items():
+        by_input.setdefault(node.input[0], []).append(name)
+
+    def kind(name):
+        lp = plan.layers[name]
+        return "int8" if plan.weights == "int8" or lp.n8 == lp.out_features else ("int4" if lp.n8 == 0 else "mixed")
+
+    groups = []
+    for names in by_input.values():
+        kinds = {kind(n) for n in names}
+        if len(names) > 1 and len(kinds) == 1 and "mixed" not in kinds:
+            groups.append(tuple(names))
+    return groups
+
+
 def quantize_decoder(model: onnx.ModelProto, plan: QuantPlan, layer_weights: dict[str, np.ndarray],
-                     target: str = "ort", accuracy_level: int = 4) -> tuple[onnx.ModelProto, dict]:
+                     target: str = "ort", accuracy_level: int = 4, fuse: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Rewrite the decoder ``model`` (weights loaded) under ``plan``; returns (model, report).
 
     ``layer_weights`` (``name -> W [N, K]`` of the exported module) identifies each layer's MatMul.
@@ -150,7 +181,8 @@ def quantize_decoder(model: onnx.ModelProto, plan: QuantPlan, layer_weights: dic
     weights, used by tests to check packing against the fake-quant reference).
 
     Mixed layers whose int8 features are already the first ones (gate/up after
-    :func:`~atp.calibration.mixed_precision.permute_mlp_features`) need no gather.
+    :func:`~atp.calibration.mixed_precision.permute_mlp_features`) need no gather. ``fuse`` (ORT target):
+    layers sharing their input with the same precision become one GEMM + ``Split`` (:func:`fusable_groups`).
 
     Raises:
         ConfigError: unknown target, a planned layer missing from the graph, a shape mismatch.
@@ -170,14 +202,40 @@ def quantize_decoder(model: onnx.ModelProto, plan: QuantPlan, layer_weights: dic
     if missing:
         raise ConfigError(f"the quantization plan names layers the decoder graph does not have: {', '.join(missing[:4])}")
     absorbed = {n for n, lp in plan.layers.items() if 0 < lp.n8 < lp.out_features and np.array_equal(lp.int8, np.arange(lp.n8))}
-    replaced = {}
+    weights = {}
     for name, node in found.items():
         w = _weight(rw, node).T  # initializer is [K, N]
         lp = plan.layers[name]
         if w.shape != (lp.out_features, lp.in_features):
             raise ConfigError(f"layer {name}: graph weight {w.shape} does not match the plan {(lp.out_features, lp.in_features)}")
         rw.drop.add(node.input[1])
-        replaced[node.name] = rw.layer(node, np.ascontiguousarray(w), plan, name, name in absorbed)
+        weights[name] = np.ascontiguousarray(w)
+    groups = fusable_groups(found, plan) if (fuse and target == "ort") else []
+    replaced, fused = {}, set()
+    for names in groups:
+        nodes = [found[n] for n in names]
+        w = np.concatenate([weights[n] for n in names], axis=0)
+        base = "+".join(names)
+        x, y = nodes[0].input[0], f"{base}/fused"
+        sizes = np.array([weights[n].shape[0] for n in names], np.int64)
+        one = plan.layers[names[0]]
+        uniform8 = plan.weights == "int8" or one.n8 == one.out_features
+        gemm = (rw.gemm_int8(x, *quantize_int8(w), y, base, plan.group_size) if uniform8
+                else rw.gemm_int4(x, quantize_int4(w, plan.group_size, plan.symmetric), y, base))
+        outs = [nd.output[0] for nd in nodes]
+        gqa = _packed_qkv_consumer(rw.graph, outs)
+        if gqa is not None:  # GroupQueryAttention takes packed QKV: no Split
+            gqa.input[0], gqa.input[1], gqa.input[2] = y, "", ""
+            replaced[nodes[0].name] = gemm
+        else:
+            replaced[nodes[0].name] = gemm + [helper.make_node("Split", [y, rw.const(f"{base}.split", sizes)], outs,
+                                                               name=f"{base}/Split", axis=-1)]
+        for nd in nodes[1:]:
+            replaced[nd.name] = []
+        fused.update(names)
+    for name, node in found.items():
+        if name not in fused:
+            replaced[node.name] = rw.layer(node, weights[name], plan, name, name in absorbed)
     new_nodes = []
     for node in rw.graph.node:
         new_nodes.extend(replaced.get(node.name, [node]))
@@ -189,7 +247,8 @@ def quantize_decoder(model: onnx.ModelProto, plan: QuantPlan, layer_weights: dic
     rw.graph.initializer.extend(keep + rw.new_inits)
     if target == "ort" and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    report = {"target": target, "layers": len(found), "gather_free_mixed_layers": sorted(absorbed),
+    report = {"target": target, "layers": len(found), "fused_gemms": [list(g) for g in groups],
+              "gather_free_mixed_layers": sorted(absorbed),
               "gathers": sum(1 for ns in replaced.values() for n in ns if n.op_type == "Gather"), **plan.summary()}
     return model, report
 

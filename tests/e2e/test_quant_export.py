@@ -126,13 +126,15 @@ def _greedy_reference(module, embeds, steps, table, kv_dtype="float32"):
     return out
 
 
-@pytest.mark.parametrize("case", ["int4-sym-g32", "mixed", pytest.param("int8-kv", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("case", ["int4-sym-g32", "mixed", "int4-fused", "mixed-fused", pytest.param("int8-kv", marks=pytest.mark.slow)])
 def test_greedy_tokens_equal_fake_quant(adapter, tmp_path_factory, mixed_artifact, case):
     from atp.export.quantize import prepare_quantized_decoder
     from atp.runtime import Session
 
     quant = {"int4-sym-g32": dict(weights="int4", group_size=32), "int8-kv": dict(weights="fp32", kv="int8"),
-             "mixed": dict(weights="mixed", calibration=str(mixed_artifact))}[case]
+             "mixed": dict(weights="mixed", calibration=str(mixed_artifact)),
+             "int4-fused": dict(weights="int4", group_size=32, decoder_graph="fused"),
+             "mixed-fused": dict(weights="mixed", calibration=str(mixed_artifact), decoder_graph="fused")}[case]
     q = QuantConfig(**quant)
     bundle, manifest = _export(adapter, tmp_path_factory, f"greedy-{case}", **quant)
     session = Session(bundle)
@@ -185,6 +187,59 @@ def test_mixed_plan_export(adapter, tmp_path_factory, mixed_artifact):
     with torch.no_grad():
         a, b = module(*args)[0], adapter.decoder_module()(*args)[0]
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
+
+
+# (batch, new tokens, past tokens): prefill, a multi-token step over a cache (GroupQueryAttention: batch 1 only), decode
+FUSED_SHAPES = ((2, 3, 0), (1, 3, 2), (2, 1, 4))
+
+
+@pytest.mark.parametrize("case", ["fp32", "int4-sym-g32", "mixed", pytest.param("int8", marks=pytest.mark.slow)])
+def test_fused_decoder_graph(adapter, tmp_path_factory, mixed_artifact, case):
+    """--decoder-graph fused (GroupQueryAttention, SkipSimplifiedLayerNorm, q/k/v and gate/up fused into one
+    MatMulNBits each) matches PyTorch (fp32) and the fake-quant reference at accuracy_level 0 (weights only)
+    and 4 (W+A) within EXACT_ATOL on prefill, multi-token and decode steps; node count ~12x below the traced graph."""
+    from atp.export.exporter import _decoder_example
+    from atp.export.quantize import prepare_quantized_decoder
+
+    quant = {"fp32": dict(weights="fp32"), "int4-sym-g32": dict(weights="int4", group_size=32), "int8": dict(weights="int8"),
+             "mixed": dict(weights="mixed", calibration=str(mixed_artifact))}[case]
+    q = QuantConfig(**quant, decoder_graph="fused")
+    bundle, manifest = _export(adapter, tmp_path_factory, f"fused-{case}", **q.to_dict())
+    assert manifest["graphs"]["decoder"]["graph"] == "fused"
+    assert manifest["validation"]["decoder"]["logits_max_abs_diff"] < EXACT_ATOL
+    nodes = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False).graph.node
+    n_layers = adapter.model_info()["num_layers"]
+    ops = [n.op_type for n in nodes]
+    assert ops.count("GroupQueryAttention") == n_layers
+    assert len(nodes) <= (40 if case == "mixed" else 16) * n_layers + 12, f"{len(nodes)} nodes"  # traced: ~220 per layer
+    if case in ("int4-sym-g32", "int8"):  # q/k/v packed into one GEMM (no Split), gate/up into one + Split
+        assert ops.count("MatMulNBits") == 4 * n_layers + 1
+        gqa = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+        assert all(n.input[1] == "" and n.input[2] == "" for n in gqa)
+    levels = ((None, None),) if case == "fp32" else ((0, False), (4, True))
+    for level, activations in levels:
+        if case == "fp32":
+            reference = adapter.decoder_module()
+        else:
+            _, reference, _ = prepare_quantized_decoder(adapter, q, activations=activations)
+        sess = _ort(bundle / "decoder.onnx", level=level)
+        for batch, seq, past in FUSED_SHAPES:
+            args = _decoder_example(adapter, batch=batch, seq=seq, past=past)
+            with torch.no_grad():
+                ref = [t.numpy() for t in reference(*args)]
+            for o, r in zip(_run(sess, args), ref):
+                np.testing.assert_allclose(o, r, atol=EXACT_ATOL, rtol=0)
+
+
+def test_fused_graph_needs_ort_and_float_kv():
+    from atp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fused decoder graph"):
+        QuantConfig(weights="int4", kv="int8", decoder_graph="fused")
+    with pytest.raises(ConfigError, match="fused decoder graph"):
+        QuantConfig(weights="int4", target="qdq", decoder_graph="fused")
+    with pytest.raises(ConfigError, match="decoder graph must be"):
+        QuantConfig(decoder_graph="jit")
 
 
 def test_int8_kv_cache(adapter, tmp_path_factory):
