@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--decoder-graph", default="traced", choices=["traced", "fused"],
                    help="fused: ONNX Runtime GroupQueryAttention/SkipSimplifiedLayerNorm graph, fast decode on ORT CPU "
                         "(ort target, float32 KV)")
+    q.add_argument("--vision-weights", default="fp32", choices=["fp32", "int8"],
+                   help="int8: vision tower + projector linears as int8 MatMulNBits (gate scores stay fp32)")
     o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
@@ -233,7 +235,7 @@ def cmd_onnx(args) -> int:
 
     quant = QuantConfig(weights=args.weights, group_size=args.group_size, symmetric=not args.asymmetric, kv=args.kv_cache,
                         calibration=args.calibration if args.weights == "mixed" else None, target=args.quant_target,
-                        decoder_graph=args.decoder_graph)
+                        decoder_graph=args.decoder_graph, vision=args.vision_weights)
     cfg = ExportConfig(opset=args.opset, quantization=quant, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio,
                                                                extra_scorers=tuple(args.extra_scorers)))
     from atp.registry import SCORERS

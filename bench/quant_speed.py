@@ -8,7 +8,7 @@ weight bytes and KV-cache bytes per token.
 Usage::
 
     python bench/quant_speed.py --out bench/results/quant_speed_smollm2.md
-    python bench/quant_speed.py --prompt 64 --decode 16 --repeats 2 --variants fp32 int4-g32
+    python bench/quant_speed.py --prompt 64 --decode 16 --repeats 2 --variants fp32 int4-g32 int4-g32@traced --profile
 """
 
 from __future__ import annotations
@@ -27,13 +27,17 @@ import numpy as np
 import torch
 
 log = logging.getLogger("quant_speed")
-DEFAULT_VARIANTS = ["fp32", "fp16", "int8", "int4-g32", "int4-g64", "mixed-4.4-g64", "int4-g64+kv8", "mixed-4.4-g64+kv8"]
+DEFAULT_VARIANTS = ["fp32", "fp32@traced", "int8", "int4-g32", "int4-g64", "mixed-4.4-g64", "int4-g32@traced", "mixed-4.4-g64+kv8"]
 
 
 def parse(v: str) -> dict:
-    kv = "int8" if v.endswith("+kv8") else "float32"
-    parts = v.removesuffix("+kv8").split("-")
-    spec = {"name": v, "weights": parts[0], "bits": None, "group": 32, "kv": kv}
+    """``weights[-bits][-gGROUP][+kv8][@traced]``: the fused decoder graph unless ``@traced`` or ``+kv8`` (int8 KV
+    exists in the traced graph only)."""
+    base, _, graph = v.partition("@")
+    kv = "int8" if base.endswith("+kv8") else "float32"
+    graph = graph or ("traced" if kv == "int8" else "fused")
+    parts = base.removesuffix("+kv8").split("-")
+    spec = {"name": v, "weights": parts[0], "bits": None, "group": 32, "kv": kv, "graph": graph}
     for p in parts[1:]:
         if p.startswith("g"):
             spec["group"] = int(p[1:])
@@ -78,12 +82,20 @@ def export_variant(lm, spec: dict, out: Path, stats) -> dict:
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
     path = out / f"{spec['name']}.onnx"
-    export_module(module, args, path, ["inputs_embeds", "attention_mask", "position_ids", *past], ["logits", *present],
-                  axes, 21, 1_800_000_000)
+    if spec["graph"] == "fused":
+        from atp.export.decoder_graph import save_fused_decoder
+
+        save_fused_decoder(module, path, 21, 1_800_000_000)
+    else:
+        export_module(module, args, path, ["inputs_embeds", "attention_mask", "position_ids", *past], ["logits", *present],
+                      axes, 21, 1_800_000_000)
     if spec["weights"] != "fp32":
         rewrite_file(path, plan, spec["weights"], "ort", layer_weights_of(module) if plan else None)
     size = sum(p.stat().st_size for p in out.glob(f"{spec['name']}.onnx*"))
-    return {"path": path, "weight_bytes": size}
+    import onnx
+
+    nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+    return {"path": path, "weight_bytes": size, "nodes": nodes}
 
 
 def empty_past(sess, batch=1):
@@ -114,6 +126,34 @@ def run_once(sess, embed, prompt_ids, decode: int) -> tuple[float, float]:
     return prefill, decode / (time.perf_counter() - t)
 
 
+def profile_decode(path: str, args, embed, prompt_ids) -> dict:
+    """Per-operator-type kernel time of the decode steps of one greedy generation under ORT's profiler."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "prof")
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        run_once(sess, embed, prompt_ids, args.decode)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    runs = [r for r in runs if r != max(runs, key=lambda r: r[1] - r[0])][-args.decode:]  # drop session warm runs / prefill
+    per, count = collections.defaultdict(float), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and any(a <= e["ts"] <= b for a, b in runs):
+            per[e["args"]["op_name"]] += e["dur"]
+            count[e["args"]["op_name"]] += 1
+    n = max(len(runs), 1)
+    ops = sorted(((op, us / n, count[op] / n) for op, us in per.items()), key=lambda t: -t[1])
+    return {"run_us": statistics.median(b - a for a, b in runs), "kernel_us": sum(per.values()) / n, "ops": ops[:10]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
@@ -121,6 +161,10 @@ def main(argv=None) -> int:
     ap.add_argument("--decode", type=int, default=32, help="decoded tokens per run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-spin", action="store_true", help="session.intra_op.allow_spinning = 0")
+    ap.add_argument("--profile", action="store_true",
+                    help="then one ORT-profiled generation per variant: decode time per operator type (profiling adds "
+                         "a per-node cost, so small ops are over-represented)")
     ap.add_argument("--out", default="bench/results/quant_speed_smollm2.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -151,6 +195,8 @@ def main(argv=None) -> int:
             so = ort.SessionOptions()
             so.intra_op_num_threads = args.threads
             so.log_severity_level = 3
+            if args.no_spin:
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions[spec["name"]] = (ort.InferenceSession(str(info["path"]), so, providers=["CPUExecutionProvider"]), info)
             log.info("exported %s (%.1f MB) in %.0f s", spec["name"], info["weight_bytes"] / 1e6, time.time() - t)
         del lm
@@ -163,28 +209,41 @@ def main(argv=None) -> int:
                 times[name]["prefill"].append(p)
                 times[name]["decode"].append(d)
             log.info("repeat %d/%d done", r + 1, args.repeats)
+        profiles = {}
+        if args.profile:
+            for spec in specs:
+                profiles[spec["name"]] = profile_decode(str(sessions[spec["name"]][1]["path"]), args, embed, prompt_ids)
         manifest_like = {"model": {"num_layers": cfg.num_hidden_layers, "num_kv_heads": cfg.num_key_value_heads, "head_dim": hd}}
         rows = []
         for spec in specs:
             name = spec["name"]
             pre, dec = statistics.median(times[name]["prefill"]), statistics.median(times[name]["decode"])
             kvb = kv_bytes_per_token({**manifest_like, "precision": {"kv": spec["kv"]}})
-            rows.append((name, pre, dec, sessions[name][1]["weight_bytes"], kvb))
+            rows.append((name, pre, dec, sessions[name][1]["weight_bytes"], kvb, sessions[name][1]["nodes"], spec["graph"]))
     base = next(r for r in rows if r[0] == "fp32") if any(r[0] == "fp32" for r in rows) else rows[0]
     mc = machine()
     lines = ["# SmolLM2-135M decoder speed per precision (ONNX Runtime CPU)", "",
              f"- machine: {mc['cpu']}, {mc['logical_cores']} logical cores (load average {os.getloadavg()[0]:.1f} when written), {mc['os']}, "
-             f"onnxruntime {mc['onnxruntime']}, {args.threads} intra-op threads",
+             f"onnxruntime {mc['onnxruntime']}, {args.threads} intra-op threads"
+             f"{', spinning off' if args.no_spin else ''}",
              f"- prompt {args.prompt} tokens (prefill), then {args.decode} greedy decode steps; {args.repeats} repeats "
-             "round-robin after a warm-up; medians; ratios against the first row measured in the same run",
+             f"round-robin after a warm-up; medians; ratios against the `{base[0]}` row measured in the same run",
+             "- graph `fused` = `--decoder-graph fused` (GroupQueryAttention + SkipSimplifiedLayerNorm, q/k/v and gate/up "
+             "one GEMM each); `traced` = torch.onnx.export of the decoder (the default graph)",
              "- int8/int4/mixed = MatMulNBits accuracy_level=4; mixed = int8 + int4 GEMMs + Concat (gate/up gather-free); "
              "lm_head (49152 x 576) quantized like the other layers",
-             f"- command: `python bench/quant_speed.py {' '.join(argv or sys.argv[1:])}`", "",
-             "| variant | prefill ms | prefill x | decode tok/s | decode x | weights MB | weights x | KV bytes/token |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, pre, dec, wb, kvb in rows:
-        lines.append(f"| {name} | {pre * 1e3:.1f} | {base[1] / pre:.2f} | {dec:.1f} | {dec / base[2]:.2f} | {wb / 1e6:.1f} | "
-                     f"{base[3] / wb:.2f} | {kvb} |")
+             f"- command: `python bench/quant_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+             "| variant | graph | nodes | prefill ms | prefill x | decode tok/s | decode x | weights MB | weights x | KV bytes/token |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, pre, dec, wb, kvb, nodes, graph in rows:
+        lines.append(f"| {name} | {graph} | {nodes} | {pre * 1e3:.1f} | {base[1] / pre:.2f} | {dec:.1f} | {dec / base[2]:.2f} | "
+                     f"{wb / 1e6:.1f} | {base[3] / wb:.2f} | {kvb} |")
+    for name, prof in profiles.items():
+        lines += ["", f"Decode profile of `{name}` (ORT profiler, one generation, decode steps only; "
+                  f"{prof['run_us']:.0f} us per step under profiling, {prof['kernel_us']:.0f} us in kernels):", "",
+                  "| operator | us / step | nodes / step | share of kernel time |", "|---|---:|---:|---:|"]
+        for op, us, n in prof["ops"]:
+            lines.append(f"| {op} | {us:.0f} | {n:.0f} | {100 * us / prof['kernel_us']:.1f}% |")
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -186,7 +186,7 @@ def _export_text_graph(clip, ids, staging: Path, cfg: ExportConfig):
 
 
 def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, decoder_ref=None,
-              kv_dtype: str = "float32") -> dict:
+              kv_dtype: str = "float32", vision_refs: dict | None = None) -> dict:
     """Run every graph in ONNX Runtime on example inputs and compare with PyTorch."""
     import onnxruntime as ort
 
@@ -196,7 +196,7 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, de
     for key, scorer in scorers.items():
         example = _vision_example(adapter, scorer, clip=clip)
         with torch.no_grad():
-            ref_embeds, ref_idx = adapter.vision_module(scorer, clip=clip)(*example)
+            ref_embeds, ref_idx = (vision_refs or {}).get(key, adapter.vision_module(scorer, clip=clip))(*example)
         sess = ort.InferenceSession(str(staging / graphs[key]["file"]), so, providers=["CPUExecutionProvider"])
         names = [i["name"] for i in graphs[key]["inputs"]]
         embeds, idx = sess.run(None, dict(zip(names, (a.numpy() for a in example))))
@@ -291,6 +291,14 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         step(1, f"exporting the vision graph ({n} visual tokens, scorers {', '.join(config.pruning.scorers)}, opset {config.opset})")
         graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip)
                   for key, scorer in scorers.items()}
+        vision_refs = {}
+        if q.vision == "int8":
+            from atp.export.quantize import fake_quant_vision, rewrite_vision_file
+
+            for key, scorer in scorers.items():
+                vm = adapter.vision_module(scorer, clip=clip)
+                graphs[key]["weights"] = rewrite_vision_file(staging / graphs[key]["file"], vm)
+                vision_refs[key] = fake_quant_vision(vm, graphs[key]["weights"]["quantized"])
         if clip is not None:
             graphs["text"] = _export_text(clip, staging, config)
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")
@@ -317,7 +325,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "tokenizer": {"dir": TOKENIZER_DIR, "file": f"{TOKENIZER_DIR}/tokenizer.json"},
             "quantization": q.to_dict(),
             "precision": {"weights": _weights_label(q, plan), "kv": q.kv,
-                          "graphs": {**{k: {"weights": "fp32"} for k in graphs},
+                          "graphs": {**{k: {"weights": q.vision if k in scorers else "fp32"} for k in graphs},
                                      "decoder": {"weights": _weights_label(q, plan), "kv": q.kv}}},
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
@@ -327,7 +335,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
             manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, clip=clip,
-                                              decoder_ref=reference, kv_dtype=q.kv)
+                                              decoder_ref=reference, kv_dtype=q.kv, vision_refs=vision_refs)
             log.info("validation: %s", manifest["validation"])
         manifest = finalize_manifest(staging, manifest)
     log.info("bundle written to %s", out)

@@ -247,7 +247,7 @@ def quantize_decoder(model: onnx.ModelProto, plan: QuantPlan, layer_weights: dic
     rw.graph.initializer.extend(keep + rw.new_inits)
     if target == "ort" and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    report = {"target": target, "layers": len(found), "fused_gemms": [list(g) for g in groups],
+    report = {"target": target, "layers": len(found), "fused_gemms": len(groups),
               "gather_free_mixed_layers": sorted(absorbed),
               "gathers": sum(1 for ns in replaced.values() for n in ns if n.op_type == "Gather"), **plan.summary()}
     return model, report
@@ -333,3 +333,105 @@ def layer_weights_of(module) -> dict[str, np.ndarray]:
     from atp.calibration.salience import decoder_linears
 
     return {n: m.weight.detach().float().numpy() for n, m in decoder_linears(module).items()}
+
+
+# ----------------------------------------------------------------------------- vision tower + projector
+VISION_BLOCK = 32
+
+
+def vision_linears(module) -> dict:
+    """``name -> nn.Linear`` of a vision graph module's tower layers and projector (not the scorer's own layers)."""
+    from torch import nn
+
+    out = {}
+    for prefix in ("layers", "projector"):
+        sub = getattr(module, prefix, None)
+        if sub is None:
+            continue
+        out.update({f"{prefix}.{n}": m for n, m in sub.named_modules() if isinstance(m, nn.Linear)})
+    return out
+
+
+def quantize_vision_int8(model: onnx.ModelProto, linears: dict, accuracy_level: int = 4,
+                         block_size: int = VISION_BLOCK) -> tuple[onnx.ModelProto, dict]:
+    """Int8 weights (symmetric per output feature) for the tower/projector linears ``linears`` (``name ->
+    nn.Linear``) of a vision graph: each ``MatMul`` reading a linear's ``W.T`` becomes ``MatMulNBits`` bits=8,
+    ``accuracy_level`` 4 (int8 activations per row in blocks of ``block_size``).
+
+    Kept fp32 (listed in the report): weights that feed more than one MatMul (the gate's CLS-attention
+    score path re-reads the last layer's q/k projections: the top-K scores stay fp32 arithmetic) and
+    linears whose input features ``block_size`` does not divide.
+    """
+    rw = _Rewriter(model, "ort", accuracy_level)
+    keys = weight_keys({n: m.weight.detach().float().numpy() for n, m in linears.items()})
+    users: dict[str, list[onnx.NodeProto]] = {}
+    # the TorchScript exporter reads a parameter used twice through Identity nodes: resolve them
+    alias = {n.output[0]: n.input[0] for n in rw.graph.node if n.op_type == "Identity" and n.input[0] in rw.inits}
+    for node in rw.graph.node:
+        if node.op_type == "MatMul":
+            w = _weight(rw, node) if node.input[1] not in alias else numpy_helper.to_array(rw.inits[alias[node.input[1]]])
+            name = keys.get(_key(w)) if w is not None else None
+            if name is not None:
+                users.setdefault(name, []).append(node)
+    replaced, kept = {}, {}
+    for name, nodes in users.items():
+        if len(nodes) > 1:
+            kept[name] = "shared with the gate's score path"
+            continue
+        w = np.ascontiguousarray(linears[name].weight.detach().float().numpy())
+        if w.shape[1] % block_size:
+            kept[name] = f"{w.shape[1]} input features not divisible by {block_size}"
+            continue
+        rw.drop.add(alias.get(nodes[0].input[1], nodes[0].input[1]))
+        replaced[nodes[0].name] = rw.gemm_int8(nodes[0].input[0], *quantize_int8(w), nodes[0].output[0], name, block_size)
+    kept.update({n: "not in the graph" for n in linears if n not in users})
+    new_nodes = [x for node in rw.graph.node for x in replaced.get(node.name, [node])]
+    still_used = {i for n in new_nodes for i in n.input}
+    keep = [t for t in rw.graph.initializer if t.name not in rw.drop or t.name in still_used]
+    del rw.graph.node[:]
+    rw.graph.node.extend(new_nodes)
+    del rw.graph.initializer[:]
+    rw.graph.initializer.extend(keep + rw.new_inits)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    quantized = sorted(n for n in users if n not in kept)
+    return model, {"weights": "int8", "scheme": "symmetric per output feature, MatMulNBits bits=8 accuracy_level=4",
+                   "activation_block": block_size, "quantized_layers": len(quantized), "quantized": quantized, "kept_fp32": kept}
+
+
+def fake_quant_vision(module, names, block_size: int = VISION_BLOCK, activations: bool = True):
+    """Copy of the vision module with the linears ``names`` int8 fake-quantized like :func:`quantize_vision_int8`
+    (weights per output feature; inputs per row in blocks of ``block_size`` when ``activations``)."""
+    import copy
+
+    import torch
+
+    from atp.calibration.mixed_precision import quantize_activation_blocks
+    from atp.calibration.quant_reference import dequantize_int8
+
+    ref = copy.deepcopy(module)
+    linears = vision_linears(ref)
+    for name in names:
+        mod = linears[name]
+        w = mod.weight.detach().float().numpy()
+        mod.weight = torch.nn.Parameter(torch.from_numpy(dequantize_int8(*quantize_int8(w))), requires_grad=False)
+        if activations:
+            mod.register_forward_pre_hook(lambda m, inp, b=block_size: (quantize_activation_blocks(inp[0], b), *inp[1:]))
+    return ref
+
+
+def rewrite_vision_file(path: Path, module) -> dict:
+    """Int8-quantize the vision graph at ``path`` in place (see :func:`quantize_vision_int8`)."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=True)
+    model, report = quantize_vision_int8(model, vision_linears(module))
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    onnx.save_model(model, str(path), save_as_external_data=size > 1_800_000_000, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024)
+    onnx.checker.check_model(str(path))
+    report["weight_bytes"] = int(size)
+    log.info("quantized vision graph %s: %d linears int8, %d kept fp32", path.name, report["quantized_layers"], len(report["kept_fp32"]))
+    return report
