@@ -39,6 +39,7 @@ ONNX_EPILOG = _fmt("""
       atp-export onnx demo-smollm2 --out build/demo-smollm2
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep 144 --scorer cls
       atp-export onnx demo --out build/demo-ab --extra-scorers random         # A/B: pick the scorer per request
+      atp-export onnx demo --out build/demo-auto --scorer atp --keep auto       # K per image, decided in the graph
       atp-export onnx ./my-llava --out build/my-llava --keep-ratio 0.25 --opset 21 --overwrite
       atp-export onnx demo-smollm2 --out build/smollm2-int4 --weights int4 --group-size 64 --kv-cache int8
       atp-export onnx demo-smollm2 --out build/smollm2-w44 --weights mixed --calibration build/calib-smollm2
@@ -83,9 +84,24 @@ INSPECT_EPILOG = _fmt("""
 """)
 
 
-def _add_keep_args(p: argparse.ArgumentParser, what: str) -> None:
+def _keep_or_auto(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
+
+
+def _add_keep_args(p: argparse.ArgumentParser, what: str, allow_auto: bool = False) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--keep", type=int, metavar="K", help=f"visual tokens to keep {what} (1..N)")
+    if allow_auto:
+        g.add_argument("--keep", type=_keep_or_auto, metavar="K|auto",
+                       help=f"visual tokens to keep {what} (1..N), or auto: K per image in the graph from the score mass, "
+                            "bounded by the calibration artifact's k_min/k_max (defaults without one; keep is then the "
+                            "per-request upper bound)")
+    else:
+        g.add_argument("--keep", type=int, metavar="K", help=f"visual tokens to keep {what} (1..N)")
     g.add_argument("--keep-ratio", type=float, metavar="R", help=f"fraction of visual tokens to keep {what}, in (0, 1]")
 
 
@@ -101,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export a VLM to an ONNX bundle: vision graph with an in-graph top-K token gate, decoder graph with KV cache.")
     o.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2")
     o.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (atomically)")
-    _add_keep_args(o, "by default")
+    _add_keep_args(o, "by default", allow_auto=True)
     o.add_argument("--scorer", default="cls", metavar="NAME", help="token retention scorer (default: cls; `atp-export list` shows all)")
     o.add_argument("--extra-scorers", nargs="+", default=[], metavar="NAME",
                    help="also export vision graphs for these scorers (selectable per request, compared by eval)")
@@ -240,9 +256,13 @@ def cmd_onnx(args) -> int:
     from atp.export.exporter import export_bundle
 
     adapter = _load_adapter(args.checkpoint)
-    params, calibration = {}, None
+    params, calibration, autos = {}, None, None
     if args.calibration:
         params, calibration, cfg = _apply_calibration(args, adapter, cfg)
+        if cfg.pruning.auto_keep:
+            from atp.calibration.calibrate import auto_keep_from
+
+            autos = auto_keep_from(args.calibration, cfg.pruning.scorers)
     clip = None
     if args.clip_model:
         from atp.export.clip import OpenClip
@@ -251,7 +271,7 @@ def cmd_onnx(args) -> int:
     elif args.clip_weights:
         raise ConfigError("--clip-weights needs --clip-model (the open_clip architecture name)")
     manifest = export_bundle(adapter, args.out, cfg, overwrite=args.overwrite, validate=not args.no_validate,
-                             scorer_params=params, calibration=calibration, clip=clip)
+                             scorer_params=params, calibration=calibration, clip=clip, auto_keep=autos)
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"wrote {args.out}: {manifest['pruning']['num_visual_tokens']} visual tokens (default keep "
           f"{manifest['pruning']['default_keep']}), {len(manifest['files'])} files, {total / 1e6:.1f} MB")
@@ -286,7 +306,7 @@ def _apply_calibration(args, adapter, cfg):
               "recommended_keep": {name: v.get("recommended_keep") for name, v in (retention.get("scorers") or {}).items()
                                    if name in cfg.pruning.scorers}}
     rec = record["recommended_keep"].get(cfg.pruning.scorer) or {}
-    if args.keep is None and args.keep_ratio is None and rec:
+    if args.keep is None and args.keep_ratio is None and rec and not cfg.pruning.auto_keep:
         strictest = max(rec, key=float)
         ratio = rec[strictest]["keep_ratio"]
         log.info("default keep ratio %g from the calibration artifact (agreement >= %s for %s)", ratio, strictest, cfg.pruning.scorer)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from atp.calibration.retention.base import Scorer, VisionContext
-from atp.export.gate import gather_tokens, topk_ascending
+from atp.export.gate import auto_topk_ascending, gather_padded, gather_tokens, topk_ascending
 
 
 def _layer_out(out):
@@ -55,14 +55,21 @@ class ClipVisionGate(nn.Module):
         lm_probe: Module with ``attention_probe(seq, layer, n_queries)`` (the decoder), for scorers with
             ``needs_prompt`` (``fastv``).
         clip_patches: ``pixel_values -> [B, N, E]`` CLIP-space patch embeddings (``atp`` in CLIP space).
+        auto_keep: :class:`~atp.calibration.auto_keep.AutoKeep`: K per image from the score mass (``keep``
+            becomes the per-request upper bound) and a third output ``kept_count [B]``; rows are padded to the
+            batch's largest K (``kept_index`` -1, ``image_embeds`` zero rows).
 
     Graph inputs: ``pixel_values``, ``keep``, then ``text_embeds`` if the scorer ``needs_text``, then
     ``prompt_prefix`` and ``prompt_suffix`` if it ``needs_prompt``.
     """
 
     def __init__(self, vision_model: nn.Module, feature_layer: int, drop_cls: bool, projector: nn.Module, scorer: Scorer,
-                 lm_probe: nn.Module | None = None, clip_patches: nn.Module | None = None):
+                 lm_probe: nn.Module | None = None, clip_patches: nn.Module | None = None, auto_keep=None):
         super().__init__()
+        if auto_keep is not None and not getattr(scorer, "auto_keep_supported", True):
+            raise ValueError(f"scorer {type(scorer).__name__} returns pick order, not a score distribution: "
+                             "it does not support --keep auto")
+        self.auto_keep = auto_keep
         layers = vision_model.encoder.layers
         n_hidden = len(layers) + 1  # hidden_states = [embeddings, layer_0 out, ..., layer_{L-1} out]
         idx = feature_layer if feature_layer >= 0 else n_hidden + feature_layer
@@ -105,6 +112,12 @@ class ClipVisionGate(nn.Module):
         text_embeds = extra.pop(0) if self.scorer.needs_text else None
         prefix, suffix = (extra.pop(0), extra.pop(0)) if self.lm_probe is not None else (None, None)
         ctx = self.context(pixel_values, keep, text_embeds, prefix, suffix)
+        if self.auto_keep is not None:
+            index, count = auto_topk_ascending(self.scorer(ctx), keep, self.auto_keep)
+            if ctx._projected is not None:
+                return gather_padded(ctx._projected, index), index, count
+            mask = (index >= 0).unsqueeze(-1).to(ctx.features.dtype)
+            return self.projector(gather_tokens(ctx.features, torch.clamp(index, min=0))) * mask, index, count
         index = topk_ascending(self.scorer(ctx), keep)
         if ctx._projected is not None:  # the scorer already projected every token: gather, do not project twice
             return gather_tokens(ctx._projected, index), index

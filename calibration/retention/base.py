@@ -67,6 +67,8 @@ class Scorer(torch.nn.Module):
     needs_text: bool = False
     #: True when the vision graph needs ``prompt_prefix``/``prompt_suffix`` and the language model.
     needs_prompt: bool = False
+    #: False for scorers whose scores are a pick order (``idp``, ``divprune``): no ``--keep auto``.
+    auto_keep_supported: bool = True
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
