@@ -95,7 +95,8 @@ class RetentionCalibConfig:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for name in self.scorers:
-            SCORERS.get(name)
+            if getattr(SCORERS.get(name), "merges_tokens", False):
+                raise ConfigError(f"scorer {name!r} merges tokens; calibration measures kept token subsets: leave it out")
         object.__setattr__(self, "fractions", tuple(sorted({float(f) for f in self.fractions})))
         for f in self.fractions:
             if not 0.0 < f <= 1.0:

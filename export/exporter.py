@@ -82,6 +82,7 @@ def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str,
 
 def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None, auto=None) -> dict:
     module = adapter.vision_module(scorer, clip=clip, auto_keep=auto)
+    merging = getattr(scorer, "merges_tokens", False)
     needs_prompt = getattr(scorer, "needs_prompt", False)
     inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
         (["prompt_prefix", "prompt_suffix"] if needs_prompt else [])
@@ -93,7 +94,7 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
         output_names=["image_embeds", "kept_index"] + (["kept_count"] if auto is not None else []),
         dynamic_axes={"pixel_values": {0: "batch"}, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
                       "prompt_prefix": {0: "batch", 1: "prefix_length"}, "prompt_suffix": {0: "batch", 1: "suffix_length"},
-                      "kept_index": {0: "batch", 1: "keep"}, "kept_count": {0: "batch"}},
+                      "kept_index": {0: "batch", 1: "dominant" if merging else "keep"}, "kept_count": {0: "batch"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
     )
@@ -118,7 +119,16 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
                                     "definition": "token embeddings of the templated prompt before / after the image placeholder",
                                     "cost": scorer.cost(adapter.model_info()["num_layers"])}
     if hasattr(scorer, "contextual_tokens"):
-        graph["contextual_tokens"] = int(scorer.contextual_tokens)
+        graph["contextual_tokens"] = scorer.contextual_tokens
+    if merging:
+        graph["contextual_merge"] = {
+            "changes_outputs": True,
+            "rows": "image_embeds = K - c dominant tokens (original, ascending) then c contextual tokens (c from "
+                    "contextual_tokens, at most K - 1); kept_index lists the K - c dominant tokens only",
+            "merge": "rest = tokens not dominant, ascending; step = max(1, |rest| // c); targets = rest[0::step][:c]; every "
+                     "other rest token joins the target with the highest key cosine (feature layer keys, mean over heads); "
+                     "contextual token = mean of its target and the tokens that joined it (VisionZip)",
+            "note": "merged tokens are not original tokens: outputs differ from any token subset"}
     return graph
 
 

@@ -111,3 +111,22 @@ def gather_padded(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     safe = torch.clamp(index, min=0)
     out = gather_tokens(tokens, safe)
     return out * (index >= 0).unsqueeze(-1).to(out.dtype)
+
+
+class _SliceRows(torch.autograd.Function):
+    """``x[:, :count]`` with a run-time ``count`` (an ONNX ``Slice`` whose end is a graph value)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        return x[:, : int(count)]
+
+    @staticmethod
+    def symbolic(g, x, count):
+        one = g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
+        end = g.op("Reshape", count, one)
+        return g.op("Slice", x, g.op("Constant", value_t=torch.tensor([0], dtype=torch.int64)), end, one)
+
+
+def slice_rows(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``[B, S, D]`` -> ``[B, count, D]`` for an int64 scalar ``count`` that stays dynamic in the exported graph."""
+    return _SliceRows.apply(x, count)

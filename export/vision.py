@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from atp.calibration.retention.base import Scorer, VisionContext
-from atp.export.gate import auto_topk_ascending, gather_padded, gather_tokens, topk_ascending
+from atp.export.gate import auto_topk_ascending, gather_padded, gather_tokens, slice_rows, topk_ascending
 
 
 def _layer_out(out):
@@ -41,6 +41,15 @@ def clip_cls_attention(layer: nn.Module, hidden: torch.Tensor, drop_cls: bool) -
     probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)  # [B,H,1,T]
     row = probs.mean(dim=1)[:, 0]  # [B,T]
     return row[:, 1:] if drop_cls else row
+
+
+def clip_key_metric(layer: nn.Module, hidden: torch.Tensor, drop_cls: bool) -> torch.Tensor:
+    """``[B, N, head_dim]`` keys of a CLIP encoder layer, mean over heads (VisionZip's merge metric)."""
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden)
+    b, t, _ = x.shape
+    k = attn.k_proj(x).view(b, t, attn.num_heads, attn.head_dim).mean(dim=2)
+    return k[:, 1:] if drop_cls else k
 
 
 class ClipVisionGate(nn.Module):
@@ -89,7 +98,7 @@ class ClipVisionGate(nn.Module):
         self.clip_patches = clip_patches if getattr(scorer, "text_space", "lm") == "clip" else None
 
     def features(self, pixel_values: torch.Tensor):
-        """(feature-layer tokens [B, N, Dv], lazy CLS attention [B, N])."""
+        """(feature-layer tokens [B, N, Dv], lazy CLS attention [B, N], lazy key metric [B, N, head_dim])."""
         h = self.pre_layrnorm(self.embeddings(pixel_values))
         for layer in self.layers[:-1]:
             h = _layer_out(layer(h, None))
@@ -97,15 +106,16 @@ class ClipVisionGate(nn.Module):
         h_in = h
         h = _layer_out(last(h_in, None))
         feats = h[:, 1:] if self.drop_cls else h
-        return feats, (lambda: clip_cls_attention(last, h_in, self.drop_cls))
+        return feats, (lambda: clip_cls_attention(last, h_in, self.drop_cls)), (lambda: clip_key_metric(last, h_in, self.drop_cls))
 
     def context(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None,
                 prompt_prefix: torch.Tensor | None = None, prompt_suffix: torch.Tensor | None = None) -> VisionContext:
-        feats, cls_attn = self.features(pixel_values)
+        feats, cls_attn, keys = self.features(pixel_values)
         probe = self.lm_probe.attention_probe if self.lm_probe is not None else None
         clip = (lambda: self.clip_patches(pixel_values)) if self.clip_patches is not None else None
         return VisionContext(features=feats, cls_attention=cls_attn, project=self.projector, keep=keep, text_embeds=text_embeds,
-                             prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix, lm_attention=probe, clip_patches=clip)
+                             prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix, lm_attention=probe, clip_patches=clip,
+                             key_metric=keys)
 
     def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor, *extra: torch.Tensor):
         extra = list(extra)
@@ -118,6 +128,11 @@ class ClipVisionGate(nn.Module):
                 return gather_padded(ctx._projected, index), index, count
             mask = (index >= 0).unsqueeze(-1).to(ctx.features.dtype)
             return self.projector(gather_tokens(ctx.features, torch.clamp(index, min=0))) * mask, index, count
+        if getattr(self.scorer, "merges_tokens", False):  # VisionZip merge: K - c dominant + c contextual tokens
+            dominant, c = self.scorer.split(keep)
+            index = topk_ascending(self.scorer(ctx), dominant)
+            merged = slice_rows(self.scorer.merge(ctx, index, c), c)
+            return self.projector(torch.cat([gather_tokens(ctx.features, index), merged], dim=1)), index
         index = topk_ascending(self.scorer(ctx), keep)
         if ctx._projected is not None:  # the scorer already projected every token: gather, do not project twice
             return gather_tokens(ctx._projected, index), index

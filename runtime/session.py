@@ -254,7 +254,8 @@ class Session:
         t1 = time.perf_counter()
         image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt)
         k = int((kept_index[0] >= 0).sum())  # an auto-K graph keeps <= k (its kept_count); padding only past it
-        image_embeds, kept_index = image_embeds[:, :k], kept_index[:, :k]
+        if k < kept_index.shape[1]:
+            image_embeds, kept_index = image_embeds[:, :k], kept_index[:, :k]
         t2 = time.perf_counter()
         embeds = self.inputs_embeds(ids, image_embeds[0])
         length = embeds.shape[1]
@@ -286,7 +287,7 @@ class Session:
         return GenerationResult(
             text=self.tokenizer.decode(out, skip_special_tokens=True),
             token_ids=out,
-            kept=int(k),
+            kept=int(image_embeds.shape[1]),  # visual tokens the LM read (VisionZip merge: dominant + contextual)
             kept_index=[int(i) for i in kept_index[0]],
             prompt_tokens=int(length),
             timings=t,

@@ -38,6 +38,7 @@ class VisionContext:
             (clamped to the last layer) after the layers before it (scorers with ``needs_prompt``).
         clip_patches: Callable returning ``[B, N, E]`` CLIP-space patch embeddings (bundles made with an
             open_clip model, scorers with ``text_space == "clip"``).
+        key_metric: Callable returning ``[B, N, hd]`` keys of the feature layer, mean over heads (VisionZip's merge).
     """
 
     features: torch.Tensor
@@ -49,6 +50,7 @@ class VisionContext:
     prompt_suffix: torch.Tensor | None = None
     lm_attention: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
     clip_patches: Callable[[], torch.Tensor] | None = None
+    key_metric: Callable[[], torch.Tensor] | None = None
     _projected: torch.Tensor | None = field(default=None, repr=False)
 
     def projected(self) -> torch.Tensor:
