@@ -249,6 +249,25 @@ def test_auto_keep_bundle_matches_python(cpp_build, tiny_ckpt, tmp_path):
     assert len(kept) > 1
 
 
+def test_visionzip_merge_bundle_matches_python(cpp_build, tiny_ckpt, tmp_path):
+    """visionzip-merge: K image rows (dominant + contextual) but only K - c kept indices; C++ reads both lengths."""
+    from atp.config import ExportConfig, PruningConfig
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    bundle = tmp_path / "vz"
+    export_bundle(adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt), bundle,
+                  ExportConfig(pruning=PruningConfig(scorer="visionzip-merge")), scorer_params={"visionzip-merge": {"contextual": 3}})
+    sess = Session(bundle)
+    images = _images(tmp_path, tuple(sess.manifest["preprocessing"]["image_size"]))[:2]
+    cases = [(img, "what colour is the circle", k) for img in images for k in (6, 1)]
+    for (img, prompt, k), ours in zip(cases, _chat_batch(cpp_build, bundle, cases, tmp_path, max_new=4, ignore_eos=True)):
+        ref = sess.generate(img, prompt, keep=k, max_new_tokens=4, ignore_eos=True)
+        assert ours["kept"] == ref.kept == k and ours["kept_index"] == ref.kept_index and ours["token_ids"] == ref.token_ids
+        assert len(ref.kept_index) == k - min(3, k - 1)
+
+
 def _manifest_copy(bundle: Path, dst: Path, **pre) -> Path:
     shutil.copytree(bundle, dst)
     m = json.loads((dst / "manifest.json").read_text())
