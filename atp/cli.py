@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budgets", type=float, nargs="+", default=[0.99, 0.95], metavar="A",
                    help="agreement with the dense answers for the recommended keep ratios (default: 0.99 0.95)")
     c.add_argument("--max-new-tokens", type=int, default=4, metavar="N")
+    c.add_argument("--clip-model", metavar="NAME", default=None,
+                   help="open_clip model the bundle will be exported with: atp's alpha is fitted with text relevance in CLIP "
+                        "space, as the bundle measures it (default: LM embedding space)")
+    c.add_argument("--clip-weights", metavar="FILE", default=None, help="local open_clip checkpoint for --clip-model")
     c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     c.add_argument("--no-resume", action="store_true", help="start over even if ARTIFACT.partial/ holds progress")
     cq = c.add_argument_group("quantization (mixed int4/int8 weights per output feature)")
@@ -263,19 +267,29 @@ def cmd_onnx(args) -> int:
             from atp.calibration.calibrate import auto_keep_from
 
             autos = auto_keep_from(args.calibration, cfg.pruning.scorers)
-    clip = None
-    if args.clip_model:
-        from atp.export.clip import OpenClip
+    clip = _load_clip(args)
+    if args.calibration:
+        from atp.calibration.artifact import CalibrationArtifact
+        from atp.calibration.calibrate import check_text_space
 
-        clip = OpenClip.load(args.clip_model, args.clip_weights)
-    elif args.clip_weights:
-        raise ConfigError("--clip-weights needs --clip-model (the open_clip architecture name)")
+        check_text_space(CalibrationArtifact.load(args.calibration), cfg.pruning.scorers, clip)
     manifest = export_bundle(adapter, args.out, cfg, overwrite=args.overwrite, validate=not args.no_validate,
                              scorer_params=params, calibration=calibration, clip=clip, auto_keep=autos)
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"wrote {args.out}: {manifest['pruning']['num_visual_tokens']} visual tokens (default keep "
           f"{manifest['pruning']['default_keep']}), {len(manifest['files'])} files, {total / 1e6:.1f} MB")
     return 0
+
+
+def _load_clip(args):
+    """The open_clip model of ``--clip-model``/``--clip-weights`` (None without them)."""
+    if args.clip_model:
+        from atp.export.clip import OpenClip
+
+        return OpenClip.load(args.clip_model, args.clip_weights)
+    if args.clip_weights:
+        raise ConfigError("--clip-weights needs --clip-model (the open_clip architecture name)")
+    return None
 
 
 def _load_adapter(checkpoint: str):
@@ -335,7 +349,8 @@ def cmd_calibrate(args) -> int:
 
         cfg = RetentionCalibConfig(data=args.data, limit=args.limit, scorers=tuple(args.scorers), keep_ratios=tuple(args.keep_ratios),
                                    budgets=tuple(args.budgets), max_new_tokens=args.max_new_tokens)
-        art = run_calibrate(adapter, cfg, args.out, overwrite=args.overwrite, resume=not args.no_resume)
+        art = run_calibrate(adapter, cfg, args.out, overwrite=args.overwrite, resume=not args.no_resume,
+                            clip=_load_clip(args))
         sec = art.section("retention")
         for name, v in sec["scorers"].items():
             rec = ", ".join(f">={b}: keep {r['keep_ratio']:g} (K={r['k']})" for b, r in v["recommended_keep"].items())

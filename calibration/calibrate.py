@@ -134,11 +134,19 @@ def calibration_samples(data: str, limit: int | None, seed: int = 0) -> list[dat
 class TorchVlm:
     """The adapter's model in PyTorch, answering like the exported bundle does (same gate, greedy)."""
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, clip=None):
         from atp.calibration.retention.cls_attention import ClsAttentionScorer
 
         self.adapter = adapter
         self.gate = adapter.vision_module(ClsAttentionScorer())
+        self.clip = clip
+        if clip is not None:  # the bundle's CLIP text space: same patch embedder and text encoder as the exported graphs
+            from atp.calibration.retention.atp_hybrid import AtpHybridScorer
+            from atp.export.clip import ClipTextEncoder
+
+            self.clip_patches = adapter.vision_module(AtpHybridScorer(text_space="clip"), clip=clip).clip_patches
+            self.clip_text = ClipTextEncoder(clip.model).eval()
+            self.clip_tok = clip.hf_tokenizer()
         self.probe = adapter.decoder_module()  # FastV's partial LM pass
         self.lm = adapter.model.model.language_model
         self.head = adapter.model.lm_head
@@ -160,6 +168,23 @@ class TorchVlm:
         if not ids:
             return torch.zeros(1, self.table.shape[1])
         return self.table[ids].mean(dim=0, keepdim=True)
+
+    def clip_text_embeds(self, prompt: str) -> torch.Tensor:
+        """``[1, E]`` CLIP text embedding of the prompt, tokenized as the runtime does (truncated with the
+        end-of-text token last, padded with 0) and encoded by the same module as the bundle's text graph."""
+        ids = self.clip_tok.encode(prompt).ids
+        n = self.clip.context_length
+        if len(ids) > n:
+            ids = ids[:n - 1] + [self.clip.tokenizer.encoder["<end_of_text>"]]
+        row = torch.zeros(1, n, dtype=torch.int64)
+        row[0, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return self.clip_text(row)
+
+    def make_scorer(self, name: str, params: dict):
+        """A scorer as the bundle would hold it: in CLIP text space when this model has open_clip and it supports it."""
+        cls = SCORERS.get(name)
+        extra = {"text_space": "clip"} if self.clip is not None and getattr(cls, "supports_clip", False) else {}
+        return cls(**params, **extra).eval()
 
     def prompt_sequence(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(prefix [1, P, D], suffix [1, S, D]) token embeddings around the image token."""
@@ -203,15 +228,26 @@ class TorchVlm:
 
 
 def _sample_context(vlm: TorchVlm, sample, n: int):
-    """(vision context with keep N and the CLS row computed once, prompt ids, ``[N, D]`` projected tokens)."""
+    """(vision context with keep N and the CLS row computed once, prompt ids, ``[N, D]`` projected tokens,
+    prompt embedding per text space)."""
     px = vlm.pixels(sample.image)
     ids = vlm.prompt_ids(sample.question)
-    text = vlm.text_embeds(sample.question)
-    ctx = vlm.gate.context(px, torch.tensor(n), text, *vlm.prompt_sequence(ids))
+    texts = {"lm": vlm.text_embeds(sample.question)}
+    ctx = vlm.gate.context(px, torch.tensor(n), texts["lm"], *vlm.prompt_sequence(ids))
     ctx.lm_attention = vlm.probe.attention_probe
     cls_row = ctx.cls_attention()
     ctx.cls_attention = lambda: cls_row  # computed once, shared by every setting
-    return ctx, ids, ctx.projected()[0]
+    if vlm.clip is not None:
+        texts["clip"] = vlm.clip_text_embeds(sample.question)
+        patches = vlm.clip_patches(px)
+        ctx.clip_patches = lambda: patches
+    return ctx, ids, ctx.projected()[0], texts
+
+
+def _score(ctx, scorer, texts: dict) -> torch.Tensor:
+    """``scorer``'s scores with the prompt embedding of its text space."""
+    ctx.text_embeds = texts[getattr(scorer, "text_space", "lm")]
+    return scorer(ctx)
 
 
 def _sample_answers(vlm: TorchVlm, scorers: dict, sample, ks: dict, max_new_tokens: int) -> dict:
@@ -222,7 +258,7 @@ def _sample_answers(vlm: TorchVlm, scorers: dict, sample, ks: dict, max_new_toke
     from atp.export.gate import topk_ascending
 
     with torch.no_grad():
-        ctx, ids, projected = _sample_context(vlm, sample, max(ks.values()))
+        ctx, ids, projected, texts = _sample_context(vlm, sample, max(ks.values()))
         n = max(ks.values())
         dense = vlm.answers(ids, projected[None], max_new_tokens)[0]
         answers: dict[str, dict[str, tuple]] = {key: {} for key in scorers}
@@ -232,7 +268,7 @@ def _sample_answers(vlm: TorchVlm, scorers: dict, sample, ks: dict, max_new_toke
                     answers[key][str(r)] = dense
                 continue
             ctx.keep = torch.tensor(k)
-            sets = {key: tuple(topk_ascending(scorer(ctx), ctx.keep)[0].tolist()) for key, scorer in scorers.items()}
+            sets = {key: tuple(topk_ascending(_score(ctx, scorer, texts), ctx.keep)[0].tolist()) for key, scorer in scorers.items()}
             unique = sorted(set(sets.values()))
             got = dict(zip(unique, vlm.answers(ids, projected[torch.tensor(unique)], max_new_tokens)))
             for key in scorers:
@@ -300,10 +336,10 @@ def _auto_sample(vlm: TorchVlm, chosen: dict, sample, ks: dict, fractions, max_n
     n = max(ks.values())
     known = set(ks.values())
     with torch.no_grad():
-        ctx, ids, projected = _sample_context(vlm, sample, n)
+        ctx, ids, projected, texts = _sample_context(vlm, sample, n)
         kmass, need = {}, {}
         for name, scorer in chosen.items():
-            scores = scorer(ctx)
+            scores = _score(ctx, scorer, texts)
             kmass[name] = {f"{f:g}": int(mass_counts(scores, f)[0]) for f in fractions}
             for k in set(kmass[name].values()) - known:
                 need.setdefault(k, {})[name] = tuple(topk_ascending(scores, torch.tensor(k))[0].tolist())
@@ -375,7 +411,7 @@ def _run_id(cfg: RetentionCalibConfig, fingerprint: str) -> str:
 
 
 def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | None = None, progress: bool = True,
-                        fingerprint: str | None = None) -> tuple[dict, dict]:
+                        fingerprint: str | None = None, clip=None) -> tuple[dict, dict]:
     """Measure every scorer setting on the calibration samples and fit the retention section.
 
     Args:
@@ -384,6 +420,8 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
         partial_dir: Where per-sample progress is appended (resumed when it matches this run).
         progress: Show a tqdm progress bar.
         fingerprint: The model's fingerprint (computed when not given).
+        clip: The open_clip model (:class:`atp.export.clip.OpenClip`) the bundle will be exported with: scorers
+            that support it (``atp``) are fitted in CLIP text space, as the bundle will run them.
 
     Returns:
         (retention section dict, tensors for ``retention.safetensors``).
@@ -395,12 +433,12 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
         raise CalibrationError(f"no calibration samples in {cfg.data}")
     n = adapter.num_visual_tokens
     ks = {r: resolve_keep(n, keep_ratio=r) for r in cfg.keep_ratios}
-    scorers = {setting_key(name, p): SCORERS.get(name)(**p).eval() for name, p in cfg.settings()}
-    vlm = TorchVlm(adapter)
+    vlm = TorchVlm(adapter, clip)
+    scorers = {setting_key(name, p): vlm.make_scorer(name, p) for name, p in cfg.settings()}
     records: dict[int, dict] = {}
     log_file = None
     if partial_dir is not None:
-        run_id = _run_id(cfg, fingerprint or adapter_fingerprint(adapter))
+        run_id = _run_id(cfg, (fingerprint or adapter_fingerprint(adapter)) + (f"|clip:{clip.name}" if clip is not None else ""))
         partial_dir.mkdir(parents=True, exist_ok=True)
         meta = partial_dir / "run.json"
         log_file = partial_dir / "samples.jsonl"
@@ -429,9 +467,12 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
             bar.update(1)
     ordered = [records[i] for i in range(len(samples))]
     section, tensors = _fit(cfg, ordered, ks)
+    section["text_space"] = {nm: getattr(sc, "text_space", "lm") for nm, sc in
+                             ((nm, vlm.make_scorer(nm, {})) for nm in cfg.scorers) if sc.needs_text}
+    section["clip_model"] = clip.name if clip is not None else None
     names = [nm for nm in cfg.scorers if getattr(SCORERS.get(nm), "auto_keep_supported", True)] if cfg.auto_keep else []
     if names:
-        chosen = {nm: SCORERS.get(nm)(**section["scorers"][nm]["params"]).eval() for nm in names}
+        chosen = {nm: vlm.make_scorer(nm, section["scorers"][nm]["params"]) for nm in names}
         auto: dict[int, dict] = {}
         auto_file = partial_dir / "auto.jsonl" if partial_dir is not None else None
         if auto_file is not None and auto_file.is_file():
@@ -464,7 +505,7 @@ def threads_for_small_batches() -> int:
 
 
 def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite: bool = False, resume: bool = True,
-                  progress: bool = True, extra_steps=()) -> CalibrationArtifact:
+                  progress: bool = True, extra_steps=(), clip=None) -> CalibrationArtifact:
     """Calibrate ``adapter``'s model and write the artifact directory ``out``.
 
     Args:
@@ -482,7 +523,7 @@ def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite
     threads = torch.get_num_threads()
     torch.set_num_threads(threads_for_small_batches())
     try:
-        section, tensors = calibrate_retention(adapter, cfg, partial, progress=progress, fingerprint=fingerprint)
+        section, tensors = calibrate_retention(adapter, cfg, partial, progress=progress, fingerprint=fingerprint, clip=clip)
     finally:
         torch.set_num_threads(threads)
     art = CalibrationArtifact(fingerprint, adapter.source)
@@ -524,10 +565,36 @@ def auto_keep_from(artifact, scorers, budget: str | None = None) -> dict[str, Au
     return out
 
 
+def check_text_space(art: CalibrationArtifact, scorers, clip=None) -> None:
+    """Refuse to apply blend weights fitted in another text space than the bundle's (CLIP vs LM embedding space).
+
+    Raises:
+        CalibrationError: a scorer was calibrated in CLIP space and the export has no open_clip model, or the
+            other way round. Artifacts without a ``text_space`` record were fitted in LM space.
+    """
+    sec = art.section("retention") or {}
+    fitted = sec.get("text_space") or {}
+    for name in scorers:
+        if name not in (sec.get("scorers") or {}):
+            continue
+        cls = SCORERS.get(name)
+        if not getattr(cls, "needs_text", False):
+            continue
+        want = fitted.get(name, "lm")
+        have = "clip" if clip is not None and getattr(cls, "supports_clip", False) else "lm"
+        if want != have:
+            how = (f"export with the same --clip-model ({sec.get('clip_model')})" if want == "clip"
+                   else "calibrate with --clip-model too")
+            raise CalibrationError(f"the calibration artifact fitted {name!r} with text relevance in {want.upper()} space, but this "
+                                   f"bundle measures it in {have.upper()} space: {how}, or recalibrate")
+    if clip is not None and sec.get("clip_model") not in (None, clip.name):
+        log.warning("calibration used open_clip %s, this export uses %s", sec.get("clip_model"), clip.name)
+
+
 def grid_points(name: str) -> list[dict]:
     """The grid searched for ``name`` (``[{}]`` when it has no blend weights)."""
     return [dict(p) for p in PARAM_GRIDS.get(name, [{}])]
 
 
 __all__ = ["RetentionCalibConfig", "calibrate_retention", "run_calibrate", "scorer_params_from", "calibration_samples", "auto_keep_from",
-           "PARAM_GRIDS", "TorchVlm"]
+           "PARAM_GRIDS", "TorchVlm", "check_text_space"]
