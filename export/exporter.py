@@ -287,9 +287,12 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
 
         autos = {}
         for name in config.pruning.scorers:
-            if not getattr(SCORERS.get(name), "auto_keep_supported", True):
-                raise ConfigError(f"scorer {name!r} returns a pick order, not a score distribution: it cannot pick K per image "
-                                  "(--keep auto); use cls, atp, qat, visionzip, fastv or random, or a fixed --keep")
+            cls = SCORERS.get(name)
+            if not getattr(cls, "auto_keep_supported", True):
+                why = ("merges tokens (its K is dominant + contextual tokens)" if getattr(cls, "merges_tokens", False)
+                       else "returns a pick order, not a score distribution")
+                raise ConfigError(f"scorer {name!r} {why}: it cannot pick K per image (--keep auto); use cls, atp, qat, "
+                                  "visionzip, fastv or random, or a fixed --keep")
             auto = (auto_keep or {}).get(name) or AutoKeep.defaults(n)
             auto.check(n)
             autos[vision_graph_key(name, default)] = auto
