@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--calibration", metavar="ARTIFACT", default=None,
                    help="calibration artifact of this model (atp-export calibrate): blend weights of the scorers, "
                         "recommended keep ratio")
+    o.add_argument("--budget", type=float, default=None, metavar="A",
+                   help="accuracy budget of the calibration artifact (e.g. 0.95) for the default keep ratio and --keep auto "
+                        "(default: the strictest it has)")
     o.add_argument("--clip-model", metavar="NAME", default=None,
                    help="open_clip model name (e.g. ViT-L-14-336): `atp` measures text relevance in CLIP space "
                         "(needs the clip extra); without it, in the language model's embedding space")
@@ -266,7 +269,7 @@ def cmd_onnx(args) -> int:
         if cfg.pruning.auto_keep:
             from atp.calibration.calibrate import auto_keep_from
 
-            autos = auto_keep_from(args.calibration, cfg.pruning.scorers)
+            autos = auto_keep_from(args.calibration, cfg.pruning.scorers, budget=_budget_key(args))
     clip = _load_clip(args)
     if args.calibration:
         from atp.calibration.artifact import CalibrationArtifact
@@ -303,6 +306,19 @@ def _load_adapter(checkpoint: str):
     return adapter_for_checkpoint(checkpoint).from_checkpoint(checkpoint)
 
 
+def _budget_key(args, available=None) -> str | None:
+    """``--budget`` as the artifact spells it (``0.95``), checked against ``available`` budgets when given."""
+    if args.budget is None:
+        return None
+    key = f"{args.budget:g}"
+    if available is not None and key not in available:
+        from atp.errors import CalibrationError
+
+        raise CalibrationError(f"the calibration artifact has no budget {key} (it has {', '.join(sorted(available))}); "
+                               "calibrate with --budgets including it")
+    return key
+
+
 def _apply_calibration(args, adapter, cfg):
     """(scorer params, manifest record, config) from ``--calibration``; refuses another model's artifact."""
     from dataclasses import replace
@@ -321,7 +337,7 @@ def _apply_calibration(args, adapter, cfg):
                                    if name in cfg.pruning.scorers}}
     rec = record["recommended_keep"].get(cfg.pruning.scorer) or {}
     if args.keep is None and args.keep_ratio is None and rec and not cfg.pruning.auto_keep:
-        strictest = max(rec, key=float)
+        strictest = _budget_key(args, rec) or max(rec, key=float)
         ratio = rec[strictest]["keep_ratio"]
         log.info("default keep ratio %g from the calibration artifact (agreement >= %s for %s)", ratio, strictest, cfg.pruning.scorer)
         cfg = replace(cfg, pruning=replace(cfg.pruning, keep_ratio=ratio))
@@ -408,6 +424,9 @@ def cmd_inspect(args) -> int:
 
         print(f"precision   {precision_label(m)} (decoder weights, KV cache); vision fp32")
     print(f"pruning     scorer {pr['scorer']}, default keep {pr['default_keep']}/{pr['num_visual_tokens']} (K is a run-time input)")
+    for graph, a in (pr.get("auto_keep") or {}).items():
+        print(f"            {graph}: K per image (--keep auto): {a['fraction']:g} of the score mass, K in [{a['k_min']}, "
+              f"{a['k_max']}] ({a['source']})")
     for name, g in m["graphs"].items():
         def sig(vs):
             return ", ".join(f"{v['name']}{v['shape']}" for v in vs[:4]) + (f", ... ({len(vs)} in all)" if len(vs) > 4 else "")

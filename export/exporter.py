@@ -97,6 +97,7 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
                       "kept_index": {0: "batch", 1: "dominant" if merging else "keep"}, "kept_count": {0: "batch"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
+        fixed_output_dims={"image_embeds": {2: int(adapter.model_info()["hidden_size"])}},  # the padding mask hides it
     )
     graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
     if auto is not None:

@@ -29,7 +29,8 @@ class GenerationResult:
         text: Decoded answer (special tokens skipped).
         token_ids: Generated token ids (an end-of-sequence token, when reached, included).
         kept: Number of visual tokens that reached the language model.
-        kept_index: Their indices among the N visual tokens, ascending.
+        kept_index: Their indices among the N visual tokens, ascending (``visionzip-merge``: the dominant ones;
+            its contextual tokens are merged, not original).
         prompt_tokens: Prompt length in tokens after inserting the kept visual tokens.
         timings: Milliseconds: ``preprocess``, ``vision``, ``prefill``, ``ttft`` (preprocess + vision +
             embed + prefill), ``decode_per_token`` (mean over decode steps), ``total``.

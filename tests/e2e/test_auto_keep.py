@@ -39,6 +39,7 @@ def test_manifest_records_auto_keep(auto_bundle):
     assert pr["auto_keep"]["vision.fastv"]["source"].startswith("defaults")  # no parameters given for fastv
     g = s.manifest["graphs"]["vision"]
     assert [o["name"] for o in g["outputs"]] == ["image_embeds", "kept_index", "kept_count"]
+    assert g["outputs"][0]["shape"][2] == s.manifest["model"]["hidden_size"]  # static, despite the padding mask
     assert "min_j s_j" in g["auto_keep"]["normalisation"]
     assert all(v["same_kept_count"] for k, v in s.manifest["validation"].items() if k.startswith("vision"))
 
@@ -146,7 +147,16 @@ def test_cli_keep_auto_with_an_artifact_round_trip(tiny_ckpt, tmp_path, capsys):
     rec = m["pruning"]["auto_keep"]["vision"]
     assert (rec["fraction"], rec["k_min"], rec["k_max"]) == (strict["fraction"], strict["k_min"], strict["k_max"])
     assert rec["source"].startswith("calibration artifact") and m["pruning"]["default_keep"] == strict["k_max"]
+    assert cli.main(["onnx", str(tiny_ckpt), "--out", str(tmp_path / "b95"), "--scorer", "atp", "--keep", "auto",
+                     "--calibration", str(art_dir), "--budget", "0.95"]) == 0
+    rec = json.loads((tmp_path / "b95" / "manifest.json").read_text())["pruning"]["auto_keep"]["vision"]
+    assert (rec["fraction"], rec["k_min"], rec["k_max"]) == tuple(fit["0.95"][k] for k in ("fraction", "k_min", "k_max"))
+    assert "budget 0.95" in rec["source"]
     capsys.readouterr()
+    assert cli.main(["onnx", str(tiny_ckpt), "--out", str(tmp_path / "b5"), "--scorer", "atp", "--keep", "auto",
+                     "--calibration", str(art_dir), "--budget", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "budget 0.5" in err and "0.99, 0.95" in err
     with pytest.raises(SystemExit) as exc:
         cli.main(["onnx", str(tiny_ckpt), "--out", str(tmp_path / "c"), "--keep", "most"])
     assert exc.value.code == 2 and "integer or 'auto'" in capsys.readouterr().err
