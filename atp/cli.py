@@ -267,7 +267,7 @@ def cmd_onnx(args) -> int:
     if args.calibration:
         params, calibration, cfg = _apply_calibration(args, adapter, cfg)
         if cfg.pruning.auto_keep:
-            from atp.calibration.calibrate import auto_keep_from
+            from atp.calibration.auto_keep_fit import auto_keep_from
 
             autos = auto_keep_from(args.calibration, cfg.pruning.scorers, budget=_budget_key(args))
     clip = _load_clip(args)

@@ -43,7 +43,8 @@ def main() -> None:
 
     from atp import datasets
     from atp.calibration.artifact import CalibrationArtifact
-    from atp.calibration.calibrate import auto_keep_from, scorer_params_from
+    from atp.calibration.auto_keep_fit import auto_keep_from
+    from atp.calibration.calibrate import scorer_params_from
     from atp.config import ExportConfig, PruningConfig
     from atp.export.demo import BUILTINS
     from atp.export.exporter import export_bundle

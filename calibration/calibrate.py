@@ -29,7 +29,6 @@ import torch
 from atp import datasets
 from atp.calibration.artifact import CalibrationArtifact, adapter_fingerprint
 from atp.calibration.auto_keep import FRACTIONS as AUTO_FRACTIONS
-from atp.calibration.auto_keep import NORMALISATION, AutoKeep
 from atp.config import resolve_keep
 from atp.errors import CalibrationError, ConfigError
 from atp.registry import SCORERS
@@ -327,85 +326,6 @@ def _fit(cfg: RetentionCalibConfig, records: list[dict], ks: dict) -> tuple[dict
     return section, curves
 
 
-def _auto_sample(vlm: TorchVlm, chosen: dict, sample, ks: dict, fractions, max_new_tokens: int) -> dict:
-    """K_mass per fraction of each scorer's calibrated setting on one sample, and the answers at those K
-    that the keep-ratio grid has not measured already."""
-    from atp.calibration.auto_keep import mass_counts
-    from atp.export.gate import topk_ascending
-
-    n = max(ks.values())
-    known = set(ks.values())
-    with torch.no_grad():
-        ctx, ids, projected, texts = _sample_context(vlm, sample, n)
-        kmass, need = {}, {}
-        for name, scorer in chosen.items():
-            scores = _score(ctx, scorer, texts)
-            kmass[name] = {f"{f:g}": int(mass_counts(scores, f)[0]) for f in fractions}
-            for k in set(kmass[name].values()) - known:
-                need.setdefault(k, {})[name] = tuple(topk_ascending(scores, torch.tensor(k))[0].tolist())
-        answers: dict[str, dict[str, list]] = {name: {} for name in chosen}
-        for k, sets in sorted(need.items()):
-            unique = sorted(set(sets.values()))
-            got = dict(zip(unique, vlm.answers(ids, projected[torch.tensor(unique)], max_new_tokens)))
-            for name, st in sets.items():
-                answers[name][str(k)] = list(got[st])
-    return {"kmass": kmass, "answers": answers}
-
-
-def _fit_auto(cfg: RetentionCalibConfig, section: dict, records: list[dict], auto_records: list[dict], ks: dict) -> dict:
-    """Add ``auto_keep`` per budget to each calibrated scorer of ``section``; returns the grids as tensors.
-
-    For every score-mass fraction and every (k_min <= k_max) pair from the keep-ratio grid's K values,
-    each sample keeps ``clamp(K_mass, k_min, k_max)`` tokens; per budget the choice is the smallest mean K
-    whose agreement with the dense answers reaches the budget (k_min = N, i.e. dense, always does).
-    """
-    k_ratio: dict[int, float] = {}
-    for r, k in sorted(ks.items(), reverse=True):
-        k_ratio.setdefault(k, r)
-    cands = sorted(k_ratio)
-    n = max(ks.values())
-    dense = [rec["dense"] for rec in records]
-    tensors = {}
-    for name in auto_records[0]["kmass"] if auto_records else []:
-        key = setting_key(name, section["scorers"][name]["params"])
-
-        def answer(i, k, key=key, name=name):
-            if k in k_ratio:
-                return records[i]["answers"][key][str(k_ratio[k])]
-            return auto_records[i]["answers"][name][str(k)]
-
-        shape = (len(cfg.fractions), len(cands), len(cands))
-        agree, mean_k = np.full(shape, np.nan), np.full(shape, np.nan)
-        for fi, f in enumerate(cfg.fractions):
-            kmass = [rec["kmass"][name][f"{f:g}"] for rec in auto_records]
-            for a, lo in enumerate(cands):
-                for b, hi in enumerate(cands[a:], start=a):
-                    kk = [min(max(km, lo), hi) for km in kmass]
-                    agree[fi, a, b] = np.mean([answer(i, k) == dense[i] for i, k in enumerate(kk)])
-                    mean_k[fi, a, b] = np.mean(kk)
-        choice = {}
-        for budget in cfg.budgets:
-            best = None
-            for fi, a, b in zip(*np.nonzero(agree + 1e-12 >= budget)):
-                rank = (mean_k[fi, a, b], -agree[fi, a, b], -cfg.fractions[fi], cands[b], cands[a])
-                if best is None or rank < best[0]:
-                    best = (rank, fi, a, b)
-            _, fi, a, b = best
-            choice[f"{budget:g}"] = {"fraction": cfg.fractions[fi], "k_min": cands[a], "k_max": cands[b],
-                                     "agreement": float(agree[fi, a, b]), "mean_k": float(mean_k[fi, a, b]),
-                                     "mean_keep_ratio": float(mean_k[fi, a, b] / n)}
-        section["scorers"][name]["auto_keep"] = choice
-        tensors[f"{name}.auto_agreement"] = agree.astype(np.float32)
-        tensors[f"{name}.auto_mean_k"] = mean_k.astype(np.float32)
-    section["auto_keep"] = {
-        "normalisation": NORMALISATION, "fractions": list(cfg.fractions), "k_candidates": cands,
-        "method": "per budget: smallest mean K over (fraction, k_min <= k_max) whose agreement with the dense answers "
-                  "reaches the budget, with the scorer's calibrated parameters",
-        "tensors": "retention.safetensors: <scorer>.auto_agreement / auto_mean_k [fraction, k_min, k_max] (NaN: k_min > k_max)",
-        "scorers": sorted(auto_records[0]["kmass"]) if auto_records else []}
-    return tensors
-
-
 def _run_id(cfg: RetentionCalibConfig, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps([asdict(cfg), fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -472,6 +392,8 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
     section["clip_model"] = clip.name if clip is not None else None
     names = [nm for nm in cfg.scorers if getattr(SCORERS.get(nm), "auto_keep_supported", True)] if cfg.auto_keep else []
     if names:
+        from atp.calibration.auto_keep_fit import sample_auto_keep, fit_auto_keep
+
         chosen = {nm: vlm.make_scorer(nm, section["scorers"][nm]["params"]) for nm in names}
         auto: dict[int, dict] = {}
         auto_file = partial_dir / "auto.jsonl" if partial_dir is not None else None
@@ -486,13 +408,13 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
         with tqdm(total=len(samples), initial=len(samples) - len(todo), desc="calibrate auto K", disable=not progress,
                   mininterval=2) as bar:
             for i in todo:
-                rec = {"i": i, **_auto_sample(vlm, chosen, samples[i], ks, cfg.fractions, cfg.max_new_tokens)}
+                rec = {"i": i, **sample_auto_keep(vlm, chosen, samples[i], ks, cfg.fractions, cfg.max_new_tokens)}
                 auto[i] = rec
                 if auto_file is not None:
                     with open(auto_file, "a") as f:
                         f.write(json.dumps(rec) + "\n")
                 bar.update(1)
-        tensors.update(_fit_auto(cfg, section, ordered, [auto[i] for i in range(len(samples))], ks))
+        tensors.update(fit_auto_keep(cfg, section, ordered, [auto[i] for i in range(len(samples))], ks))
     return section, tensors
 
 
@@ -541,30 +463,6 @@ def scorer_params_from(art: CalibrationArtifact) -> dict[str, dict]:
     return {name: dict(v.get("params", {})) for name, v in (sec.get("scorers") or {}).items()}
 
 
-def auto_keep_from(artifact, scorers, budget: str | None = None) -> dict[str, AutoKeep]:
-    """``scorer -> AutoKeep`` from an artifact's retention section, at ``budget`` (default: the strictest).
-
-    Scorers the artifact has no ``auto_keep`` for get :meth:`AutoKeep.defaults`, with a source saying so.
-    """
-    art = artifact if isinstance(artifact, CalibrationArtifact) else CalibrationArtifact.load(artifact)
-    sec = art.section("retention") or {}
-    n = sec.get("num_visual_tokens")
-    out = {}
-    for name in scorers:
-        fits = ((sec.get("scorers") or {}).get(name) or {}).get("auto_keep") or {}
-        if fits:
-            b = budget if budget is not None else max(fits, key=float)
-            if b not in fits:
-                raise CalibrationError(f"the artifact has no auto keep for budget {b} of {name} (it has {', '.join(fits)})")
-            f = fits[b]
-            out[name] = AutoKeep(f["fraction"], f["k_min"], f["k_max"],
-                                 source=f"calibration artifact (budget {b}: agreement {f['agreement']:.3f} at mean K "
-                                        f"{f['mean_k']:.1f} on {sec.get('n_samples')} {sec.get('data')} samples)")
-        elif n:
-            out[name] = AutoKeep.defaults(int(n), source="defaults (the calibration artifact has no auto keep for this scorer)")
-    return out
-
-
 def check_text_space(art: CalibrationArtifact, scorers, clip=None) -> None:
     """Refuse to apply blend weights fitted in another text space than the bundle's (CLIP vs LM embedding space).
 
@@ -596,5 +494,5 @@ def grid_points(name: str) -> list[dict]:
     return [dict(p) for p in PARAM_GRIDS.get(name, [{}])]
 
 
-__all__ = ["RetentionCalibConfig", "calibrate_retention", "run_calibrate", "scorer_params_from", "calibration_samples", "auto_keep_from",
+__all__ = ["RetentionCalibConfig", "calibrate_retention", "run_calibrate", "scorer_params_from", "calibration_samples",
            "PARAM_GRIDS", "TorchVlm", "check_text_space"]

@@ -118,7 +118,7 @@ def test_cli_keep_auto_with_an_artifact_round_trip(tiny_ckpt, tmp_path, capsys):
     """calibrate writes fraction/k_min/k_max per scorer; onnx --keep auto --calibration puts them in the graph."""
     from atp import cli
     from atp.calibration.artifact import CalibrationArtifact
-    from atp.calibration.calibrate import auto_keep_from
+    from atp.calibration.auto_keep_fit import auto_keep_from
 
     art_dir = tmp_path / "art"
     assert cli.main(["calibrate", str(tiny_ckpt), "--data", "multi-object", "--out", str(art_dir), "--limit", "4",
