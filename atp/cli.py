@@ -39,6 +39,7 @@ ONNX_EPILOG = _fmt("""
       atp-export onnx demo-smollm2 --out build/demo-smollm2
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep 144 --scorer cls
       atp-export onnx demo --out build/demo-ab --extra-scorers random         # A/B: pick the scorer per request
+      atp-export onnx demo --out build/demo-auto --scorer atp --keep auto       # K per image, decided in the graph
       atp-export onnx ./my-llava --out build/my-llava --keep-ratio 0.25 --opset 21 --overwrite
       atp-export onnx demo-smollm2 --out build/smollm2-int4 --weights int4 --group-size 64 --kv-cache int8
       atp-export onnx demo-smollm2 --out build/smollm2-w44 --weights mixed --calibration build/calib-smollm2
@@ -83,9 +84,24 @@ INSPECT_EPILOG = _fmt("""
 """)
 
 
-def _add_keep_args(p: argparse.ArgumentParser, what: str) -> None:
+def _keep_or_auto(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
+
+
+def _add_keep_args(p: argparse.ArgumentParser, what: str, allow_auto: bool = False) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--keep", type=int, metavar="K", help=f"visual tokens to keep {what} (1..N)")
+    if allow_auto:
+        g.add_argument("--keep", type=_keep_or_auto, metavar="K|auto",
+                       help=f"visual tokens to keep {what} (1..N), or auto: K per image in the graph from the score mass, "
+                            "bounded by the calibration artifact's k_min/k_max (defaults without one; keep is then the "
+                            "per-request upper bound)")
+    else:
+        g.add_argument("--keep", type=int, metavar="K", help=f"visual tokens to keep {what} (1..N)")
     g.add_argument("--keep-ratio", type=float, metavar="R", help=f"fraction of visual tokens to keep {what}, in (0, 1]")
 
 
@@ -101,13 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export a VLM to an ONNX bundle: vision graph with an in-graph top-K token gate, decoder graph with KV cache.")
     o.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2")
     o.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (atomically)")
-    _add_keep_args(o, "by default")
+    _add_keep_args(o, "by default", allow_auto=True)
     o.add_argument("--scorer", default="cls", metavar="NAME", help="token retention scorer (default: cls; `atp-export list` shows all)")
     o.add_argument("--extra-scorers", nargs="+", default=[], metavar="NAME",
                    help="also export vision graphs for these scorers (selectable per request, compared by eval)")
     o.add_argument("--calibration", metavar="ARTIFACT", default=None,
                    help="calibration artifact of this model (atp-export calibrate): blend weights of the scorers, "
                         "recommended keep ratio")
+    o.add_argument("--budget", type=float, default=None, metavar="A",
+                   help="accuracy budget of the calibration artifact (e.g. 0.95) for the default keep ratio and --keep auto "
+                        "(default: the strictest it has)")
     o.add_argument("--clip-model", metavar="NAME", default=None,
                    help="open_clip model name (e.g. ViT-L-14-336): `atp` measures text relevance in CLIP space "
                         "(needs the clip extra); without it, in the language model's embedding space")
@@ -190,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budgets", type=float, nargs="+", default=[0.99, 0.95], metavar="A",
                    help="agreement with the dense answers for the recommended keep ratios (default: 0.99 0.95)")
     c.add_argument("--max-new-tokens", type=int, default=4, metavar="N")
+    c.add_argument("--clip-model", metavar="NAME", default=None,
+                   help="open_clip model the bundle will be exported with: atp's alpha is fitted with text relevance in CLIP "
+                        "space, as the bundle measures it (default: LM embedding space)")
+    c.add_argument("--clip-weights", metavar="FILE", default=None, help="local open_clip checkpoint for --clip-model")
     c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     c.add_argument("--no-resume", action="store_true", help="start over even if ARTIFACT.partial/ holds progress")
     cq = c.add_argument_group("quantization (mixed int4/int8 weights per output feature)")
@@ -240,22 +263,36 @@ def cmd_onnx(args) -> int:
     from atp.export.exporter import export_bundle
 
     adapter = _load_adapter(args.checkpoint)
-    params, calibration = {}, None
+    params, calibration, autos = {}, None, None
     if args.calibration:
         params, calibration, cfg = _apply_calibration(args, adapter, cfg)
-    clip = None
-    if args.clip_model:
-        from atp.export.clip import OpenClip
+        if cfg.pruning.auto_keep:
+            from atp.calibration.auto_keep_fit import auto_keep_from
 
-        clip = OpenClip.load(args.clip_model, args.clip_weights)
-    elif args.clip_weights:
-        raise ConfigError("--clip-weights needs --clip-model (the open_clip architecture name)")
+            autos = auto_keep_from(args.calibration, cfg.pruning.scorers, budget=_budget_key(args))
+    clip = _load_clip(args)
+    if args.calibration:
+        from atp.calibration.artifact import CalibrationArtifact
+        from atp.calibration.calibrate import check_text_space
+
+        check_text_space(CalibrationArtifact.load(args.calibration), cfg.pruning.scorers, clip)
     manifest = export_bundle(adapter, args.out, cfg, overwrite=args.overwrite, validate=not args.no_validate,
-                             scorer_params=params, calibration=calibration, clip=clip)
+                             scorer_params=params, calibration=calibration, clip=clip, auto_keep=autos)
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"wrote {args.out}: {manifest['pruning']['num_visual_tokens']} visual tokens (default keep "
           f"{manifest['pruning']['default_keep']}), {len(manifest['files'])} files, {total / 1e6:.1f} MB")
     return 0
+
+
+def _load_clip(args):
+    """The open_clip model of ``--clip-model``/``--clip-weights`` (None without them)."""
+    if args.clip_model:
+        from atp.export.clip import OpenClip
+
+        return OpenClip.load(args.clip_model, args.clip_weights)
+    if args.clip_weights:
+        raise ConfigError("--clip-weights needs --clip-model (the open_clip architecture name)")
+    return None
 
 
 def _load_adapter(checkpoint: str):
@@ -267,6 +304,19 @@ def _load_adapter(checkpoint: str):
     from atp.export.adapters import adapter_for_checkpoint
 
     return adapter_for_checkpoint(checkpoint).from_checkpoint(checkpoint)
+
+
+def _budget_key(args, available=None) -> str | None:
+    """``--budget`` as the artifact spells it (``0.95``), checked against ``available`` budgets when given."""
+    if args.budget is None:
+        return None
+    key = f"{args.budget:g}"
+    if available is not None and key not in available:
+        from atp.errors import CalibrationError
+
+        raise CalibrationError(f"the calibration artifact has no budget {key} (it has {', '.join(sorted(available))}); "
+                               "calibrate with --budgets including it")
+    return key
 
 
 def _apply_calibration(args, adapter, cfg):
@@ -286,8 +336,8 @@ def _apply_calibration(args, adapter, cfg):
               "recommended_keep": {name: v.get("recommended_keep") for name, v in (retention.get("scorers") or {}).items()
                                    if name in cfg.pruning.scorers}}
     rec = record["recommended_keep"].get(cfg.pruning.scorer) or {}
-    if args.keep is None and args.keep_ratio is None and rec:
-        strictest = max(rec, key=float)
+    if args.keep is None and args.keep_ratio is None and rec and not cfg.pruning.auto_keep:
+        strictest = _budget_key(args, rec) or max(rec, key=float)
         ratio = rec[strictest]["keep_ratio"]
         log.info("default keep ratio %g from the calibration artifact (agreement >= %s for %s)", ratio, strictest, cfg.pruning.scorer)
         cfg = replace(cfg, pruning=replace(cfg.pruning, keep_ratio=ratio))
@@ -315,7 +365,8 @@ def cmd_calibrate(args) -> int:
 
         cfg = RetentionCalibConfig(data=args.data, limit=args.limit, scorers=tuple(args.scorers), keep_ratios=tuple(args.keep_ratios),
                                    budgets=tuple(args.budgets), max_new_tokens=args.max_new_tokens)
-        art = run_calibrate(adapter, cfg, args.out, overwrite=args.overwrite, resume=not args.no_resume)
+        art = run_calibrate(adapter, cfg, args.out, overwrite=args.overwrite, resume=not args.no_resume,
+                            clip=_load_clip(args))
         sec = art.section("retention")
         for name, v in sec["scorers"].items():
             rec = ", ".join(f">={b}: keep {r['keep_ratio']:g} (K={r['k']})" for b, r in v["recommended_keep"].items())
@@ -373,6 +424,9 @@ def cmd_inspect(args) -> int:
 
         print(f"precision   {precision_label(m)} (decoder weights, KV cache); vision fp32")
     print(f"pruning     scorer {pr['scorer']}, default keep {pr['default_keep']}/{pr['num_visual_tokens']} (K is a run-time input)")
+    for graph, a in (pr.get("auto_keep") or {}).items():
+        print(f"            {graph}: K per image (--keep auto): {a['fraction']:g} of the score mass, K in [{a['k_min']}, "
+              f"{a['k_max']}] ({a['source']})")
     for name, g in m["graphs"].items():
         def sig(vs):
             return ", ".join(f"{v['name']}{v['shape']}" for v in vs[:4]) + (f", ... ({len(vs)} in all)" if len(vs) > 4 else "")
