@@ -155,7 +155,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   has_result_ = false;
   if (!has_image_ && !has_pixels_) fail(ATP_ERR_STATE, "no image: call atp_set_image_rgb8 / atp_set_image_file before atp_generate");
   if (!has_prompt_) fail(ATP_ERR_STATE, "no prompt: call atp_set_prompt / atp_set_prompt_ids before atp_generate");
-  if (p.max_new_tokens < 1) fail(ATP_ERR_INVALID_ARGUMENT, "max_new_tokens must be >= 1, got " + std::to_string(p.max_new_tokens));
+  if (p.sampling.max_new_tokens < 1) fail(ATP_ERR_INVALID_ARGUMENT, "max_new_tokens must be >= 1, got " + std::to_string(p.sampling.max_new_tokens));
   Sampler sampler(p.sampling);
   const Manifest& m = b_.manifest();
   const NpyMatrix& table = b_.embeddings();
@@ -200,8 +200,8 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   for (;;) {
     int32_t token = sampler(logits, out_);
     out_.push_back(token);
-    bool stop = (!p.ignore_eos && std::find(m.eos_ids.begin(), m.eos_ids.end(), token) != m.eos_ids.end()) ||
-                int(out_.size()) >= p.max_new_tokens || (limit > 0 && length + int64_t(out_.size()) >= limit);
+    bool stop = (!p.sampling.ignore_eos && std::find(m.eos_ids.begin(), m.eos_ids.end(), token) != m.eos_ids.end()) ||
+                int(out_.size()) >= p.sampling.max_new_tokens || (limit > 0 && length + int64_t(out_.size()) >= limit);
     if (on_token) {
       std::string raw = b_.tokenizer().decode_bytes(out_, true);
       // Hold back a trailing incomplete UTF-8 sequence until the next token completes it (flush at the end);
