@@ -23,7 +23,7 @@ def add_calibrate_parser(sub, raw) -> None:
                        "(PyTorch); keep the blend weights that agree most with the dense answers and the smallest keep ratio "
                        "per accuracy budget. Writes an artifact directory (calibration.json + safetensors) for "
                        "`atp-export onnx --calibration`. Interrupted runs resume from ARTIFACT.partial/.")
-    c.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2")
+    c.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2, demo-smollm2-576")
     c.add_argument("--data", default=None,
                    help="retention: easy-vqa, multi-object (their calibration part only) or a folder with questions.json")
     c.add_argument("--out", required=True, metavar="ARTIFACT", help="artifact directory to write (atomically)")

@@ -21,7 +21,8 @@ ONNX_EPILOG = fmt("""
 
     CHECKPOINT is a local Hugging Face folder (config.json, weights, processor and tokenizer
     files) of a registered architecture (see `atp-export list`), or a built-in: `demo` (the
-    trained demo VLM) or `demo-smollm2` (real SmolLM2-135M + untrained vision tower). The keep count
+    trained demo VLM), `demo-smollm2` (real SmolLM2-135M + untrained vision tower, 256 visual tokens)
+    or `demo-smollm2-576` (the same at LLaVA-1.5's 336 px: 576 visual tokens). The keep count
     stored here is only the default: the vision graph takes K as a run-time input.
 """)
 
@@ -29,7 +30,7 @@ ONNX_EPILOG = fmt("""
 def add_onnx_parser(sub, raw) -> None:
     o = sub.add_parser("onnx", help="export a checkpoint to an ONNX bundle", epilog=ONNX_EPILOG, formatter_class=raw,
                        description="Export a VLM to an ONNX bundle: vision graph with an in-graph top-K token gate, decoder graph with KV cache.")
-    o.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2")
+    o.add_argument("checkpoint", metavar="CHECKPOINT", help="local Hugging Face model folder, or a built-in: demo, demo-smollm2, demo-smollm2-576")
     o.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (atomically)")
     add_keep_args(o, "by default", allow_auto=True)
     o.add_argument("--scorer", default="cls", metavar="NAME", help="token retention scorer (default: cls; `atp-export list` shows all)")
