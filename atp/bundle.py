@@ -11,12 +11,10 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from atp.atomic import staged_directory
 from atp.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -49,25 +47,10 @@ def staged_bundle(out: Path, overwrite: bool = False) -> Iterator[Path]:
     Raises:
         BundleError: ``out`` exists and ``overwrite`` is False.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise BundleError(f"{out} already exists; pass --overwrite or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with staged_directory(out, overwrite, BundleError) as staging:
         yield staging
         if not (staging / MANIFEST_NAME).exists():
             raise BundleError("internal: bundle staged without a manifest")
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "bundle")
-            os.replace(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def finalize_manifest(staging: Path, manifest: dict) -> dict:

@@ -49,13 +49,14 @@ class PruningConfig:
 
     Attributes:
         scorer: Registered retention scorer name (``atp-export onnx --help`` lists them).
-        keep: Default kept-token count K, or None.
+        keep: Default kept-token count K, ``"auto"`` (K per image in the graph, see
+            :mod:`atp.calibration.auto_keep`), or None.
         keep_ratio: Default kept fraction in (0, 1], or None. With neither, all tokens are kept.
         extra_scorers: More scorers to export as alternative vision graphs (for eval and A/B tests).
     """
 
     scorer: str = "cls"
-    keep: int | None = None
+    keep: int | str | None = None
     keep_ratio: float | None = None
     extra_scorers: tuple[str, ...] = ()
 
@@ -65,7 +66,16 @@ class PruningConfig:
         object.__setattr__(self, "extra_scorers", tuple(self.extra_scorers))
         if len(set(self.scorers)) != len(self.scorers):
             raise ConfigError(f"scorers listed twice: {', '.join(self.scorers)}")
-        _check_keep(self.keep, self.keep_ratio)
+        if self.keep == "auto":
+            if self.keep_ratio is not None:
+                raise ConfigError("give either keep 'auto' or keep_ratio, not both")
+        else:
+            _check_keep(self.keep, self.keep_ratio)
+
+    @property
+    def auto_keep(self) -> bool:
+        """True for ``keep="auto"``: the vision graphs pick K per image."""
+        return self.keep == "auto"
 
     @property
     def scorers(self) -> tuple[str, ...]:

@@ -20,21 +20,6 @@ import numpy as np
 import torch
 
 
-def fake_quantize(model, wbits: int, abits: int, group: int = 32):
-    """A copy of ``model`` with its vision tower and projector fake-quantized (W``wbits``A``abits``)."""
-    from atp.calibration.retention.quant_aware import fake_quant_groupwise
-
-    q = copy.deepcopy(model)
-    for part in (q.model.vision_tower, q.model.multi_modal_projector):
-        for m in part.modules():
-            if isinstance(m, torch.nn.Linear):
-                g = group if m.weight.shape[1] % group == 0 else m.weight.shape[1]
-                with torch.no_grad():
-                    m.weight.copy_(fake_quant_groupwise(m.weight, wbits, g))
-                m.register_forward_pre_hook(lambda mod, args, b=abits: (fake_quant_groupwise(args[0], b, args[0].shape[-1]),))
-    return q
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=20)
@@ -43,7 +28,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from atp import datasets
     from atp.calibration.retention.cls_attention import ClsAttentionScorer
-    from atp.calibration.retention.quant_aware import QuantAwareScorer
+    from atp.calibration.retention.quant_aware import QuantAwareScorer, fake_quantized_vision
     from atp.config import resolve_keep
     from atp.export.demo import trained_demo_adapter
     from atp.export.gate import gather_tokens
@@ -63,7 +48,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for wb, ab in ((4, 8), (8, 8), (4, 4)):
         qad = copy.copy(ad)
-        qad.model = fake_quantize(ad.model, wb, ab)
+        qad.model = fake_quantized_vision(ad.model, wb, ab)
         scorers = {"cls": ClsAttentionScorer(), "qat": QuantAwareScorer(bits=ab),
                    "qat-err": QuantAwareScorer(bits=ab, weights=(-0.5, 0, 0.5)),
                    "qat-out": QuantAwareScorer(bits=ab, weights=(0, 0.5, 0.5))}

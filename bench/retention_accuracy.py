@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SCORERS = ["cls", "random", "atp", "idp", "qat", "divprune", "visionzip", "fastv"]
+SCORERS = ["cls", "random", "atp", "idp", "qat", "divprune", "visionzip", "visionzip-merge", "fastv"]
 
 
 def corrupt(image, kind: str, rng: np.random.Generator) -> np.ndarray:

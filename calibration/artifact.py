@@ -27,15 +27,13 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 import atp
+from atp.atomic import staged_directory
 from atp.bundle import sha256_file
 from atp.errors import CalibrationError
 
@@ -169,11 +167,7 @@ class CalibrationArtifact:
         from safetensors.numpy import save_file
 
         out = Path(out)
-        if out.exists() and not overwrite:
-            raise CalibrationError(f"{out} already exists; pass --overwrite or choose another --out")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-        try:
+        with staged_directory(out, overwrite, CalibrationError) as staging:
             files = {}
             for name, tensors in sorted(self._tensors.items()):
                 fname = f"{name}.safetensors"
@@ -187,16 +181,6 @@ class CalibrationArtifact:
             for f in staging.iterdir():
                 f.chmod(0o644)
             staging.chmod(0o755)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-                os.replace(staging, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         log.info("calibration artifact written to %s", out)
         return out
 

@@ -28,6 +28,7 @@ import torch
 
 from atp import datasets
 from atp.calibration.artifact import CalibrationArtifact, adapter_fingerprint
+from atp.calibration.auto_keep import FRACTIONS as AUTO_FRACTIONS
 from atp.config import resolve_keep
 from atp.errors import CalibrationError, ConfigError
 from atp.registry import SCORERS
@@ -65,6 +66,8 @@ class RetentionCalibConfig:
         keep_ratios: Keep ratios measured; 1.0 is the dense reference.
         budgets: Agreement levels for the recommended keep ratios.
         max_new_tokens: Greedy answer length compared with the dense answer.
+        auto_keep: Also fit ``--keep auto`` (score-mass fraction, k_min, k_max) per scorer that supports it.
+        fractions: Score-mass fractions searched for ``--keep auto``.
     """
 
     data: str
@@ -74,6 +77,8 @@ class RetentionCalibConfig:
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     max_new_tokens: int = 4
     grids: dict = field(default_factory=lambda: {k: list(v) for k, v in PARAM_GRIDS.items()})
+    auto_keep: bool = True
+    fractions: tuple[float, ...] = AUTO_FRACTIONS
 
     def __post_init__(self):
         object.__setattr__(self, "scorers", tuple(self.scorers))
@@ -89,7 +94,12 @@ class RetentionCalibConfig:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for name in self.scorers:
-            SCORERS.get(name)
+            if getattr(SCORERS.get(name), "merges_tokens", False):
+                raise ConfigError(f"scorer {name!r} merges tokens; calibration measures kept token subsets: leave it out")
+        object.__setattr__(self, "fractions", tuple(sorted({float(f) for f in self.fractions})))
+        for f in self.fractions:
+            if not 0.0 < f <= 1.0:
+                raise ConfigError(f"auto keep fractions must be in (0, 1], got {f}")
 
     def settings(self) -> list[tuple[str, dict]]:
         """(scorer, constructor kwargs) for every grid point, in search order."""
@@ -123,11 +133,19 @@ def calibration_samples(data: str, limit: int | None, seed: int = 0) -> list[dat
 class TorchVlm:
     """The adapter's model in PyTorch, answering like the exported bundle does (same gate, greedy)."""
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, clip=None):
         from atp.calibration.retention.cls_attention import ClsAttentionScorer
 
         self.adapter = adapter
         self.gate = adapter.vision_module(ClsAttentionScorer())
+        self.clip = clip
+        if clip is not None:  # the bundle's CLIP text space: same patch embedder and text encoder as the exported graphs
+            from atp.calibration.retention.atp_hybrid import AtpHybridScorer
+            from atp.export.clip import ClipTextEncoder
+
+            self.clip_patches = adapter.vision_module(AtpHybridScorer(text_space="clip"), clip=clip).clip_patches
+            self.clip_text = ClipTextEncoder(clip.model).eval()
+            self.clip_tok = clip.hf_tokenizer()
         self.probe = adapter.decoder_module()  # FastV's partial LM pass
         self.lm = adapter.model.model.language_model
         self.head = adapter.model.lm_head
@@ -149,6 +167,23 @@ class TorchVlm:
         if not ids:
             return torch.zeros(1, self.table.shape[1])
         return self.table[ids].mean(dim=0, keepdim=True)
+
+    def clip_text_embeds(self, prompt: str) -> torch.Tensor:
+        """``[1, E]`` CLIP text embedding of the prompt, tokenized as the runtime does (truncated with the
+        end-of-text token last, padded with 0) and encoded by the same module as the bundle's text graph."""
+        ids = self.clip_tok.encode(prompt).ids
+        n = self.clip.context_length
+        if len(ids) > n:
+            ids = ids[:n - 1] + [self.clip.tokenizer.encoder["<end_of_text>"]]
+        row = torch.zeros(1, n, dtype=torch.int64)
+        row[0, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return self.clip_text(row)
+
+    def make_scorer(self, name: str, params: dict):
+        """A scorer as the bundle would hold it: in CLIP text space when this model has open_clip and it supports it."""
+        cls = SCORERS.get(name)
+        extra = {"text_space": "clip"} if self.clip is not None and getattr(cls, "supports_clip", False) else {}
+        return cls(**params, **extra).eval()
 
     def prompt_sequence(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(prefix [1, P, D], suffix [1, S, D]) token embeddings around the image token."""
@@ -191,6 +226,29 @@ class TorchVlm:
         return result
 
 
+def _sample_context(vlm: TorchVlm, sample, n: int):
+    """(vision context with keep N and the CLS row computed once, prompt ids, ``[N, D]`` projected tokens,
+    prompt embedding per text space)."""
+    px = vlm.pixels(sample.image)
+    ids = vlm.prompt_ids(sample.question)
+    texts = {"lm": vlm.text_embeds(sample.question)}
+    ctx = vlm.gate.context(px, torch.tensor(n), texts["lm"], *vlm.prompt_sequence(ids))
+    ctx.lm_attention = vlm.probe.attention_probe
+    cls_row = ctx.cls_attention()
+    ctx.cls_attention = lambda: cls_row  # computed once, shared by every setting
+    if vlm.clip is not None:
+        texts["clip"] = vlm.clip_text_embeds(sample.question)
+        patches = vlm.clip_patches(px)
+        ctx.clip_patches = lambda: patches
+    return ctx, ids, ctx.projected()[0], texts
+
+
+def _score(ctx, scorer, texts: dict) -> torch.Tensor:
+    """``scorer``'s scores with the prompt embedding of its text space."""
+    ctx.text_embeds = texts[getattr(scorer, "text_space", "lm")]
+    return scorer(ctx)
+
+
 def _sample_answers(vlm: TorchVlm, scorers: dict, sample, ks: dict, max_new_tokens: int) -> dict:
     """Dense answer and the answer of every (setting, keep ratio) for one sample.
 
@@ -199,15 +257,8 @@ def _sample_answers(vlm: TorchVlm, scorers: dict, sample, ks: dict, max_new_toke
     from atp.export.gate import topk_ascending
 
     with torch.no_grad():
-        px = vlm.pixels(sample.image)
-        ids = vlm.prompt_ids(sample.question)
-        text = vlm.text_embeds(sample.question)
+        ctx, ids, projected, texts = _sample_context(vlm, sample, max(ks.values()))
         n = max(ks.values())
-        ctx = vlm.gate.context(px, torch.tensor(n), text, *vlm.prompt_sequence(ids))
-        ctx.lm_attention = vlm.probe.attention_probe
-        cls_row = ctx.cls_attention()
-        ctx.cls_attention = lambda: cls_row  # computed once, shared by every setting
-        projected = ctx.projected()[0]
         dense = vlm.answers(ids, projected[None], max_new_tokens)[0]
         answers: dict[str, dict[str, tuple]] = {key: {} for key in scorers}
         for r, k in ks.items():
@@ -216,7 +267,7 @@ def _sample_answers(vlm: TorchVlm, scorers: dict, sample, ks: dict, max_new_toke
                     answers[key][str(r)] = dense
                 continue
             ctx.keep = torch.tensor(k)
-            sets = {key: tuple(topk_ascending(scorer(ctx), ctx.keep)[0].tolist()) for key, scorer in scorers.items()}
+            sets = {key: tuple(topk_ascending(_score(ctx, scorer, texts), ctx.keep)[0].tolist()) for key, scorer in scorers.items()}
             unique = sorted(set(sets.values()))
             got = dict(zip(unique, vlm.answers(ids, projected[torch.tensor(unique)], max_new_tokens)))
             for key in scorers:
@@ -280,7 +331,7 @@ def _run_id(cfg: RetentionCalibConfig, fingerprint: str) -> str:
 
 
 def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | None = None, progress: bool = True,
-                        fingerprint: str | None = None) -> tuple[dict, dict]:
+                        fingerprint: str | None = None, clip=None) -> tuple[dict, dict]:
     """Measure every scorer setting on the calibration samples and fit the retention section.
 
     Args:
@@ -289,6 +340,8 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
         partial_dir: Where per-sample progress is appended (resumed when it matches this run).
         progress: Show a tqdm progress bar.
         fingerprint: The model's fingerprint (computed when not given).
+        clip: The open_clip model (:class:`atp.export.clip.OpenClip`) the bundle will be exported with: scorers
+            that support it (``atp``) are fitted in CLIP text space, as the bundle will run them.
 
     Returns:
         (retention section dict, tensors for ``retention.safetensors``).
@@ -300,12 +353,12 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
         raise CalibrationError(f"no calibration samples in {cfg.data}")
     n = adapter.num_visual_tokens
     ks = {r: resolve_keep(n, keep_ratio=r) for r in cfg.keep_ratios}
-    scorers = {setting_key(name, p): SCORERS.get(name)(**p).eval() for name, p in cfg.settings()}
-    vlm = TorchVlm(adapter)
+    vlm = TorchVlm(adapter, clip)
+    scorers = {setting_key(name, p): vlm.make_scorer(name, p) for name, p in cfg.settings()}
     records: dict[int, dict] = {}
     log_file = None
     if partial_dir is not None:
-        run_id = _run_id(cfg, fingerprint or adapter_fingerprint(adapter))
+        run_id = _run_id(cfg, (fingerprint or adapter_fingerprint(adapter)) + (f"|clip:{clip.name}" if clip is not None else ""))
         partial_dir.mkdir(parents=True, exist_ok=True)
         meta = partial_dir / "run.json"
         log_file = partial_dir / "samples.jsonl"
@@ -320,6 +373,7 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
         else:
             meta.write_text(json.dumps({"run_id": run_id}))
             log_file.write_text("")
+            (partial_dir / "auto.jsonl").write_text("")
     log.info("calibrating %d settings of %s on %d %s calibration questions, keep ratios %s", len(scorers),
              ", ".join(cfg.scorers), len(samples), cfg.data, ", ".join(f"{r:g}" for r in cfg.keep_ratios))
     todo = [i for i in range(len(samples)) if i not in records]
@@ -331,7 +385,37 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
                 with open(log_file, "a") as f:
                     f.write(json.dumps(rec) + "\n")
             bar.update(1)
-    return _fit(cfg, [records[i] for i in range(len(samples))], ks)
+    ordered = [records[i] for i in range(len(samples))]
+    section, tensors = _fit(cfg, ordered, ks)
+    section["text_space"] = {nm: getattr(sc, "text_space", "lm") for nm, sc in
+                             ((nm, vlm.make_scorer(nm, {})) for nm in cfg.scorers) if sc.needs_text}
+    section["clip_model"] = clip.name if clip is not None else None
+    names = [nm for nm in cfg.scorers if getattr(SCORERS.get(nm), "auto_keep_supported", True)] if cfg.auto_keep else []
+    if names:
+        from atp.calibration.auto_keep_fit import sample_auto_keep, fit_auto_keep
+
+        chosen = {nm: vlm.make_scorer(nm, section["scorers"][nm]["params"]) for nm in names}
+        auto: dict[int, dict] = {}
+        auto_file = partial_dir / "auto.jsonl" if partial_dir is not None else None
+        if auto_file is not None and auto_file.is_file():
+            for line in auto_file.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                auto[rec["i"]] = rec
+        todo = [i for i in range(len(samples)) if i not in auto]
+        with tqdm(total=len(samples), initial=len(samples) - len(todo), desc="calibrate auto K", disable=not progress,
+                  mininterval=2) as bar:
+            for i in todo:
+                rec = {"i": i, **sample_auto_keep(vlm, chosen, samples[i], ks, cfg.fractions, cfg.max_new_tokens)}
+                auto[i] = rec
+                if auto_file is not None:
+                    with open(auto_file, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                bar.update(1)
+        tensors.update(fit_auto_keep(cfg, section, ordered, [auto[i] for i in range(len(samples))], ks))
+    return section, tensors
 
 
 def threads_for_small_batches() -> int:
@@ -343,7 +427,7 @@ def threads_for_small_batches() -> int:
 
 
 def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite: bool = False, resume: bool = True,
-                  progress: bool = True, extra_steps=()) -> CalibrationArtifact:
+                  progress: bool = True, extra_steps=(), clip=None) -> CalibrationArtifact:
     """Calibrate ``adapter``'s model and write the artifact directory ``out``.
 
     Args:
@@ -361,7 +445,7 @@ def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite
     threads = torch.get_num_threads()
     torch.set_num_threads(threads_for_small_batches())
     try:
-        section, tensors = calibrate_retention(adapter, cfg, partial, progress=progress, fingerprint=fingerprint)
+        section, tensors = calibrate_retention(adapter, cfg, partial, progress=progress, fingerprint=fingerprint, clip=clip)
     finally:
         torch.set_num_threads(threads)
     art = CalibrationArtifact(fingerprint, adapter.source)
@@ -379,10 +463,36 @@ def scorer_params_from(art: CalibrationArtifact) -> dict[str, dict]:
     return {name: dict(v.get("params", {})) for name, v in (sec.get("scorers") or {}).items()}
 
 
+def check_text_space(art: CalibrationArtifact, scorers, clip=None) -> None:
+    """Refuse to apply blend weights fitted in another text space than the bundle's (CLIP vs LM embedding space).
+
+    Raises:
+        CalibrationError: a scorer was calibrated in CLIP space and the export has no open_clip model, or the
+            other way round. Artifacts without a ``text_space`` record were fitted in LM space.
+    """
+    sec = art.section("retention") or {}
+    fitted = sec.get("text_space") or {}
+    for name in scorers:
+        if name not in (sec.get("scorers") or {}):
+            continue
+        cls = SCORERS.get(name)
+        if not getattr(cls, "needs_text", False):
+            continue
+        want = fitted.get(name, "lm")
+        have = "clip" if clip is not None and getattr(cls, "supports_clip", False) else "lm"
+        if want != have:
+            how = (f"export with the same --clip-model ({sec.get('clip_model')})" if want == "clip"
+                   else "calibrate with --clip-model too")
+            raise CalibrationError(f"the calibration artifact fitted {name!r} with text relevance in {want.upper()} space, but this "
+                                   f"bundle measures it in {have.upper()} space: {how}, or recalibrate")
+    if clip is not None and sec.get("clip_model") not in (None, clip.name):
+        log.warning("calibration used open_clip %s, this export uses %s", sec.get("clip_model"), clip.name)
+
+
 def grid_points(name: str) -> list[dict]:
     """The grid searched for ``name`` (``[{}]`` when it has no blend weights)."""
     return [dict(p) for p in PARAM_GRIDS.get(name, [{}])]
 
 
 __all__ = ["RetentionCalibConfig", "calibrate_retention", "run_calibrate", "scorer_params_from", "calibration_samples",
-           "PARAM_GRIDS", "TorchVlm"]
+           "PARAM_GRIDS", "TorchVlm", "check_text_space"]

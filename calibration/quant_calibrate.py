@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -135,25 +132,16 @@ def run_calibrate_quantization(adapter, out: str | Path, bits: float, group_size
 def _save_minimal(out: Path, data: dict, tensors: dict, fp: str, model_name: str, overwrite: bool) -> Path:
     from safetensors.numpy import save_file
 
+    from atp.atomic import staged_directory
     from atp.bundle import sha256_file
 
-    if out.exists() and not overwrite:
-        raise CalibrationError(f"{out} already exists; pass --overwrite or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with staged_directory(out, overwrite, CalibrationError) as staging:
         fname = f"{SECTION}.safetensors"
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(staging / fname))
         doc = {"format": "atp-calibration", "version": 1, "model": {"fingerprint": fp, "name": model_name},
                "retention": None, SECTION: data,
                "files": {fname: {"section": SECTION, "sha256": sha256_file(staging / fname), "bytes": (staging / fname).stat().st_size}}}
         (staging / "calibration.json").write_text(json.dumps(doc, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -52,8 +52,12 @@ def load_smollm2():
     return lm, tok
 
 
-def build_demo_adapter():
-    """The demo LLaVA wrapped in its adapter, ready for :func:`atp.export.exporter.export_bundle`."""
+def build_demo_adapter(image_size: int = 224):
+    """The demo LLaVA wrapped in its adapter, ready for :func:`atp.export.exporter.export_bundle`.
+
+    ``image_size`` 224 gives 256 visual tokens (``demo-smollm2``); 336 gives LLaVA-1.5's 576
+    (``demo-smollm2-576``, same seeded tower shape, for prefill costs at LLaVA-1.5's token count).
+    """
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -66,7 +70,7 @@ def build_demo_adapter():
     text_cfg = lm.config.to_dict()
     text_cfg.pop("quantization_config", None)
     vision_cfg = CLIPVisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
-                                  image_size=224, patch_size=14, projection_dim=384)
+                                  image_size=image_size, patch_size=14, projection_dim=384)
     cfg = LlavaConfig(vision_config=vision_cfg, text_config=text_cfg, image_token_id=image_token_id,
                       vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
     log.info("building the demo LLaVA (seeded CLIP tower, seed %d)", DEMO_SEED)
@@ -76,7 +80,7 @@ def build_demo_adapter():
     model.lm_head.weight = model.model.language_model.embed_tokens.weight
     model.generation_config.eos_token_id = tok.eos_token_id
     with torch.no_grad():  # put visual tokens at the scale of text token embeddings
-        px = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(DEMO_SEED))
+        px = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(DEMO_SEED))
         feats = model.model.get_image_features(pixel_values=px, vision_feature_layer=-2, vision_feature_select_strategy="default")
         feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
         feats = torch.cat(list(feats)) if isinstance(feats, (list, tuple)) else feats
@@ -85,10 +89,11 @@ def build_demo_adapter():
         proj = model.model.multi_modal_projector.linear_2
         proj.weight.mul_(scale)
         proj.bias.mul_(scale)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
                                num_additional_image_tokens=1)
-    return LlavaAdapter(model, processor, source=DEMO_SOURCE)
+    source = DEMO_SOURCE if image_size == 224 else DEMO_SOURCE.replace("demo-smollm2", "demo-smollm2-576").replace("224/14", f"{image_size}/14")
+    return LlavaAdapter(model, processor, source=source)
 
 
 def trained_demo_adapter():
@@ -103,4 +108,5 @@ def trained_demo_adapter():
     return adapter
 
 
-BUILTINS = {"demo": trained_demo_adapter, "demo-smollm2": build_demo_adapter}
+BUILTINS = {"demo": trained_demo_adapter, "demo-smollm2": build_demo_adapter,
+            "demo-smollm2-576": lambda: build_demo_adapter(image_size=336)}

@@ -18,7 +18,7 @@ import transformers
 import atp
 from atp.bundle import finalize_manifest, staged_bundle
 from atp.config import ExportConfig, resolve_keep
-from atp.errors import AtpError
+from atp.errors import AtpError, ConfigError
 from atp.export.onnx_utils import describe_io, export_module, external_files
 from atp.registry import SCORERS
 
@@ -29,10 +29,10 @@ EMBED_FILE = "embed_tokens.npy"
 TOKENIZER_DIR = "tokenizer"
 
 
-def _vision_example(adapter, scorer=None, batch: int = 2, clip=None):
+def _vision_example(adapter, scorer=None, batch: int = 2, clip=None, keep: int | None = None):
     g = torch.Generator().manual_seed(0)
     px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
-    keep = torch.tensor(max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+    keep = torch.tensor(keep or max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
     d = adapter.model_info()["hidden_size"]
     out = [px, keep]
     if scorer is not None and scorer.needs_text:
@@ -71,33 +71,41 @@ def vision_graph_key(scorer: str, default: str) -> str:
     return "vision" if scorer == default else f"vision.{scorer}"
 
 
-def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None) -> dict:
+def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None, auto=None) -> dict:
     if getattr(scorer, "text_space", "lm") == "clip":
         from atp.export.clip import no_mha_fastpath
 
         with no_mha_fastpath():
-            return _export_vision_graph(adapter, scorer, staging, cfg, file, clip)
-    return _export_vision_graph(adapter, scorer, staging, cfg, file, clip)
+            return _export_vision_graph(adapter, scorer, staging, cfg, file, clip, auto)
+    return _export_vision_graph(adapter, scorer, staging, cfg, file, clip, auto)
 
 
-def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None) -> dict:
-    module = adapter.vision_module(scorer, clip=clip)
+def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None, auto=None) -> dict:
+    module = adapter.vision_module(scorer, clip=clip, auto_keep=auto)
+    merging = getattr(scorer, "merges_tokens", False)
     needs_prompt = getattr(scorer, "needs_prompt", False)
     inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
         (["prompt_prefix", "prompt_suffix"] if needs_prompt else [])
     io = export_module(
         module,
-        _vision_example(adapter, scorer, clip=clip),
+        _vision_example(adapter, scorer, clip=clip, keep=auto.k_max if auto is not None else None),
         staging / file,
         input_names=inputs,
-        output_names=["image_embeds", "kept_index"],
+        output_names=["image_embeds", "kept_index"] + (["kept_count"] if auto is not None else []),
         dynamic_axes={"pixel_values": {0: "batch"}, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
                       "prompt_prefix": {0: "batch", 1: "prefix_length"}, "prompt_suffix": {0: "batch", 1: "suffix_length"},
-                      "kept_index": {0: "batch", 1: "keep"}},
+                      "kept_index": {0: "batch", 1: "dominant" if merging else "keep"}, "kept_count": {0: "batch"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
+        fixed_output_dims={"image_embeds": {2: int(adapter.model_info()["hidden_size"])}},  # the padding mask hides it
     )
     graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
+    if auto is not None:
+        graph["keep_input"] = "keep (upper bound on K for the request; the runtime passes k_max unless told otherwise)"
+        graph["auto_keep"] = {**auto.to_dict(), "output": "kept_count",
+                              "padding": "rows padded to the batch's largest K: kept_index -1, image_embeds zero rows; "
+                                         "row b's tokens are its first kept_count[b]",
+                              "tensorrt_plugin": "not rewritten (the TopKGate plugin covers the fixed-K gate); standard ops"}
     if scorer.needs_text and getattr(scorer, "text_space", "lm") == "clip":
         graph["text_embeds"] = {"space": "clip", "text_graph": "text", "clip_model": clip.name,
                                 "definition": "L2-normalised CLIP text embedding of the prompt (text graph, clip tokenizer)",
@@ -112,7 +120,16 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
                                     "definition": "token embeddings of the templated prompt before / after the image placeholder",
                                     "cost": scorer.cost(adapter.model_info()["num_layers"])}
     if hasattr(scorer, "contextual_tokens"):
-        graph["contextual_tokens"] = int(scorer.contextual_tokens)
+        graph["contextual_tokens"] = scorer.contextual_tokens
+    if merging:
+        graph["contextual_merge"] = {
+            "changes_outputs": True,
+            "rows": "image_embeds = K - c dominant tokens (original, ascending) then c contextual tokens (c from "
+                    "contextual_tokens, at most K - 1); kept_index lists the K - c dominant tokens only",
+            "merge": "rest = tokens not dominant, ascending; step = max(1, |rest| // c); targets = rest[0::step][:c]; every "
+                     "other rest token joins the target with the highest key cosine (feature layer keys, mean over heads); "
+                     "contextual token = mean of its target and the tokens that joined it (VisionZip)",
+            "note": "merged tokens are not original tokens: outputs differ from any token subset"}
     return graph
 
 
@@ -186,7 +203,7 @@ def _export_text_graph(clip, ids, staging: Path, cfg: ExportConfig):
 
 
 def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, decoder_ref=None,
-              kv_dtype: str = "float32", vision_refs: dict | None = None) -> dict:
+              kv_dtype: str = "float32", auto_keep: dict | None = None, vision_refs: dict | None = None) -> dict:
     """Run every graph in ONNX Runtime on example inputs and compare with PyTorch."""
     import onnxruntime as ort
 
@@ -194,14 +211,22 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, de
     so.log_severity_level = 3
     report = {}
     for key, scorer in scorers.items():
-        example = _vision_example(adapter, scorer, clip=clip)
+        auto = (auto_keep or {}).get(key)
+        example = _vision_example(adapter, scorer, clip=clip, keep=auto.k_max if auto is not None else None)
         with torch.no_grad():
-            ref_embeds, ref_idx = (vision_refs or {}).get(key, adapter.vision_module(scorer, clip=clip))(*example)
+            vm = (vision_refs or {}).get(key)  # int8 vision: the fake-quant reference
+            ref = (vm if vm is not None else adapter.vision_module(scorer, clip=clip, auto_keep=auto))(*example)
+        ref_embeds, ref_idx = ref[0], ref[1]
         sess = ort.InferenceSession(str(staging / graphs[key]["file"]), so, providers=["CPUExecutionProvider"])
         names = [i["name"] for i in graphs[key]["inputs"]]
-        embeds, idx = sess.run(None, dict(zip(names, (a.numpy() for a in example))))
-        same = all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
+        got = sess.run(None, dict(zip(names, (a.numpy() for a in example))))
+        embeds, idx = got[0], got[1]
+        same = idx.shape == tuple(ref_idx.shape) and all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
         report[key] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same else None, "same_kept_index": same}
+        if auto is not None:
+            report[key]["kept_count"] = got[2].tolist()
+            same = same and got[2].tolist() == ref[2].tolist()
+            report[key]["same_kept_count"] = same
         if not same:
             raise AtpError(f"validation failed: ONNX Runtime kept other tokens than PyTorch in {key} ({report[key]})")
     if "text" in graphs:
@@ -243,7 +268,7 @@ def _weights_label(q, plan) -> str:
 
 def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, overwrite: bool = False,
                   validate: bool = True, scorer_params: dict[str, dict] | None = None, calibration: dict | None = None,
-                  clip=None) -> dict:
+                  clip=None, auto_keep: dict | None = None) -> dict:
     """Export ``adapter``'s model into a bundle directory at ``out``.
 
     Args:
@@ -257,14 +282,33 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         clip: A user-supplied open_clip model (:class:`atp.export.clip.OpenClip`): scorers that support it
             (``atp``) measure text relevance in CLIP space and the bundle gets the ``text`` graph; without it
             they fall back to the LM embedding space. The manifest records the space per graph.
+        auto_keep: ``scorer -> AutoKeep`` (:mod:`atp.calibration.auto_keep`, e.g. from a calibration artifact) for
+            ``keep="auto"``; scorers missing here get :meth:`AutoKeep.defaults` (the manifest says which).
 
     Returns:
         The written manifest.
     """
     config = config or ExportConfig()
     n = adapter.num_visual_tokens
-    default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
     default = config.pruning.scorer
+    autos = None
+    if config.pruning.auto_keep:
+        from atp.calibration.auto_keep import AutoKeep
+
+        autos = {}
+        for name in config.pruning.scorers:
+            cls = SCORERS.get(name)
+            if not getattr(cls, "auto_keep_supported", True):
+                why = ("merges tokens (its K is dominant + contextual tokens)" if getattr(cls, "merges_tokens", False)
+                       else "returns a pick order, not a score distribution")
+                raise ConfigError(f"scorer {name!r} {why}: it cannot pick K per image (--keep auto); use cls, atp, qat, "
+                                  "visionzip, fastv or random, or a fixed --keep")
+            auto = (auto_keep or {}).get(name) or AutoKeep.defaults(n)
+            auto.check(n)
+            autos[vision_graph_key(name, default)] = auto
+        default_keep = autos[vision_graph_key(default, default)].k_max
+    else:
+        default_keep = resolve_keep(n, config.pruning.keep, config.pruning.keep_ratio)
     scorer_params = scorer_params or {}
     params = {name: dict(scorer_params.get(name, {})) for name in config.pruning.scorers}
     if clip is not None:
@@ -289,14 +333,14 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         module, reference, plan = prepare_quantized_decoder(adapter, q)
     with staged_bundle(Path(out), overwrite=overwrite) as staging:
         step(1, f"exporting the vision graph ({n} visual tokens, scorers {', '.join(config.pruning.scorers)}, opset {config.opset})")
-        graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip)
-                  for key, scorer in scorers.items()}
+        graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip,
+                                      auto=(autos or {}).get(key)) for key, scorer in scorers.items()}
         vision_refs = {}
         if q.vision == "int8":
             from atp.export.quantize import fake_quant_vision, rewrite_vision_file
 
             for key, scorer in scorers.items():
-                vm = adapter.vision_module(scorer, clip=clip)
+                vm = adapter.vision_module(scorer, clip=clip, auto_keep=(autos or {}).get(key))
                 graphs[key]["weights"] = rewrite_vision_file(staging / graphs[key]["file"], vm)
                 vision_refs[key] = fake_quant_vision(vm, graphs[key]["weights"]["quantized"])
         if clip is not None:
@@ -318,7 +362,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "pruning": {**config.pruning.to_dict(), "num_visual_tokens": n, "default_keep": default_keep,
                         "scorers": {name: vision_graph_key(name, default) for name in config.pruning.scorers},
                         "scorer_params": params,
-                        "gate": "in-graph TopK; keep is a runtime input (1..N)"},
+                        "gate": "in-graph TopK; keep is a runtime input (1..N)",
+                        "keep_mode": "fixed"},
             "preprocessing": adapter.preprocessing(),
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
                        "image_token_id": adapter.image_token_id},
@@ -330,12 +375,16 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
         }
+        if autos is not None:
+            manifest["pruning"].update(keep_mode="auto", gate="in-graph K per image from the score mass (kept_count output); "
+                                       "keep is a runtime input: the request's upper bound (default k_max)",
+                                       auto_keep={k: a.to_dict() for k, a in autos.items()})
         if calibration is not None:
             manifest["pruning"]["calibration"] = calibration
         if validate:
             step(4, "validating ONNX Runtime against PyTorch")
             manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, clip=clip,
-                                              decoder_ref=reference, kv_dtype=q.kv, vision_refs=vision_refs)
+                                              decoder_ref=reference, kv_dtype=q.kv, auto_keep=autos, vision_refs=vision_refs)
             log.info("validation: %s", manifest["validation"])
         manifest = finalize_manifest(staging, manifest)
     log.info("bundle written to %s", out)

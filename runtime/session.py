@@ -29,7 +29,8 @@ class GenerationResult:
         text: Decoded answer (special tokens skipped).
         token_ids: Generated token ids (an end-of-sequence token, when reached, included).
         kept: Number of visual tokens that reached the language model.
-        kept_index: Their indices among the N visual tokens, ascending.
+        kept_index: Their indices among the N visual tokens, ascending (``visionzip-merge``: the dominant ones;
+            its contextual tokens are merged, not original).
         prompt_tokens: Prompt length in tokens after inserting the kept visual tokens.
         timings: Milliseconds: ``preprocess``, ``vision``, ``prefill``, ``ttft`` (preprocess + vision +
             embed + prefill), ``decode_per_token`` (mean over decode steps), ``total``.
@@ -147,7 +148,11 @@ class Session:
                 "prompt_suffix": np.asarray(table[ids[pos + 1:]], np.float32)[None]}
 
     def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None, raw_prompt: bool = False):
-        """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it."""
+        """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it.
+
+        For a graph with K per image (``--keep auto``), ``keep`` is the upper bound and rows are padded to the
+        batch's largest K: ``kept_index`` -1 and zero ``image_embeds`` past each row's K (its ``kept_count``).
+        """
         graph = self.vision_graph(scorer)
         text = extra = None
         if self.needs_text(graph):
@@ -225,7 +230,8 @@ class Session:
         Args:
             image: Path, PIL image or HxWx3 uint8 array.
             prompt: The question; wrapped in the bundle's chat template unless ``raw_prompt``.
-            keep: Visual tokens to keep (1..N); default: the bundle's default.
+            keep: Visual tokens to keep (1..N); default: the bundle's default. For a bundle exported with
+                ``--keep auto`` the graph picks K per image and ``keep`` is its upper bound (default: k_max).
             keep_ratio: Fraction of visual tokens to keep, in (0, 1].
             max_new_tokens: Upper bound on generated tokens.
             temperature: 0 = greedy; > 0 samples (with ``top_p``, ``top_k``, ``seed``).
@@ -248,6 +254,9 @@ class Session:
         pixels = preprocess(image, self.manifest["preprocessing"])
         t1 = time.perf_counter()
         image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt)
+        k = int((kept_index[0] >= 0).sum())  # an auto-K graph keeps <= k (its kept_count); padding only past it
+        if k < kept_index.shape[1]:
+            image_embeds, kept_index = image_embeds[:, :k], kept_index[:, :k]
         t2 = time.perf_counter()
         embeds = self.inputs_embeds(ids, image_embeds[0])
         length = embeds.shape[1]
@@ -279,7 +288,7 @@ class Session:
         return GenerationResult(
             text=self.tokenizer.decode(out, skip_special_tokens=True),
             token_ids=out,
-            kept=int(k),
+            kept=int(image_embeds.shape[1]),  # visual tokens the LM read (VisionZip merge: dominant + contextual)
             kept_index=[int(i) for i in kept_index[0]],
             prompt_tokens=int(length),
             timings=t,

@@ -260,6 +260,21 @@ def evaluate(model, enc, samples, images, batch: int = 100) -> float:
     return correct / len(samples)
 
 
+PART_PREFIXES = {"vision": ("model.vision_tower.",), "projector": ("model.multi_modal_projector.",),
+                 "language": ("model.language_model.", "lm_head.")}
+
+
+def load_parts(model, state: dict, parts: list[str]) -> None:
+    """Load ``state`` into ``model``, all of it or only the named parts (vision, projector, language)."""
+    if "all" in parts:
+        model.load_state_dict(state)
+        return
+    prefixes = tuple(p for part in parts for p in PART_PREFIXES[part])
+    missing = model.load_state_dict({k: v for k, v in state.items() if k.startswith(prefixes)}, strict=False).missing_keys
+    if not any(k.startswith(prefixes) for k in model.state_dict()) or any(k.startswith(prefixes) for k in missing):
+        raise SystemExit(f"--init-from does not hold every weight of {parts}")
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,6 +295,11 @@ def main(argv=None) -> int:
                     help="weight of the image-level losses on the mean patch token: which (shape, colour) objects are present, and how many (0 = off)")
     ap.add_argument("--mix", type=float, nargs=3, default=[0.25, 0.25, 0.5], metavar=("REAL", "SYNTH", "MULTI"),
                     help="batch fractions: published easy-VQA train, generated easy-VQA-style, generated multi-object")
+    ap.add_argument("--aux-at", choices=["feature", "projector"], default="projector",
+                    help="where the auxiliary heads read: the vision feature layer, or the projector output (what the "
+                         "language model sees; keeps shape information from being squeezed out by the projector)")
+    ap.add_argument("--freeze-vision", action="store_true",
+                    help="train projector + language model only (vision tower frozen; auxiliary heads off)")
     ap.add_argument("--vflip", action="store_true", help="also flip images vertically in augmentation")
     ap.add_argument("--limit-train", type=int, default=None, help="seeded subset of training questions (smoke runs)")
     ap.add_argument("--n-test", type=int, default=1000, help="test questions per data set for the running accuracy")
@@ -291,6 +311,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="assets/demo-vlm")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init-from", default=None, help="start from the weights of a work-dir last.pt or a saved model folder (warm start)")
+    ap.add_argument("--init-parts", nargs="+", default=["all"], choices=["all", "vision", "projector", "language"],
+                    help="which parts --init-from loads (the rest keep their seeded fresh initialisation), e.g. "
+                         "'--init-parts vision' to train a new projector and language model on a trained vision tower")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import transformers
@@ -354,13 +377,25 @@ def main(argv=None) -> int:
     # teach the patch tokens, which are all the language model sees, what the image holds.
     captured: list[torch.Tensor] = []
     aux_head = None
+    if args.freeze_vision:
+        for p in model.model.vision_tower.parameters():
+            p.requires_grad_(False)
+        if args.aux_at == "feature":  # heads on a frozen layer would teach nothing
+            args.aux_patch_loss = args.aux_image_loss = 0.0
     if args.aux_patch_loss > 0 or args.aux_image_loss > 0:
-        tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)
-        tower.encoder.layers[args.vision_layers - 1].register_forward_hook(
-            lambda mod, inp, out: captured.append(out[0] if isinstance(out, tuple) else out))
-        aux_head = torch.nn.ModuleDict({"patch": torch.nn.Linear(args.vision_width, N_CLASSES),
-                                        "presence": torch.nn.Linear(args.vision_width, N_CLASSES - 1),
-                                        "count": torch.nn.Linear(args.vision_width, 4)})
+        if args.aux_at == "feature":
+            tower = getattr(model.model.vision_tower, "vision_model", model.model.vision_tower)
+            tower.encoder.layers[args.vision_layers - 1].register_forward_hook(  # drop CLS: patch tokens only
+                lambda mod, inp, out: captured.append((out[0] if isinstance(out, tuple) else out)[:, 1:]))
+            width = args.vision_width
+        else:
+            # RMS-normalised, as the language model's first RMSNorm will see them (the heads read direction, not scale)
+            model.model.multi_modal_projector.register_forward_hook(
+                lambda mod, inp, out: captured.append(out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6)))
+            width = model.config.text_config.hidden_size
+        aux_head = torch.nn.ModuleDict({"patch": torch.nn.Linear(width, N_CLASSES),
+                                        "presence": torch.nn.Linear(width, N_CLASSES - 1),
+                                        "count": torch.nn.Linear(width, 4)})
     params = [p for p in model.parameters() if p.requires_grad] + (list(aux_head.parameters()) if aux_head else [])
     log.info("model: %.2f M parameters (%.2f M trained), %d visual tokens", sum(p.numel() for p in model.parameters()) / 1e6,
              sum(p.numel() for p in params) / 1e6, n_tokens)
@@ -376,16 +411,16 @@ def main(argv=None) -> int:
     if args.init_from and Path(args.init_from).is_dir():  # warm start from a saved model folder (e.g. the shipped demo)
         from transformers import LlavaForConditionalGeneration
 
-        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.init_from).state_dict())
-        log.info("initialised weights from %s", args.init_from)
+        load_parts(model, LlavaForConditionalGeneration.from_pretrained(args.init_from).state_dict(), args.init_parts)
+        log.info("initialised %s from %s", "+".join(args.init_parts), args.init_from)
     elif args.init_from:  # warm start: weights only (new optimizer, schedule from step 0)
-        model.load_state_dict(torch.load(args.init_from, weights_only=False)["model"])
-        log.info("initialised weights from %s", args.init_from)
+        load_parts(model, torch.load(args.init_from, weights_only=False)["model"], args.init_parts)
+        log.info("initialised %s from %s", "+".join(args.init_parts), args.init_from)
     ckpt = work / "last.pt"
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
-        if aux_head is not None and "aux_head" in state:
+        if aux_head is not None and state.get("aux_head") and state.get("args", {}).get("aux_at", "feature") == args.aux_at:
             aux_head.load_state_dict(state["aux_head"])
         opt.load_state_dict(state["opt"])
         start, history = state["step"], state["history"]
@@ -423,7 +458,7 @@ def main(argv=None) -> int:
         captured.clear()
         loss = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
         if aux_head is not None:
-            feats = captured[0][:, 1:]  # feature-layer patch tokens (what the projector reads)
+            feats = captured[0]  # patch tokens at the feature layer or the projector output (--aux-at)
             target = patch_labels(aug_maps, args.patch, max(1, args.patch * args.patch // 8))
             if args.aux_patch_loss > 0 and (target >= 0).any():
                 aux = torch.nn.functional.cross_entropy(aux_head["patch"](feats).reshape(-1, N_CLASSES), target.reshape(-1),
@@ -452,7 +487,7 @@ def main(argv=None) -> int:
             log.info("step %d: %s", done, history[-1])
         if done % args.save_every == 0 or done == args.steps:
             torch.save({"model": model.state_dict(), "aux_head": aux_head.state_dict() if aux_head else None,
-                        "opt": opt.state_dict(), "step": done, "history": history,
+                        "opt": opt.state_dict(), "step": done, "args": vars(args), "history": history,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, work / "last.tmp")
             os.replace(work / "last.tmp", ckpt)
 

@@ -38,6 +38,7 @@ class VisionContext:
             (clamped to the last layer) after the layers before it (scorers with ``needs_prompt``).
         clip_patches: Callable returning ``[B, N, E]`` CLIP-space patch embeddings (bundles made with an
             open_clip model, scorers with ``text_space == "clip"``).
+        key_metric: Callable returning ``[B, N, hd]`` keys of the feature layer, mean over heads (VisionZip's merge).
     """
 
     features: torch.Tensor
@@ -49,6 +50,7 @@ class VisionContext:
     prompt_suffix: torch.Tensor | None = None
     lm_attention: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
     clip_patches: Callable[[], torch.Tensor] | None = None
+    key_metric: Callable[[], torch.Tensor] | None = None
     _projected: torch.Tensor | None = field(default=None, repr=False)
 
     def projected(self) -> torch.Tensor:
@@ -67,6 +69,8 @@ class Scorer(torch.nn.Module):
     needs_text: bool = False
     #: True when the vision graph needs ``prompt_prefix``/``prompt_suffix`` and the language model.
     needs_prompt: bool = False
+    #: False for scorers whose scores are a pick order (``idp``, ``divprune``): no ``--keep auto``.
+    auto_keep_supported: bool = True
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

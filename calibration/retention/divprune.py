@@ -19,6 +19,7 @@ class DivPruneScorer(Scorer):
     """Max-min diversity (MMR with no importance term)."""
 
     summary = "DivPrune (peer): greedy max-min feature diversity"
+    auto_keep_supported = False  # pick order, not a score distribution
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
         sim = cosine_similarity(ctx.features)

@@ -20,6 +20,7 @@ class IdpMmrScorer(Scorer):
 
     summary = "IDPruner: MMR of prompt relevance and feature diversity (no attention maps)"
     needs_text = True
+    auto_keep_supported = False  # pick order, not a score distribution
 
     def __init__(self, lam: float = 0.6):
         super().__init__()

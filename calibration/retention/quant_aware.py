@@ -32,6 +32,27 @@ def fake_quant_groupwise(x: torch.Tensor, bits: int, group_size: int) -> torch.T
     return (torch.round(xg / scale).clamp(-qmax - 1, qmax) * scale).reshape(*lead, d)
 
 
+def fake_quantized_vision(model: torch.nn.Module, wbits: int, abits: int, group: int = 32) -> torch.nn.Module:
+    """A deep copy of a LLaVA-style ``model`` with its vision tower and projector fake-quantized.
+
+    Every ``nn.Linear`` there gets weights quantized symmetric group-wise along the input dimension
+    (``group``, or the whole row where it does not divide it) to ``wbits`` and its input quantized per
+    token to ``abits`` (a forward pre-hook). The W``wbits``A``abits`` stand-in of a quantized deployment
+    that ``bench/qat_reconstruction.py`` and the ``qat`` tests score in.
+    """
+    import copy
+
+    q = copy.deepcopy(model)
+    for part in (q.model.vision_tower, q.model.multi_modal_projector):
+        for m in part.modules():
+            if isinstance(m, torch.nn.Linear):
+                g = group if m.weight.shape[1] % group == 0 else m.weight.shape[1]
+                with torch.no_grad():
+                    m.weight.copy_(fake_quant_groupwise(m.weight, wbits, g))
+                m.register_forward_pre_hook(lambda mod, args, b=abits: (fake_quant_groupwise(args[0], b, args[0].shape[-1]),))
+    return q
+
+
 def token_terms(x: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(relative quantization error [B, N], outlier intensity [B, N]) of tokens ``x [B, N, D]``."""
     err = (x - fake_quant_groupwise(x, bits, group_size)).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)

@@ -207,8 +207,9 @@ class LlavaAdapter:
         tower = self.model.model.vision_tower
         return getattr(tower, "vision_model", tower)  # transformers 4.x nests it
 
-    def vision_module(self, scorer: torch.nn.Module, clip=None) -> ClipVisionGate:
-        """The vision graph's module for ``scorer``; ``clip`` (:class:`atp.export.clip.OpenClip`) for CLIP text space."""
+    def vision_module(self, scorer: torch.nn.Module, clip=None, auto_keep=None) -> ClipVisionGate:
+        """The vision graph's module for ``scorer``; ``clip`` (:class:`atp.export.clip.OpenClip`) for CLIP text space;
+        ``auto_keep`` (:class:`atp.calibration.auto_keep.AutoKeep`) for K per image."""
         m = self.model.model
         clip_patches = None
         if getattr(scorer, "text_space", "lm") == "clip":
@@ -229,6 +230,7 @@ class LlavaAdapter:
             scorer=scorer,
             lm_probe=self.decoder_module() if getattr(scorer, "needs_prompt", False) else None,
             clip_patches=clip_patches,
+            auto_keep=auto_keep,
         ).eval()
 
     def decoder_module(self, kv_dtype: str = "float32", all_logits: bool = False) -> LlamaLikeDecoder:

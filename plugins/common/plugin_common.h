@@ -4,6 +4,7 @@
 
 #include <NvInferRuntime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -42,15 +43,26 @@ inline int64_t ceilDiv(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-// Owns the field storage behind a PluginFieldCollection.
+// Owns the field storage behind a PluginFieldCollection (int32 fields of one value each). Copies are safe:
+// finish() points the fields at this store's own values.
 struct FieldStore
 {
     std::vector<nvinfer1::PluginField> fields;
     std::vector<int32_t> ints;
     nvinfer1::PluginFieldCollection collection{};
 
+    void addInt32(char const* name, int32_t value)
+    {
+        ints.push_back(value);
+        fields.emplace_back(name, nullptr, nvinfer1::PluginFieldType::kINT32, 1);
+    }
+
     nvinfer1::PluginFieldCollection const* finish()
     {
+        for (std::size_t i = 0; i < fields.size(); ++i)
+        {
+            fields[i].data = &ints[i];
+        }
         collection.nbFields = static_cast<int32_t>(fields.size());
         collection.fields = fields.empty() ? nullptr : fields.data();
         return &collection;

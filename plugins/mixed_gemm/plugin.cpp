@@ -23,21 +23,6 @@ enum Input : int
 };
 
 constexpr int32_t kGroupMultiple = 32; // the kernels step through Kin 32 at a time
-
-void addIntField(FieldStore& store, char const* name, int32_t value)
-{
-    store.ints.push_back(value);
-    store.fields.emplace_back(name, nullptr, PluginFieldType::kINT32, 1);
-}
-
-// Point the fields at the (now stable) int storage.
-void bindIntFields(FieldStore& store)
-{
-    for (std::size_t i = 0; i < store.fields.size(); ++i)
-    {
-        store.fields[i].data = &store.ints[i];
-    }
-}
 } // namespace
 
 MixedGemmPlugin::MixedGemmPlugin(int32_t groupSize, int32_t hasZeroPoints)
@@ -47,30 +32,6 @@ MixedGemmPlugin::MixedGemmPlugin(int32_t groupSize, int32_t hasZeroPoints)
     check(groupSize > 0 && groupSize % kGroupMultiple == 0,
         "MixedGemm: group_size must be a positive multiple of 32, got " + std::to_string(groupSize));
     check(hasZeroPoints == 0 || hasZeroPoints == 1, "MixedGemm: has_zero_points must be 0 or 1");
-}
-
-IPluginCapability* MixedGemmPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    ATP_TRY
-    {
-        switch (type)
-        {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        }
-        return nullptr;
-    }
-    ATP_CATCH("MixedGemm::getCapabilityInterface", nullptr)
-}
-
-IPluginV3* MixedGemmPlugin::clone() noexcept
-{
-    ATP_TRY
-    {
-        return new MixedGemmPlugin(mGroupSize, mHasZeroPoints);
-    }
-    ATP_CATCH("MixedGemm::clone", nullptr)
 }
 
 int32_t MixedGemmPlugin::configurePlugin(
@@ -212,30 +173,17 @@ int32_t MixedGemmPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
     ATP_CATCH("MixedGemm::enqueue", -1)
 }
 
-IPluginV3* MixedGemmPlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
+void MixedGemmPlugin::serializeFields(FieldStore& fields) const
 {
-    return clone();
-}
-
-PluginFieldCollection const* MixedGemmPlugin::getFieldsToSerialize() noexcept
-{
-    ATP_TRY
-    {
-        mSerialized = FieldStore{};
-        addIntField(mSerialized, "group_size", mGroupSize);
-        addIntField(mSerialized, "has_zero_points", mHasZeroPoints);
-        bindIntFields(mSerialized);
-        return mSerialized.finish();
-    }
-    ATP_CATCH("MixedGemm::getFieldsToSerialize", nullptr)
+    fields.addInt32("group_size", mGroupSize);
+    fields.addInt32("has_zero_points", mHasZeroPoints);
 }
 
 MixedGemmCreator::MixedGemmCreator()
 {
     // names and defaults: contract.yaml (checked by tests/unit/test_plugin_contracts.py)
-    addIntField(mFields, "group_size", 128);
-    addIntField(mFields, "has_zero_points", 0);
-    bindIntFields(mFields);
+    mFields.addInt32("group_size", 128);
+    mFields.addInt32("has_zero_points", 0);
 }
 
 IPluginV3* MixedGemmCreator::createPlugin(char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept

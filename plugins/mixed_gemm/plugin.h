@@ -2,15 +2,12 @@
 // group-wise int4 rows. Contract: contract.yaml. Kernel: kernel.py (Triton), launched from embedded cubins.
 #pragma once
 
-#include "../common/plugin_common.h"
+#include "../common/plugin_base.h"
 
 namespace atp
 {
 
-class MixedGemmPlugin : public nvinfer1::IPluginV3,
-                       public nvinfer1::IPluginV3OneCore,
-                       public nvinfer1::IPluginV3OneBuild,
-                       public nvinfer1::IPluginV3OneRuntime
+class MixedGemmPlugin : public PluginV3Base<MixedGemmPlugin>
 {
 public:
     static constexpr char const* kName = "MixedGemm";
@@ -19,15 +16,6 @@ public:
 
     MixedGemmPlugin(int32_t groupSize, int32_t hasZeroPoints);
     ~MixedGemmPlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override { return kName; }
-    char const* getPluginVersion() const noexcept override { return kVersion; }
-    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -46,28 +34,21 @@ public:
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+    // PluginV3Base: the creator fields, as getFieldsToSerialize reports them
+    void serializeFields(FieldStore& fields) const;
 
 private:
     int32_t mGroupSize;
     int32_t mHasZeroPoints;
-    FieldStore mSerialized;
 };
 
-class MixedGemmCreator : public nvinfer1::IPluginCreatorV3One
+class MixedGemmCreator : public PluginCreatorBase<MixedGemmPlugin>
 {
 public:
     MixedGemmCreator();
-    char const* getPluginName() const noexcept override { return MixedGemmPlugin::kName; }
-    char const* getPluginVersion() const noexcept override { return MixedGemmPlugin::kVersion; }
-    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return mFields.finish(); }
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    FieldStore mFields;
 };
 
 } // namespace atp

@@ -41,30 +41,6 @@ int topkBlock(int64_t n)
 }
 } // namespace
 
-IPluginCapability* TopKGatePlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
-{
-    ATP_TRY
-    {
-        switch (type)
-        {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        }
-        return nullptr;
-    }
-    ATP_CATCH("TopKGate::getCapabilityInterface", nullptr)
-}
-
-IPluginV3* TopKGatePlugin::clone() noexcept
-{
-    ATP_TRY
-    {
-        return new TopKGatePlugin(*this);
-    }
-    ATP_CATCH("TopKGate::clone", nullptr)
-}
-
 int32_t TopKGatePlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
@@ -199,14 +175,9 @@ int32_t TopKGatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorD
     ATP_CATCH("TopKGate::enqueue", -1)
 }
 
-IPluginV3* TopKGatePlugin::attachToContext(IPluginResourceContext* /*context*/) noexcept
+void TopKGatePlugin::serializeFields(FieldStore& /*fields*/) const
 {
-    return clone();
-}
-
-PluginFieldCollection const* TopKGatePlugin::getFieldsToSerialize() noexcept
-{
-    return mSerialized.finish();
+    // no fields (contract.yaml: attributes: [])
 }
 
 TopKGateCreator::TopKGateCreator() = default;

@@ -2,15 +2,12 @@
 // index order. Contract: contract.yaml. Kernels: kernel.py (Triton), launched from embedded cubins.
 #pragma once
 
-#include "../common/plugin_common.h"
+#include "../common/plugin_base.h"
 
 namespace atp
 {
 
-class TopKGatePlugin : public nvinfer1::IPluginV3,
-                       public nvinfer1::IPluginV3OneCore,
-                       public nvinfer1::IPluginV3OneBuild,
-                       public nvinfer1::IPluginV3OneRuntime
+class TopKGatePlugin : public PluginV3Base<TopKGatePlugin>
 {
 public:
     static constexpr char const* kName = "TopKGate";
@@ -19,15 +16,6 @@ public:
 
     TopKGatePlugin() = default;
     ~TopKGatePlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override { return kName; }
-    char const* getPluginVersion() const noexcept override { return kVersion; }
-    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -46,26 +34,17 @@ public:
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
-private:
-    FieldStore mSerialized;
+    // PluginV3Base: the creator fields, as getFieldsToSerialize reports them
+    void serializeFields(FieldStore& fields) const;
 };
 
-class TopKGateCreator : public nvinfer1::IPluginCreatorV3One
+class TopKGateCreator : public PluginCreatorBase<TopKGatePlugin>
 {
 public:
     TopKGateCreator();
-    char const* getPluginName() const noexcept override { return TopKGatePlugin::kName; }
-    char const* getPluginVersion() const noexcept override { return TopKGatePlugin::kVersion; }
-    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return mFields.finish(); }
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    FieldStore mFields;
 };
 
 } // namespace atp

@@ -51,7 +51,7 @@ class _OrtBackend:
         if text_embeds is not None:
             feeds["text_embeds"] = text_embeds
         feeds.update(extra or {})
-        embeds, index = self._session(graph).run(None, feeds)
+        embeds, index, *_ = self._session(graph).run(None, feeds)  # auto-K graphs add kept_count (= rows of index >= 0)
         return embeds, index
 
     def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

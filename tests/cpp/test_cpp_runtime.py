@@ -230,6 +230,44 @@ def test_text_conditioned_scorer_matches_python(cpp_build, demo_bundle, tmp_path
         assert ours["token_ids"] == ref.token_ids
 
 
+def test_auto_keep_bundle_matches_python(cpp_build, tiny_ckpt, tmp_path):
+    """A --keep auto bundle: the vision graph decides K per image (kept_count); C++ reads the K it returns."""
+    from atp import cli
+    from atp.runtime import Session
+
+    bundle = tmp_path / "auto"
+    assert cli.main(["onnx", str(tiny_ckpt), "--out", str(bundle), "--keep", "auto"]) == 0
+    sess = Session(bundle)
+    images = _images(tmp_path, tuple(sess.manifest["preprocessing"]["image_size"]))
+    cases = [(img, "what colour is the circle", k) for img in images for k in (None, 5)]
+    kept = set()
+    for (img, prompt, k), ours in zip(cases, _chat_batch(cpp_build, bundle, cases, tmp_path, max_new=4, ignore_eos=True)):
+        ref = sess.generate(img, prompt, keep=k, max_new_tokens=4, ignore_eos=True)
+        assert ours["kept"] == ref.kept and ours["kept_index"] == ref.kept_index and ours["token_ids"] == ref.token_ids
+        assert ref.kept <= (k or sess.num_visual_tokens)
+        kept.add(ref.kept)
+    assert len(kept) > 1
+
+
+def test_visionzip_merge_bundle_matches_python(cpp_build, tiny_ckpt, tmp_path):
+    """visionzip-merge: K image rows (dominant + contextual) but only K - c kept indices; C++ reads both lengths."""
+    from atp.config import ExportConfig, PruningConfig
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    bundle = tmp_path / "vz"
+    export_bundle(adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt), bundle,
+                  ExportConfig(pruning=PruningConfig(scorer="visionzip-merge")), scorer_params={"visionzip-merge": {"contextual": 3}})
+    sess = Session(bundle)
+    images = _images(tmp_path, tuple(sess.manifest["preprocessing"]["image_size"]))[:2]
+    cases = [(img, "what colour is the circle", k) for img in images for k in (6, 1)]
+    for (img, prompt, k), ours in zip(cases, _chat_batch(cpp_build, bundle, cases, tmp_path, max_new=4, ignore_eos=True)):
+        ref = sess.generate(img, prompt, keep=k, max_new_tokens=4, ignore_eos=True)
+        assert ours["kept"] == ref.kept == k and ours["kept_index"] == ref.kept_index and ours["token_ids"] == ref.token_ids
+        assert len(ref.kept_index) == k - min(3, k - 1)
+
+
 def _manifest_copy(bundle: Path, dst: Path, **pre) -> Path:
     shutil.copytree(bundle, dst)
     m = json.loads((dst / "manifest.json").read_text())

@@ -14,21 +14,9 @@ import pytest
 import torch
 
 from atp.calibration.retention.cls_attention import ClsAttentionScorer
-from atp.calibration.retention.quant_aware import QuantAwareScorer, fake_quant_groupwise
+from atp.calibration.retention.quant_aware import QuantAwareScorer, fake_quantized_vision
 
 N = 16
-
-
-def fake_quantize(model, wbits, abits, group=32):
-    q = copy.deepcopy(model)
-    for part in (q.model.vision_tower, q.model.multi_modal_projector):
-        for m in part.modules():
-            if isinstance(m, torch.nn.Linear):
-                g = group if m.weight.shape[1] % group == 0 else m.weight.shape[1]
-                with torch.no_grad():
-                    m.weight.copy_(fake_quant_groupwise(m.weight, wbits, g))
-                m.register_forward_pre_hook(lambda mod, args, b=abits: (fake_quant_groupwise(args[0], b, args[0].shape[-1]),))
-    return q
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +40,7 @@ def _reconstruction_error(adapter, qadapter, scorer, k, images=20):
 @pytest.mark.parametrize("wbits,abits", [(4, 8), (8, 8)])
 def test_qat_keeps_better_reproduced_tokens_than_cls(adapter, wbits, abits):
     q = copy.copy(adapter)
-    q.model = fake_quantize(adapter.model, wbits, abits)
+    q.model = fake_quantized_vision(adapter.model, wbits, abits)
     k = N // 4
     err_cls, idx_cls = _reconstruction_error(adapter, q, ClsAttentionScorer(), k)
     err_qat, idx_qat = _reconstruction_error(adapter, q, QuantAwareScorer(bits=abits), k)

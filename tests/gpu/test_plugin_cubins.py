@@ -25,6 +25,27 @@ def _gpu():
         pytest.skip("no CUDA GPU")
 
 
+# the tiny bundle's vision graph at a static 1x3x32x32 input, K = 1, 8, 16 through one engine
+SHAPES = ["--trt-min-shapes", "pixel_values:[1,3,32,32]", "--trt-opt-shapes", "pixel_values:[1,3,32,32]",
+          "--trt-max-shapes", "pixel_values:[1,3,32,32]"]
+
+
+@pytest.fixture
+def loader(tmp_path):
+    """A Polygraphy data-loader script (seeded pixels, keep K = 1, 8, 16); skips without CUDA, TensorRT or Polygraphy."""
+    _gpu()
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("polygraphy")
+    loader = tmp_path / "keep.py"
+    loader.write_text(
+        "import numpy as np\n"
+        "def load_data():\n"
+        "    for k in (1, 8, 16):\n"
+        "        yield {'pixel_values': np.random.default_rng(k).standard_normal((1, 3, 32, 32)).astype(np.float32),\n"
+        "               'keep': np.array(k, np.int64)}\n")
+    return loader
+
+
 @pytest.fixture(scope="module")
 def results():
     _gpu()
@@ -47,31 +68,17 @@ def test_mixed_gemm_cubins_match_reference(results):
         assert r["rel_err"] <= 2e-3, r
 
 
-def test_tensorrt_vs_ort_with_polygraphy(tiny_bundle, tmp_path):
+def test_tensorrt_vs_ort_with_polygraphy(tiny_bundle, loader):
     """Full TensorRT on this GPU: the vision graph (K = 1, 8, 16 through one engine) against ONNX Runtime."""
-    _gpu()
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("polygraphy")
-    loader = tmp_path / "keep.py"
-    loader.write_text(
-        "import numpy as np\n"
-        "def load_data():\n"
-        "    for k in (1, 8, 16):\n"
-        "        yield {'pixel_values': np.random.default_rng(k).standard_normal((1, 3, 32, 32)).astype(np.float32),\n"
-        "               'keep': np.array(k, np.int64)}\n")
     cmd = ["polygraphy", "run", str(tiny_bundle / "vision.onnx"), "--trt", "--onnxrt", "--atol", "1e-3", "--rtol", "1e-3",
-           "--trt-min-shapes", "pixel_values:[1,3,32,32]", "--trt-opt-shapes", "pixel_values:[1,3,32,32]",
-           "--trt-max-shapes", "pixel_values:[1,3,32,32]", "--data-loader-script", str(loader)]
+           *SHAPES, "--data-loader-script", str(loader)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
 
 
-def test_tensorrt_plugin_engine_vs_ort(tiny_bundle, tmp_path):
+def test_tensorrt_plugin_engine_vs_ort(tiny_bundle, tmp_path, loader):
     """Full TensorRT + libatp_plugins.so: the vision graph with the gate rewritten to TopKGate, against ONNX Runtime
     on the original standard-op graph (Polygraphy: ORT outputs saved, then compared with the plugin engine's)."""
-    _gpu()
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("polygraphy")
     import torch
 
     from atp.export.plugin_rewrite import rewrite_file
@@ -80,18 +87,9 @@ def test_tensorrt_plugin_engine_vs_ort(tiny_bundle, tmp_path):
     major, minor = torch.cuda.get_device_capability()
     lib, _ = build_library(tmp_path / "plugins", archs=(major * 10 + minor,))
     assert rewrite_file(tiny_bundle / "vision.onnx", tmp_path / "vision_plugin.onnx")["TopKGate"] == 1
-    loader = tmp_path / "keep.py"
-    loader.write_text(
-        "import numpy as np\n"
-        "def load_data():\n"
-        "    for k in (1, 8, 16):\n"
-        "        yield {'pixel_values': np.random.default_rng(k).standard_normal((1, 3, 32, 32)).astype(np.float32),\n"
-        "               'keep': np.array(k, np.int64)}\n")
-    shapes = ["--trt-min-shapes", "pixel_values:[1,3,32,32]", "--trt-opt-shapes", "pixel_values:[1,3,32,32]",
-              "--trt-max-shapes", "pixel_values:[1,3,32,32]"]
     ort_run = ["polygraphy", "run", str(tiny_bundle / "vision.onnx"), "--onnxrt", "--data-loader-script", str(loader),
                "--save-inputs", str(tmp_path / "in.json"), "--save-outputs", str(tmp_path / "ort.json")]
-    trt_run = ["polygraphy", "run", str(tmp_path / "vision_plugin.onnx"), "--trt", "--plugins", str(lib), *shapes,
+    trt_run = ["polygraphy", "run", str(tmp_path / "vision_plugin.onnx"), "--trt", "--plugins", str(lib), *SHAPES,
                "--load-inputs", str(tmp_path / "in.json"), "--load-outputs", str(tmp_path / "ort.json"),
                "--atol", "1e-3", "--rtol", "1e-3"]
     for cmd in (ort_run, trt_run):

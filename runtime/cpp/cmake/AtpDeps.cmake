@@ -17,37 +17,31 @@ function(atp_fetch what)
   message(STATUS "atp: ${out}")
 endfunction()
 
-# nlohmann/json
-find_path(ATP_JSON_INCLUDE_DIR nlohmann/json.hpp HINTS ${ATP_DEPS_DIR}/json/include)
-if(NOT ATP_JSON_INCLUDE_DIR)
-  atp_fetch(json)
-  find_path(ATP_JSON_INCLUDE_DIR nlohmann/json.hpp HINTS ${ATP_DEPS_DIR}/json/include NO_CACHE)
-endif()
-if(NOT ATP_JSON_INCLUDE_DIR)
-  message(FATAL_ERROR "atp: nlohmann/json.hpp not found (apt install nlohmann-json3-dev, or -DATP_JSON_INCLUDE_DIR=...)")
-endif()
+# atp_find_header(<var> <header> <what> <error message> [PATH_SUFFIXES ...]): <var> = the folder holding <header>,
+# from the system (or -D<var>=...) first, else from a copy atp_fetch(<what>) puts under ATP_DEPS_DIR/<what>/include;
+# a fatal error with <error message> when neither has it.
+function(atp_find_header var header what error)
+  cmake_parse_arguments(ARG "" "" "PATH_SUFFIXES" ${ARGN})
+  find_path(${var} ${header} PATH_SUFFIXES ${ARG_PATH_SUFFIXES} HINTS ${ATP_DEPS_DIR}/${what}/include)
+  if(NOT ${var})
+    atp_fetch(${what})
+    find_path(${var} ${header} PATH_SUFFIXES ${ARG_PATH_SUFFIXES} HINTS ${ATP_DEPS_DIR}/${what}/include NO_CACHE)
+  endif()
+  if(NOT ${var})
+    message(FATAL_ERROR "atp: ${error}")
+  endif()
+  set(${var} "${${var}}" PARENT_SCOPE)
+endfunction()
 
-# stb_image
-find_path(ATP_STB_INCLUDE_DIR stb/stb_image.h HINTS ${ATP_DEPS_DIR}/stb/include)
-if(NOT ATP_STB_INCLUDE_DIR)
-  atp_fetch(stb)
-  find_path(ATP_STB_INCLUDE_DIR stb/stb_image.h HINTS ${ATP_DEPS_DIR}/stb/include NO_CACHE)
-endif()
-if(NOT ATP_STB_INCLUDE_DIR)
-  message(FATAL_ERROR "atp: stb/stb_image.h not found (apt install libstb-dev, or -DATP_STB_INCLUDE_DIR=...)")
-endif()
-
+atp_find_header(ATP_JSON_INCLUDE_DIR nlohmann/json.hpp json
+                "nlohmann/json.hpp not found (apt install nlohmann-json3-dev, or -DATP_JSON_INCLUDE_DIR=...)")
+atp_find_header(ATP_STB_INCLUDE_DIR stb/stb_image.h stb
+                "stb/stb_image.h not found (apt install libstb-dev, or -DATP_STB_INCLUDE_DIR=...)")
 # ONNX Runtime C/C++ headers (the library itself is dlopen'ed at run time)
 if(ATP_WITH_ORT)
-  find_path(ATP_ORT_INCLUDE_DIR onnxruntime_cxx_api.h PATH_SUFFIXES onnxruntime HINTS ${ATP_DEPS_DIR}/ort/include)
-  if(NOT ATP_ORT_INCLUDE_DIR)
-    atp_fetch(ort)
-    find_path(ATP_ORT_INCLUDE_DIR onnxruntime_cxx_api.h PATH_SUFFIXES onnxruntime HINTS ${ATP_DEPS_DIR}/ort/include NO_CACHE)
-  endif()
-  if(NOT ATP_ORT_INCLUDE_DIR)
-    message(FATAL_ERROR "atp: ONNX Runtime headers not found (Debian libonnxruntime-dev, or -DATP_ORT_INCLUDE_DIR=...; "
-                        "or -DATP_WITH_ORT=OFF)")
-  endif()
+  atp_find_header(ATP_ORT_INCLUDE_DIR onnxruntime_cxx_api.h ort
+                  "ONNX Runtime headers not found (Debian libonnxruntime-dev, or -DATP_ORT_INCLUDE_DIR=...; or -DATP_WITH_ORT=OFF)"
+                  PATH_SUFFIXES onnxruntime)
 endif()
 
 # TensorRT 10 headers + runtime library, CUDA runtime headers + library

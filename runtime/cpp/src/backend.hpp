@@ -6,17 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "atp/options.hpp"
 #include "bundle.hpp"
 
 namespace atp_impl {
 
-struct OpenOptions {
-  std::string backend = "ort";
-  bool verify = true;
-  int threads = 0;
-  std::string ort_library, trt_target, trt_plugin_library;
-  int max_sequence = 0;
-};
+using atp::OpenOptions;  // include/atp/options.hpp: the wrapper's struct is the implementation's
 
 struct VisionOutput {
   std::vector<float> embeds;  // [K, D] (batch 1)

@@ -121,7 +121,9 @@ class OrtBackend : public Backend {
     const float* e = r[0].GetTensorData<float>();
     v.embeds.assign(e, e + v.k * v.dim);
     const int64_t* ki = r[1].GetTensorData<int64_t>();
-    v.kept.assign(ki, ki + v.k);
+    auto ks = r[1].GetTensorTypeAndShapeInfo().GetShape();  // fewer than v.k when contextual (merged) tokens follow
+    if (ks.size() != 2 || ks[0] != 1 || ks[1] > v.k) fail(ATP_ERR_BACKEND, "vision graph returned kept_index of unexpected shape");
+    v.kept.assign(ki, ki + ks[1]);
     return v;
   }
 

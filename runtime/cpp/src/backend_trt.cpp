@@ -7,6 +7,7 @@
 // inputs_embeds, attention_mask, position_ids, past_key_values.{i}.{key,value} -> logits, present.{i}.*).
 // Decoder profiles as written by atp-export engine: 0 = prefill (past 0), 1 = decode (sequence 1).
 // Outputs whose shape depends on data (K from the TopKGate size tensor) go through an IOutputAllocator.
+#include <algorithm>
 #include <cuda_runtime_api.h>
 
 #include <NvInferRuntime.h>
@@ -178,9 +179,12 @@ class TrtBackend : public Backend {
       ctx->setInputShape("text_embeds", nvinfer1::Dims2{1, D});
       ctx->setTensorAddress("text_embeds", txt.ptr);
     }
-    OutputAllocator emb, idx;
+    OutputAllocator emb, idx, count;
     ctx->setOutputAllocator("image_embeds", &emb);
     ctx->setOutputAllocator("kept_index", &idx);
+    const auto& outs = m_.graphs.at(graph).outputs;
+    if (std::find(outs.begin(), outs.end(), "kept_count") != outs.end())  // --keep auto: K per image (read from the shapes)
+      ctx->setOutputAllocator("kept_count", &count);
     if (!ctx->enqueueV3(stream)) fail(ATP_ERR_BACKEND, "TensorRT vision enqueue failed (" + logger_.last + ")");
     cuda_check(cudaStreamSynchronize(stream), "vision");
     VisionOutput v;
@@ -191,7 +195,7 @@ class TrtBackend : public Backend {
         it->second->getTensorDataType("kept_index") != nvinfer1::DataType::kINT64)
       fail(ATP_ERR_UNSUPPORTED, "vision engine I/O must be image_embeds float32 and kept_index int64");
     v.embeds.resize(size_t(v.k * v.dim));
-    v.kept.resize(size_t(v.k));
+    v.kept.resize(size_t(idx.dims.d[1]));  // fewer than v.k rows when contextual (merged) tokens follow
     cuda_check(cudaMemcpy(v.embeds.data(), emb.buf.ptr, v.embeds.size() * 4, cudaMemcpyDeviceToHost), "copy image_embeds");
     cuda_check(cudaMemcpy(v.kept.data(), idx.buf.ptr, v.kept.size() * 8, cudaMemcpyDeviceToHost), "copy kept_index");
     return v;

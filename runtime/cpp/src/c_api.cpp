@@ -216,8 +216,8 @@ atp_status atp_generate(atp_context* c, const atp_sampling* s, atp_token_callbac
       p.sampling.top_p = s->top_p;
       p.sampling.repetition_penalty = s->repetition_penalty;
       p.sampling.seed = s->seed;
-      p.max_new_tokens = s->max_new_tokens;
-      p.ignore_eos = s->ignore_eos != 0;
+      p.sampling.max_new_tokens = s->max_new_tokens;
+      p.sampling.ignore_eos = s->ignore_eos != 0;
     }
     atp_impl::TokenFn fn;
     if (cb) fn = [&](int32_t id, const std::string& piece) { return cb(user, id, piece.c_str()) == 0; };

@@ -155,13 +155,13 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   has_result_ = false;
   if (!has_image_ && !has_pixels_) fail(ATP_ERR_STATE, "no image: call atp_set_image_rgb8 / atp_set_image_file before atp_generate");
   if (!has_prompt_) fail(ATP_ERR_STATE, "no prompt: call atp_set_prompt / atp_set_prompt_ids before atp_generate");
-  if (p.max_new_tokens < 1) fail(ATP_ERR_INVALID_ARGUMENT, "max_new_tokens must be >= 1, got " + std::to_string(p.max_new_tokens));
+  if (p.sampling.max_new_tokens < 1) fail(ATP_ERR_INVALID_ARGUMENT, "max_new_tokens must be >= 1, got " + std::to_string(p.sampling.max_new_tokens));
   Sampler sampler(p.sampling);
   const Manifest& m = b_.manifest();
   const NpyMatrix& table = b_.embeddings();
-  const int k = resolve_keep();
+  const int k = resolve_keep();  // for a graph with K per image (kept_count output): the upper bound
   std::vector<int32_t> ids = prompt_ids();
-  const int64_t length = int64_t(ids.size()) - 1 + k;
+  int64_t length = int64_t(ids.size()) - 1 + k;
   const int limit = b_.max_sequence();
   if (limit > 0 && length >= limit)
     fail(ATP_ERR_OUT_OF_RANGE, "prompt is " + std::to_string(length) + " tokens with " + std::to_string(k) +
@@ -175,9 +175,12 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   if (m.graphs.at(vision_graph_).has_input("text_embeds")) text = text_embeds();
   VisionOutput v = b_.backend().run_vision(vision_graph_, pixels.data(), k, text.empty() ? nullptr : text.data());
   auto t2 = Clock::now();
-  if (v.k != k || v.dim != m.hidden_size)
+  const std::vector<std::string>& vouts = m.graphs.at(vision_graph_).outputs;
+  const bool auto_k = std::find(vouts.begin(), vouts.end(), "kept_count") != vouts.end();  // atp-export onnx --keep auto
+  if ((auto_k ? (v.k < 1 || v.k > k) : v.k != k) || v.dim != m.hidden_size)
     fail(ATP_ERR_BACKEND, "vision graph returned " + std::to_string(v.k) + "x" + std::to_string(v.dim) + " embeddings, expected " +
-                              std::to_string(k) + "x" + std::to_string(m.hidden_size));
+                              (auto_k ? "at most " : "") + std::to_string(k) + "x" + std::to_string(m.hidden_size));
+  length = int64_t(ids.size()) - 1 + v.k;
   const size_t D = size_t(m.hidden_size);
   std::vector<float> embeds;
   embeds.reserve(size_t(length) * D);
@@ -197,8 +200,8 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   for (;;) {
     int32_t token = sampler(logits, out_);
     out_.push_back(token);
-    bool stop = (!p.ignore_eos && std::find(m.eos_ids.begin(), m.eos_ids.end(), token) != m.eos_ids.end()) ||
-                int(out_.size()) >= p.max_new_tokens || (limit > 0 && length + int64_t(out_.size()) >= limit);
+    bool stop = (!p.sampling.ignore_eos && std::find(m.eos_ids.begin(), m.eos_ids.end(), token) != m.eos_ids.end()) ||
+                int(out_.size()) >= p.sampling.max_new_tokens || (limit > 0 && length + int64_t(out_.size()) >= limit);
     if (on_token) {
       std::string raw = b_.tokenizer().decode_bytes(out_, true);
       // Hold back a trailing incomplete UTF-8 sequence until the next token completes it (flush at the end);
@@ -232,7 +235,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   t_.total = ms_between(t0, t4);
   t_.prompt_tokens = int(length);
   t_.generated = int(out_.size());
-  t_.kept = k;
+  t_.kept = int(v.k);
   has_result_ = true;
 }
 

@@ -35,9 +35,7 @@ class Bundle {
 };
 
 struct GenerateParams {
-  SamplingParams sampling;
-  int max_new_tokens = 32;
-  bool ignore_eos = false;
+  SamplingParams sampling;  // max_new_tokens and ignore_eos included
 };
 
 struct Timings {

@@ -9,15 +9,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "atp/options.hpp"
+
 namespace atp_impl {
 
-struct SamplingParams {
-  double temperature = 0.0;
-  int32_t top_k = 0;
-  double top_p = 1.0;
-  double repetition_penalty = 1.0;
-  uint64_t seed = 0;
-};
+/// temperature, top_k, top_p, repetition_penalty and seed drive the Sampler (include/atp/options.hpp).
+using SamplingParams = atp::Sampling;
 
 /// numpy.random.default_rng(seed): PCG64 (XSL-RR 128/64) seeded via SeedSequence.
 class NumpyPcg64 {

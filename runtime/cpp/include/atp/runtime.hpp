@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "atp/atp_runtime.h"
+#include "atp/options.hpp"
 
 namespace atp {
 
@@ -38,24 +39,6 @@ inline void check(atp_status s) {
 }
 
 inline std::string version() { return atp_version(); }
-
-struct OpenOptions {
-  std::string backend = "ort";
-  bool verify = true;
-  int threads = 0;
-  std::string ort_library, trt_target, trt_plugin_library;
-  int max_sequence = 0;
-};
-
-struct Sampling {
-  double temperature = 0.0;
-  int32_t top_k = 0;
-  double top_p = 1.0;
-  double repetition_penalty = 1.0;
-  uint64_t seed = 0;
-  int32_t max_new_tokens = 32;
-  bool ignore_eos = false;
-};
 
 /// Read-only view of a tokenizer (the bundle's, or one opened from a tokenizer.json).
 class Tokenizer {
