@@ -172,6 +172,22 @@ def fusable_groups(found: dict[str, onnx.NodeProto], plan: QuantPlan) -> list[tu
     return groups
 
 
+def _splice(rw, replaced: dict) -> None:
+    """Replace nodes by name with their rewrites (in graph order) and drop initializers nothing reads any more."""
+    new_nodes = [x for node in rw.graph.node for x in replaced.get(node.name, [node])]
+    still_used = {i for n in new_nodes for i in n.input}
+    keep = [t for t in rw.graph.initializer if t.name not in rw.drop or t.name in still_used]
+    del rw.graph.node[:]
+    rw.graph.node.extend(new_nodes)
+    del rw.graph.initializer[:]
+    rw.graph.initializer.extend(keep + rw.new_inits)
+
+
+def _ensure_ms_opset(model) -> None:
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+
+
 def quantize_decoder(model: onnx.ModelProto, plan: QuantPlan, layer_weights: dict[str, np.ndarray],
                      target: str = "ort", accuracy_level: int = 4, fuse: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Rewrite the decoder ``model`` (weights loaded) under ``plan``; returns (model, report).
@@ -236,17 +252,9 @@ def quantize_decoder(model: onnx.ModelProto, plan: QuantPlan, layer_weights: dic
     for name, node in found.items():
         if name not in fused:
             replaced[node.name] = rw.layer(node, weights[name], plan, name, name in absorbed)
-    new_nodes = []
-    for node in rw.graph.node:
-        new_nodes.extend(replaced.get(node.name, [node]))
-    still_used = {i for n in new_nodes for i in n.input}
-    keep = [t for t in rw.graph.initializer if t.name not in rw.drop or t.name in still_used]
-    del rw.graph.node[:]
-    rw.graph.node.extend(new_nodes)
-    del rw.graph.initializer[:]
-    rw.graph.initializer.extend(keep + rw.new_inits)
-    if target == "ort" and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    _splice(rw, replaced)
+    if target == "ort":
+        _ensure_ms_opset(model)
     report = {"target": target, "layers": len(found), "fused_gemms": len(groups),
               "gather_free_mixed_layers": sorted(absorbed),
               "gathers": sum(1 for ns in replaced.values() for n in ns if n.op_type == "Gather"), **plan.summary()}
@@ -385,15 +393,8 @@ def quantize_vision_int8(model: onnx.ModelProto, linears: dict, accuracy_level: 
         rw.drop.add(alias.get(nodes[0].input[1], nodes[0].input[1]))
         replaced[nodes[0].name] = rw.gemm_int8(nodes[0].input[0], *quantize_int8(w), nodes[0].output[0], name, block_size)
     kept.update({n: "not in the graph" for n in linears if n not in users})
-    new_nodes = [x for node in rw.graph.node for x in replaced.get(node.name, [node])]
-    still_used = {i for n in new_nodes for i in n.input}
-    keep = [t for t in rw.graph.initializer if t.name not in rw.drop or t.name in still_used]
-    del rw.graph.node[:]
-    rw.graph.node.extend(new_nodes)
-    del rw.graph.initializer[:]
-    rw.graph.initializer.extend(keep + rw.new_inits)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    _splice(rw, replaced)
+    _ensure_ms_opset(model)
     quantized = sorted(n for n in users if n not in kept)
     return model, {"weights": "int8", "scheme": "symmetric per output feature, MatMulNBits bits=8 accuracy_level=4",
                    "activation_block": block_size, "quantized_layers": len(quantized), "quantized": quantized, "kept_fp32": kept}
