@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from demo_vlm_supervision import (N_CLASSES, augment, image_targets, patch_labels, real_label_maps, token_subsets,
+                                  word_tied_loss)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 log = logging.getLogger("train_demo_vlm")
@@ -94,12 +96,14 @@ class Encoder:
         self.image_id = tokenizer.convert_tokens_to_ids("<image>")
         self.cache: dict[str, list[int]] = {}
 
-    def prompt_ids(self, question: str) -> list[int]:
+    def prompt_ids(self, question: str, n_image: int | None = None) -> list[int]:
+        """Prompt ids with ``n_image`` image tokens (default: all N)."""
         if question not in self.cache:
             ids = self.tok(self.template.replace("{prompt}", question))["input_ids"]
             pos = ids.index(self.image_id)
-            self.cache[question] = ids[:pos] + [self.image_id] * self.n + ids[pos + 1:]
-        return self.cache[question]
+            self.cache[question] = (ids[:pos], ids[pos + 1:])
+        prefix, suffix = self.cache[question]
+        return prefix + [self.image_id] * (self.n if n_image is None else n_image) + suffix
 
     def answer_ids(self, answer: str) -> list[int]:
         key = "\x00" + answer
@@ -107,10 +111,11 @@ class Encoder:
             self.cache[key] = self.tok(answer, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
         return self.cache[key]
 
-    def batch(self, questions, answers=None):
+    def batch(self, questions, answers=None, n_image=None):
+        """Right-padded ids, attention mask and answer-only labels; ``n_image[i]``: image tokens of row i."""
         seqs, labels = [], []
         for i, q in enumerate(questions):
-            p = self.prompt_ids(q)
+            p = self.prompt_ids(q, None if n_image is None else n_image[i])
             a = self.answer_ids(answers[i]) if answers is not None else []
             seqs.append(p + a)
             labels.append([-100] * len(p) + a)
@@ -129,84 +134,6 @@ class Encoder:
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(images).float().div_(255).permute(0, 3, 1, 2)
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-
-
-def augment(images: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None, shift: int = 4,
-            vflip: bool = False):
-    """Random horizontal flips and translations (edge-padded; vertical flips only with ``vflip``: the
-    evaluation sets' triangles are upright): no question depends on position or left/right.
-    Label maps (``[n, H, W]``), when given, get the same transform; returns (images, labels)."""
-    out = np.empty_like(images)
-    n, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
-    lab_out = np.empty_like(labels) if labels is not None else None
-    lab_pad = np.pad(labels, ((0, 0), (shift, shift), (shift, shift)), mode="edge") if labels is not None else None
-    for i in range(n):
-        dy, dx = rng.integers(0, 2 * shift + 1, 2)
-        flip_x, flip_y = rng.random() < 0.5, vflip and rng.random() < 0.5
-        for src, dst in ((padded, out), (lab_pad, lab_out)):
-            if src is None:
-                continue
-            im = src[i, dy:dy + h, dx:dx + w]
-            if flip_x:
-                im = im[:, ::-1]
-            if flip_y:
-                im = im[::-1]
-            dst[i] = im
-    return out, lab_out
-
-
-N_CLASSES = 25  # background + 3 shapes x 8 colours (atp.datasets.object_class)
-IGNORE = 255
-
-
-def real_label_maps(images: np.ndarray, index: dict[int, tuple[str, str]]) -> np.ndarray:
-    """Class maps for published easy-VQA images whose (shape, colour) is known (``index``: image row ->
-    label, from :func:`atp.datasets.easy_vqa_labels`): a pixel is the object where it is nearer the
-    object's palette colour than the background (median of the border); other images stay IGNORE."""
-    from atp import datasets
-
-    maps = np.full(images.shape[:3], IGNORE, np.uint8)
-    for i, (shape, color) in index.items():
-        img = images[i].astype(np.int32)
-        border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
-        bg = np.median(border, axis=0)
-        d_obj = np.abs(img - np.array(datasets.COLORS[color])).sum(-1)
-        d_bg = np.abs(img - bg).sum(-1)
-        maps[i] = np.where(d_obj < d_bg, datasets.object_class(shape, color), 0)
-    return maps
-
-
-def image_targets(maps: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: multi-hot presence of the 24 object classes and the object count - 1 (classes 0..3),
-    from the class maps; IGNORE images get count -100 and presence NaN (masked out)."""
-    n = len(maps)
-    presence = torch.zeros(n, N_CLASSES - 1)
-    count = torch.full((n,), -100, dtype=torch.long)
-    for i, m in enumerate(maps):
-        if m[0, 0] == IGNORE:
-            presence[i] = float("nan")
-            continue
-        present = [int(c) for c in np.unique(m) if 0 < c < N_CLASSES]
-        presence[i, [c - 1 for c in present]] = 1
-        count[i] = len(present) - 1
-    return presence, count
-
-
-def patch_labels(labels: np.ndarray, patch: int, min_pixels: int) -> torch.Tensor:
-    """``[n, H, W]`` class maps -> ``[n, (H/p)*(W/p)]`` per-patch class: the object covering the most
-    pixels of the patch if it covers at least ``min_pixels``, else background; IGNORE rows stay IGNORE."""
-    n, h, w = labels.shape
-    t = torch.from_numpy(labels.astype(np.int64))
-    ignore = t[:, 0, 0] == IGNORE
-    t = t.clamp_max(N_CLASSES - 1)
-    blocks = t.view(n, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4).reshape(n, -1, patch * patch)
-    counts = torch.nn.functional.one_hot(blocks, N_CLASSES).sum(dim=2)  # [n, P, C]
-    counts[..., 0] = 0
-    best = counts.argmax(dim=-1)
-    best = torch.where(counts.max(dim=-1).values >= min_pixels, best, torch.zeros_like(best))
-    best[ignore] = -100
-    return best
 
 
 # ---------------------------------------------------------------------------- model
@@ -260,6 +187,25 @@ def evaluate(model, enc, samples, images, batch: int = 100) -> float:
     return correct / len(samples)
 
 
+def vision_forward(model, pixel_values):
+    """(feature-layer hidden states incl. CLS ``[B, 1 + N, Dv]``, projected patch tokens ``[B, N, D]``),
+    as LLaVA computes them (``vision_feature_layer``, CLS dropped before the projector)."""
+    out = model.model.vision_tower(pixel_values, output_hidden_states=True)
+    hidden = out.hidden_states[model.config.vision_feature_layer]
+    return hidden, model.model.multi_modal_projector(hidden[:, 1:])
+
+
+def language_loss(model, enc, questions, answers, projected, keep) -> torch.Tensor:
+    """Answer loss with row i reading the visual tokens ``keep[i]`` (ascending indices; ``None`` = all),
+    placed where its prompt's image tokens are, as the exported runtime does after the gate."""
+    n_image = [enc.n if k is None else len(k) for k in keep]
+    ids, mask, labels = enc.batch(questions, answers, n_image)
+    embeds = model.get_input_embeddings()(ids)
+    rows = [projected[i] if k is None else projected[i, torch.from_numpy(k)] for i, k in enumerate(keep)]
+    embeds = embeds.masked_scatter((ids == enc.image_id)[..., None], torch.cat(rows).to(embeds.dtype))
+    return model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+
 PART_PREFIXES = {"vision": ("model.vision_tower.",), "projector": ("model.multi_modal_projector.",),
                  "language": ("model.language_model.", "lm_head.")}
 
@@ -300,6 +246,17 @@ def main(argv=None) -> int:
                          "language model sees; keeps shape information from being squeezed out by the projector)")
     ap.add_argument("--freeze-vision", action="store_true",
                     help="train projector + language model only (vision tower frozen; auxiliary heads off)")
+    ap.add_argument("--token-drop", type=float, default=0.0,
+                    help="pruning-aware training: fraction of samples whose language model reads only K visual tokens")
+    ap.add_argument("--token-drop-min", type=int, default=4, help="smallest K of --token-drop (K log-uniform in [min, N-1])")
+    ap.add_argument("--token-drop-object-bias", type=float, default=0.5,
+                    help="share of dropped samples whose kept tokens favour object patches (the rest: uniform subsets)")
+    ap.add_argument("--aux-cls", type=float, default=0.0,
+                    help="weight of presence/count heads on the CLS token of the feature layer (trains the CLS attention "
+                         "that the cls/atp/visionzip scorers read; needs the vision tower unfrozen)")
+    ap.add_argument("--aux-word", type=float, default=0.0,
+                    help="weight of the word-tied patch head: projector outputs of object patches classified against the "
+                         "LM's embeddings of colour and shape words (makes the atp scorer's LM-space text relevance meaningful)")
     ap.add_argument("--vflip", action="store_true", help="also flip images vertically in augmentation")
     ap.add_argument("--limit-train", type=int, default=None, help="seeded subset of training questions (smoke runs)")
     ap.add_argument("--n-test", type=int, default=1000, help="test questions per data set for the running accuracy")
@@ -396,7 +353,19 @@ def main(argv=None) -> int:
         aux_head = torch.nn.ModuleDict({"patch": torch.nn.Linear(width, N_CLASSES),
                                         "presence": torch.nn.Linear(width, N_CLASSES - 1),
                                         "count": torch.nn.Linear(width, 4)})
+    if args.freeze_vision and args.aux_cls > 0:
+        raise SystemExit("--aux-cls trains the vision tower's CLS attention: drop --freeze-vision")
+    extra_heads = torch.nn.ModuleDict()
+    if args.aux_cls > 0:  # image-level heads on the feature layer's CLS token
+        vw = args.vision_width
+        extra_heads["cls_presence"] = torch.nn.Sequential(torch.nn.LayerNorm(vw), torch.nn.Linear(vw, N_CLASSES - 1))
+        extra_heads["cls_count"] = torch.nn.Sequential(torch.nn.LayerNorm(vw), torch.nn.Linear(vw, 4))
+    if args.aux_word > 0:  # learned background directions (colour, shape) of the word-tied head
+        extra_heads["word_background"] = torch.nn.Embedding(2, model.config.text_config.hidden_size)
+    color_ids = tok.convert_tokens_to_ids(list(datasets.COLORS))
+    shape_ids = tok.convert_tokens_to_ids(list(datasets.SHAPES))
     params = [p for p in model.parameters() if p.requires_grad] + (list(aux_head.parameters()) if aux_head else [])
+    params += list(extra_heads.parameters())
     log.info("model: %.2f M parameters (%.2f M trained), %d visual tokens", sum(p.numel() for p in model.parameters()) / 1e6,
              sum(p.numel() for p in params) / 1e6, n_tokens)
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
@@ -422,6 +391,8 @@ def main(argv=None) -> int:
         model.load_state_dict(state["model"])
         if aux_head is not None and state.get("aux_head") and state.get("args", {}).get("aux_at", "feature") == args.aux_at:
             aux_head.load_state_dict(state["aux_head"])
+        if state.get("extra_heads"):
+            extra_heads.load_state_dict(state["extra_heads"])
         opt.load_state_dict(state["opt"])
         start, history = state["step"], state["history"]
         rng.bit_generator.state = state["rng"]
@@ -452,20 +423,29 @@ def main(argv=None) -> int:
             answers.append(a)
             images.append(img)
             maps.append(lab)
-        ids, mask, labels = enc.batch(questions, answers)
         aug_images, aug_maps = augment(np.stack(images), rng, np.stack(maps), vflip=args.vflip)
         px = to_pixels(aug_images)
+        target = patch_labels(aug_maps, args.patch, max(1, args.patch * args.patch // 8))
         captured.clear()
-        loss = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=labels).loss
+        hidden, projected = vision_forward(model, px)
+        keep = token_subsets(target, rng, args.token_drop, args.token_drop_min, args.token_drop_object_bias)
+        loss = language_loss(model, enc, questions, answers, projected, keep)
+        presence, count = image_targets(aug_maps)
+        known_rows = count >= 0
+        if args.aux_cls > 0 and known_rows.any():
+            cls = hidden[:, 0][known_rows]
+            aux = torch.nn.functional.binary_cross_entropy_with_logits(extra_heads["cls_presence"](cls), presence[known_rows]) * 4
+            aux = aux + torch.nn.functional.cross_entropy(extra_heads["cls_count"](cls), count[known_rows])
+            loss = loss + args.aux_cls * aux
+        if args.aux_word > 0:
+            loss = loss + args.aux_word * word_tied_loss(projected, target, model.get_input_embeddings().weight, color_ids,
+                                                         shape_ids, extra_heads["word_background"].weight)
         if aux_head is not None:
             feats = captured[0]  # patch tokens at the feature layer or the projector output (--aux-at)
-            target = patch_labels(aug_maps, args.patch, max(1, args.patch * args.patch // 8))
             if args.aux_patch_loss > 0 and (target >= 0).any():
                 aux = torch.nn.functional.cross_entropy(aux_head["patch"](feats).reshape(-1, N_CLASSES), target.reshape(-1),
                                                         ignore_index=-100)
                 loss = loss + args.aux_patch_loss * aux
-            presence, count = image_targets(aug_maps)
-            known_rows = count >= 0
             if args.aux_image_loss > 0 and known_rows.any():
                 pooled = feats.mean(dim=1)[known_rows]
                 aux = torch.nn.functional.binary_cross_entropy_with_logits(aux_head["presence"](pooled), presence[known_rows]) * 4
@@ -487,6 +467,7 @@ def main(argv=None) -> int:
             log.info("step %d: %s", done, history[-1])
         if done % args.save_every == 0 or done == args.steps:
             torch.save({"model": model.state_dict(), "aux_head": aux_head.state_dict() if aux_head else None,
+                        "extra_heads": extra_heads.state_dict(),
                         "opt": opt.state_dict(), "step": done, "args": vars(args), "history": history,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, work / "last.tmp")
             os.replace(work / "last.tmp", ckpt)
@@ -505,6 +486,22 @@ def main(argv=None) -> int:
     (out / "README.md").write_text(model_card(args, model, history, digest, n_tokens, len(train)))
     log.info("wrote %s (model.safetensors sha256 %s)", out, digest)
     return 0
+
+
+def extras(args) -> str:
+    """Model-card lines for the pruning-aware options."""
+    lines = []
+    if args.aux_cls > 0:
+        lines.append(f"- Presence/count heads on the feature layer's CLS token (weight {args.aux_cls}): trains the CLS attention "
+                     "that the `cls`, `atp` and `visionzip` scorers read.")
+    if args.aux_word > 0:
+        lines.append(f"- Word-tied patch head (weight {args.aux_word}): projector outputs of object patches classified against "
+                     "the language model's embeddings of their colour and shape words (the `atp` scorer's LM-space relevance).")
+    if args.token_drop > 0:
+        lines.append(f"- Pruning-aware training: {args.token_drop:.0%} of the samples read only K visual tokens, K log-uniform "
+                     f"in [{args.token_drop_min}, N-1], {args.token_drop_object_bias:.0%} of them favouring object patches, "
+                     "the rest uniform subsets.")
+    return "".join("\n" + line for line in lines)
 
 
 def model_card(args, model, history, digest: str, n_tokens: int, n_train: int) -> str:
@@ -532,7 +529,7 @@ A genuine `LlavaForConditionalGeneration`, trained {"from scratch" if not args.i
 - Auxiliary training-only heads on the feature layer (discarded at export): per-patch object class
   (weight {args.aux_patch_loss}) and, on the mean patch token, which (shape, colour) objects are present and how
   many (weight {args.aux_image_loss}); class maps of published easy-VQA images come from their colour and the
-  (shape, colour) their questions imply (`atp.datasets.easy_vqa_labels`).
+  (shape, colour) their questions imply (`atp.datasets.easy_vqa_labels`).{extras(args)}
 - Recipe: AdamW (0.9, 0.98), weight decay 0.05, lr {args.lr} with {args.warmup} warm-up steps and cosine decay
   to 5%, batch {args.batch}, {args.steps} steps, gradient clipping 1.0, seed {args.seed}.
 - `model.safetensors` sha256: `{digest}`
