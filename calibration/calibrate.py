@@ -49,8 +49,9 @@ def _simplex(step: float) -> list[tuple[float, float, float]]:
 #: Grid of constructor arguments searched per scorer (the scorer's default first, so ties keep it).
 PARAM_GRIDS: dict[str, list[dict]] = {
     "atp": [{"alpha": a} for a in (0.5, 0.0, 0.25, 0.75, 1.0)],
-    "qat": [{"weights": [0.25, 0.25, 0.5]}] + [{"weights": list(w)} for w in _simplex(0.25) if w != (0.25, 0.25, 0.5)]
-    + [{"weights": [-0.25, 0.25, 0.5]}, {"weights": [-0.5, 0.0, 0.5]}],  # negative: prefer well-reproduced tokens
+    "qat": [{"weights": [-0.25, 0.25, 0.5]}] + [{"weights": list(w)} for w in _simplex(0.25)]  # default first
+    + [{"weights": w} for w in ([-0.5, 0.0, 0.5], [-0.25, 0.0, 0.75], [-0.25, 0.5, 0.25], [-0.125, 0.125, 0.75])],
+    # negative error weight: prefer the tokens the quantized model reproduces faithfully
     "idp": [{"lam": lam} for lam in (0.6, 0.2, 0.4, 0.8, 1.0)],
 }
 

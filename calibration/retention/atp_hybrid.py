@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from atp.calibration.retention.base import Scorer, VisionContext, minmax, text_similarity, unit_interval
+from atp.calibration.retention.base import Scorer, VisionContext, check_text_space, hybrid_relevance, unit_interval
 from atp.registry import SCORERS
 
 
@@ -32,17 +32,7 @@ class AtpHybridScorer(Scorer):
     def __init__(self, alpha: float = 0.5, text_space: str = "lm"):
         super().__init__()
         self.alpha = unit_interval("alpha", alpha)
-        if text_space not in ("lm", "clip"):
-            raise ValueError(f"text_space must be 'lm' or 'clip', got {text_space!r}")
-        self.text_space = text_space
+        self.text_space = check_text_space(text_space)
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
-        if self.text_space == "clip":
-            if ctx.clip_patches is None:
-                raise ValueError("atp in CLIP space needs the open_clip patch embedder in the vision context")
-            v = torch.nn.functional.normalize(ctx.clip_patches(), dim=-1)
-            t = torch.nn.functional.normalize(ctx.text_embeds, dim=-1)
-            relevance = torch.matmul(v, t.unsqueeze(-1)).squeeze(-1)
-        else:
-            relevance = text_similarity(ctx)
-        return self.alpha * minmax(ctx.cls_attention()) + (1.0 - self.alpha) * minmax(relevance)
+        return hybrid_relevance(ctx, self.alpha, self.text_space)

@@ -95,3 +95,30 @@ def text_similarity(ctx: VisionContext) -> torch.Tensor:
     v = torch.nn.functional.normalize(ctx.projected(), dim=-1)
     t = torch.nn.functional.normalize(ctx.text_embeds, dim=-1)
     return torch.matmul(v, t.unsqueeze(-1)).squeeze(-1)
+
+
+def text_relevance(ctx: VisionContext, text_space: str = "lm") -> torch.Tensor:
+    """``[B, N]`` cosine between each visual token and the prompt in ``text_space``.
+
+    ``"lm"``: projected visual tokens vs the mean prompt token embedding (:func:`text_similarity`);
+    ``"clip"``: the open_clip patch embeddings vs the prompt's CLIP text embedding.
+    """
+    if text_space == "clip":
+        if ctx.clip_patches is None:
+            raise ValueError("text relevance in CLIP space needs the open_clip patch embedder in the vision context")
+        v = torch.nn.functional.normalize(ctx.clip_patches(), dim=-1)
+        t = torch.nn.functional.normalize(ctx.text_embeds, dim=-1)
+        return torch.matmul(v, t.unsqueeze(-1)).squeeze(-1)
+    return text_similarity(ctx)
+
+
+def check_text_space(text_space: str) -> str:
+    """``text_space`` if it is ``"lm"`` or ``"clip"``, else ValueError."""
+    if text_space not in ("lm", "clip"):
+        raise ValueError(f"text_space must be 'lm' or 'clip', got {text_space!r}")
+    return text_space
+
+
+def hybrid_relevance(ctx: VisionContext, alpha: float, text_space: str = "lm") -> torch.Tensor:
+    """``alpha * minmax(CLS attention) + (1 - alpha) * minmax(text relevance)``: ``atp``'s score, ``qat``'s semantic term."""
+    return alpha * minmax(ctx.cls_attention()) + (1.0 - alpha) * minmax(text_relevance(ctx, text_space))
