@@ -36,7 +36,7 @@ def clip_bundle(tiny_ckpt, tmp_path_factory):
     clip = tiny_open_clip(patch=16, image_size=48)  # a 3x3 grid against the VLM's 4x4: resampled onto it
     out = tmp_path_factory.mktemp("clip") / "bundle"
     adapter = adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt)
-    export_bundle(adapter, out, ExportConfig(pruning=PruningConfig(scorer="atp", extra_scorers=("idp",))), clip=clip)
+    export_bundle(adapter, out, ExportConfig(pruning=PruningConfig(scorer="atp", extra_scorers=("idp", "qat"))), clip=clip)
     return adapter, clip, Session(out)
 
 
@@ -45,6 +45,7 @@ def test_manifest_records_clip_space(clip_bundle):
     g = s.manifest["graphs"]
     assert g["vision"]["text_embeds"]["space"] == "clip" and g["vision"]["text_embeds"]["clip_model"] == clip.name
     assert g["vision.idp"]["text_embeds"]["space"] == "lm"  # idp has no CLIP form: LM space, recorded as such
+    assert g["vision.qat"]["text_embeds"]["space"] == "clip"  # qat's semantic term is atp's relevance
     assert g["text"]["file"] == "text.onnx" and s.manifest["pruning"]["scorer_params"]["atp"]["text_space"] == "clip"
     assert s.manifest["validation"]["text"]["max_abs_diff"] < 1e-5
 
@@ -61,7 +62,8 @@ def test_runtime_tokenizer_and_text_graph_match_open_clip(clip_bundle):
         assert s.text_embeds(p, "vision").shape == (1, clip.embed_dim)
 
 
-def test_clip_atp_graph_matches_pytorch(clip_bundle):
+@pytest.mark.parametrize("name,graph", [("atp", "vision"), ("qat", "vision.qat")])
+def test_clip_atp_graph_matches_pytorch(clip_bundle, name, graph):
     """21 images x prompts, K in {1, N/4, N}, batch 1 and 2."""
     import torch
 
@@ -69,15 +71,15 @@ def test_clip_atp_graph_matches_pytorch(clip_bundle):
     from atp.runtime.preprocess import preprocess
 
     adapter, clip, s = clip_bundle
-    module = adapter.vision_module(SCORERS.get("atp")(text_space="clip").eval(), clip=clip)
+    module = adapter.vision_module(SCORERS.get(name)(text_space="clip").eval(), clip=clip)
     for case in range(14):
         batch = 1 + case % 2
         px = np.concatenate([preprocess(random_image(500 + 2 * case + i), s.manifest["preprocessing"]) for i in range(batch)])
-        text = np.repeat(s.text_embeds(PROMPTS[case % len(PROMPTS)], "vision"), batch, axis=0)
+        text = np.repeat(s.text_embeds(PROMPTS[case % len(PROMPTS)], graph), batch, axis=0)
         for k in (1, N // 4, N):
             with torch.no_grad():
                 ref_embeds, ref_index = module(torch.from_numpy(px), torch.tensor(k), torch.from_numpy(text))
-            embeds, index = s.backend.run_vision(px, k, "vision", text)
+            embeds, index = s.backend.run_vision(px, k, graph, text)
             assert [set(r) for r in index.tolist()] == [set(r) for r in ref_index.tolist()], (case, k)
             np.testing.assert_allclose(embeds, ref_embeds.numpy(), atol=1e-5, rtol=1e-5)
 
