@@ -1,0 +1,134 @@
+"""Decode-shaped GEMVs on ONNX Runtime CPU: fp32 MatMul vs int4 MatMulNBits per SmolLM2-135M layer shape.
+
+One token (M = 1) through each of the fused decoder graph's GEMMs (q/k/v fused, o, gate/up fused, down, lm_head),
+fp32 against int4 MatMulNBits (symmetric, per block size, accuracy_level 4 = int8 compute and 1 = fp32 compute),
+at 1 and 2 intra-op threads, side by side in one run. Each graph holds ``--copies`` independent weight copies of
+the shape (30 = the layer count, so weights stream from memory as in the decoder; lm_head once) and times
+one session run over all of them; the table gives microseconds per GEMV, the weight bytes it streamed
+per microsecond (GB/s) and the int4 speed-up against fp32 at the same thread count.
+
+Usage::
+
+    python bench/decode_gemv.py --out bench/results/decode_gemv.md
+    python bench/decode_gemv.py --threads 2 --blocks 64 --repeats 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: (N, K) of SmolLM2-135M's decoder GEMMs as the fused graph runs them, and how many the decoder has.
+SHAPES = {"qkv": (960, 576, 30), "o_proj": (576, 576, 30), "gate_up": (3072, 576, 30), "down_proj": (576, 1536, 30),
+          "lm_head": (49152, 576, 1)}
+
+
+def graph(n: int, k: int, copies: int, kind: str, block: int, level: int) -> tuple[bytes, int]:
+    """(serialized model, weight bytes per GEMV) with ``copies`` independent GEMVs of ``x [1, K]``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from atp.calibration.quant_reference import quantize_int4, to_matmulnbits
+
+    rng = np.random.default_rng(0)
+    nodes, inits, outs, nbytes = [], [], [], 0
+    for c in range(copies):
+        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+        outs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, [1, n]))
+        if kind == "fp32":
+            inits.append(numpy_helper.from_array(w.T.copy(), f"W{c}"))
+            nodes.append(helper.make_node("MatMul", ["x", f"W{c}"], [f"y{c}"]))
+            nbytes = w.nbytes
+        else:
+            w4 = quantize_int4(w, block, True)
+            t = to_matmulnbits(w4.unsigned(), w4.scale, None, 4, block)
+            inits += [numpy_helper.from_array(t["B"], f"B{c}"), numpy_helper.from_array(t["scales"], f"S{c}")]
+            nodes.append(helper.make_node("MatMulNBits", ["x", f"B{c}", f"S{c}"], [f"y{c}"], domain="com.microsoft", K=k, N=n,
+                                          bits=4, block_size=block, accuracy_level=level))
+            nbytes = t["B"].nbytes + t["scales"].nbytes
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])
+    m = helper.make_model(helper.make_graph(nodes, "gemv", [x], outs, inits),
+                          opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 10
+    return m.SerializeToString(), nbytes
+
+
+def time_gemv(model: bytes, k: int, copies: int, threads: int, repeats: int) -> float:
+    """Median microseconds per GEMV."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    feed = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
+    for _ in range(5):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) / copies * 1e6
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--levels", type=int, nargs="+", default=[4, 1])
+    ap.add_argument("--copies", type=int, default=30, help="independent weight copies per layer shape (lm_head: 1)")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default=None, help="also write the table here (markdown)")
+    args = ap.parse_args(argv)
+    from atp.runtime.benchmark import machine
+
+    mc = machine()
+    lines = ["# Decode GEMVs (M = 1): fp32 MatMul vs int4 MatMulNBits, SmolLM2-135M shapes (ONNX Runtime CPU)", "",
+             f"- machine: {mc['cpu']}, {mc['logical_cores']} logical cores (load average {os.getloadavg()[0]:.1f}), "
+             f"onnxruntime {mc['onnxruntime']}",
+             f"- {args.copies} independent weight copies per layer shape (lm_head: 1), one run over all; medians of "
+             f"{args.repeats}; int4 symmetric, `gB` = block size, `L4` = accuracy_level 4 (int8 compute), `L1` = fp32 compute; "
+             "blocks that do not divide K are skipped",
+             f"- command: `python bench/decode_gemv.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+             "| shape (N x K) | threads | variant | us / GEMV | GB/s of weights | x fp32 |", "|---|---:|---|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    totals: dict[tuple[int, str], float] = {}
+    shapes_seen: dict[tuple[int, str], int] = {}
+    for name, (n, k, count) in SHAPES.items():
+        copies = args.copies if count > 1 else 1
+        variants = [("fp32", 0, 0)] + [("int4", b, lv) for b in args.blocks if k % b == 0 for lv in args.levels]
+        for threads in args.threads:
+            base = None
+            for kind, block, level in variants:
+                model, nbytes = graph(n, k, copies, kind, block, level)
+                us = time_gemv(model, k, copies, threads, args.repeats)
+                label = "fp32" if kind == "fp32" else f"int4-g{block}-L{level}"
+                base = base or us
+                totals[(threads, label)] = totals.get((threads, label), 0.0) + us * count
+                shapes_seen[(threads, label)] = shapes_seen.get((threads, label), 0) + 1
+                row = f"| {name} ({n} x {k}) | {threads} | {label} | {us:.1f} | {nbytes / us / 1e3:.1f} | {base / us:.2f} |"
+                lines.append(row)
+                print(row, flush=True)
+    summary = ["", "Sum over one decode step's GEMVs (30 layers + lm_head; variants whose block divides every K):", "",
+               "| threads | variant | ms / token | x fp32 |", "|---:|---|---:|---:|"]
+    for (threads, label), total in totals.items():
+        if shapes_seen[(threads, label)] == len(SHAPES):
+            summary.append(f"| {threads} | {label} | {total / 1e3:.2f} | {totals[(threads, 'fp32')] / total:.2f} |")
+    lines += summary
+    print("\n".join(summary), flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
