@@ -2,10 +2,17 @@
 
 One token (M = 1) through each of the fused decoder graph's GEMMs (q/k/v fused, o, gate/up fused, down, lm_head),
 fp32 against int4 MatMulNBits (symmetric, per block size, accuracy_level 4 = int8 compute and 1 = fp32 compute),
-at 1 and 2 intra-op threads, side by side in one run. Each graph holds ``--copies`` independent weight copies of
-the shape (30 = the layer count, so weights stream from memory as in the decoder; lm_head once) and times
-one session run over all of them; the table gives microseconds per GEMV, the weight bytes it streamed
-per microsecond (GB/s) and the int4 speed-up against fp32 at the same thread count.
+at 1 and 2 intra-op threads, side by side in one run. Two measurements:
+
+- per shape: a graph of ``--copies`` independent weight copies of one shape (lm_head once), one session run
+  over all of them: microseconds per GEMV. Its weights (0.2-27 MB) can stay in the CPU's caches between runs,
+  so these are warm-cache numbers;
+- whole step: one graph with every GEMV of a decode step (30 layers x 4 GEMMs + lm_head, the decoder's full
+  weight set, so weights stream from memory as in the decoder) and nothing else: milliseconds per token.
+  Against the decoder's own step time (``bench/quant_speed.py``) this splits GEMV from everything else.
+
+One session exists at a time (ORT's intra-op threads spin after a run: several live sessions on a
+2-core machine steal each other's cores).
 
 Usage::
 
@@ -58,15 +65,45 @@ def graph(n: int, k: int, copies: int, kind: str, block: int, level: int) -> tup
     return m.SerializeToString(), nbytes
 
 
-def time_gemv(model: bytes, k: int, copies: int, threads: int, repeats: int) -> float:
-    """Median microseconds per GEMV."""
+def step_graph(kind: str, block: int, level: int, layers: int = 30) -> bytes:
+    """Every GEMV of one decode step (``layers`` x (qkv, o, gate_up, down) + lm_head), independent nodes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from atp.calibration.quant_reference import quantize_int4, to_matmulnbits
+
+    rng = np.random.default_rng(0)
+    nodes, inits, outs = [], [], []
+    shapes = [(name, n, k) for _ in range(layers) for name, (n, k, count) in SHAPES.items() if count > 1]
+    shapes += [(name, n, k) for name, (n, k, count) in SHAPES.items() if count == 1]
+    for c, (_, n, k) in enumerate(shapes):
+        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+        x = f"x{k}"
+        outs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, [1, n]))
+        if kind == "fp32":
+            inits.append(numpy_helper.from_array(w.T.copy(), f"W{c}"))
+            nodes.append(helper.make_node("MatMul", [x, f"W{c}"], [f"y{c}"]))
+        else:
+            t = to_matmulnbits(*(lambda q: (q.unsigned(), q.scale))(quantize_int4(w, block, True)), None, 4, block)
+            inits += [numpy_helper.from_array(t["B"], f"B{c}"), numpy_helper.from_array(t["scales"], f"S{c}")]
+            nodes.append(helper.make_node("MatMulNBits", [x, f"B{c}", f"S{c}"], [f"y{c}"], domain="com.microsoft", K=k, N=n,
+                                          bits=4, block_size=block, accuracy_level=level))
+    ins = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k]) for k in sorted({k for _, _, k in shapes})]
+    m = helper.make_model(helper.make_graph(nodes, "decode_step_gemvs", ins, outs, inits),
+                          opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 10
+    return m.SerializeToString()
+
+
+def time_gemv(model: bytes, k: int | None, copies: int, threads: int, repeats: int) -> float:
+    """Median microseconds per GEMV (``k`` None: a whole-step graph, inputs ``x<K>``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    feed = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
+    rng = np.random.default_rng(1)
+    feed = {i.name: rng.standard_normal(i.shape).astype(np.float32) for i in sess.get_inputs()}
     for _ in range(5):
         sess.run(None, feed)
     times = []
@@ -115,13 +152,21 @@ def main(argv=None) -> int:
                 row = f"| {name} ({n} x {k}) | {threads} | {label} | {us:.1f} | {nbytes / us / 1e3:.1f} | {base / us:.2f} |"
                 lines.append(row)
                 print(row, flush=True)
-    summary = ["", "Sum over one decode step's GEMVs (30 layers + lm_head; variants whose block divides every K):", "",
-               "| threads | variant | ms / token | x fp32 |", "|---:|---|---:|---:|"]
-    for (threads, label), total in totals.items():
-        if shapes_seen[(threads, label)] == len(SHAPES):
-            summary.append(f"| {threads} | {label} | {total / 1e3:.2f} | {totals[(threads, 'fp32')] / total:.2f} |")
+    summary = ["", "Whole decode step, GEMVs only (one graph: 30 x (qkv, o, gate_up, down) + lm_head, the decoder's weights; "
+               "variants whose block divides every K); `sum of shapes` adds the warm-cache rows above:", "",
+               "| threads | variant | ms / token | x fp32 | sum of shapes, ms |", "|---:|---|---:|---:|---:|"]
+    for threads in args.threads:
+        base = None
+        for label in ["fp32"] + [f"int4-g{b}-L{lv}" for b in args.blocks for lv in args.levels]:
+            if shapes_seen.get((threads, label)) != len(SHAPES):
+                continue
+            kind, block, level = ("fp32", 0, 0) if label == "fp32" else ("int4", int(label.split("-g")[1].split("-")[0]),
+                                                                        int(label.split("-L")[1]))
+            ms = time_gemv(step_graph(kind, block, level), None, 1, threads, max(5, args.repeats // 3)) / 1e3
+            base = base or ms
+            summary.append(f"| {threads} | {label} | {ms:.2f} | {base / ms:.2f} | {totals[(threads, label)] / 1e3:.2f} |")
+            print(summary[-1], flush=True)
     lines += summary
-    print("\n".join(summary), flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
