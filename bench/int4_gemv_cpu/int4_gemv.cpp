@@ -6,9 +6,13 @@
 // GEMV, same harness) over one decode step's weights: 30 x (qkv 960x576, o 576x576, gate_up 3072x576,
 // down 576x1536) + lm_head 49152x576, every matrix its own allocation, so weights stream from memory.
 //
-// Format (ours, not MatMulNBits'): per row, K/64 blocks of 32 bytes (byte j: element j in the low nibble,
-// element j + 32 in the high nibble, unsigned 0..15 = q + 8) and one fp32 scale per block; x is quantized
-// to int8 per 64-block (symmetric, like MatMulNBits accuracy_level 4).
+// Format: MatMulNBits' own (bits 4, block 64, symmetric, no zero points): per row, K/64 blocks of 32 bytes
+// (byte j: element 2j in the low nibble, 2j + 1 in the high nibble, unsigned 0..15 = q + 8) and one fp32 scale
+// per block, so a graph rewrite could hand this kernel MatMulNBits' initializers unchanged. x is quantized to
+// int8 per 64-block (symmetric, like accuracy_level 4) and stored even elements first, then odd ones, to match
+// the unpacked order (low nibbles, then high nibbles).
+// `int4_gemv --check DIR N K` reads DIR/{B,scales,x}.bin (uint8 [N, K/2], fp32 [N, K/64], fp32 [K]) and writes
+// DIR/y.bin (fp32 [N]): the parity test against ONNX Runtime's MatMulNBits uses it.
 // Checks every output against a double-precision reference of the same quantized operands before timing.
 // Both kernels prefetch (software, a few rows ahead): without it the int4 kernel read ~6.5 GB/s per thread,
 // MatMulNBits' rate; with it ~11 GB/s. Timing: fp32 and int4 steps round-robin, medians.
@@ -64,8 +68,8 @@ Int4Matrix quantize_int4(const std::vector<float>& w, int n, int k) {
       m.scales[size_t(r) * nb + b] = scale;
       uint8_t* dst = &m.packed[(size_t(r) * nb + b) * 32];
       for (int j = 0; j < 32; ++j) {
-        int lo = std::clamp(int(std::nearbyint(src[j] / scale)), -8, 7) + 8;
-        int hi = std::clamp(int(std::nearbyint(src[j + 32] / scale)), -8, 7) + 8;
+        int lo = std::clamp(int(std::nearbyint(src[2 * j] / scale)), -8, 7) + 8;
+        int hi = std::clamp(int(std::nearbyint(src[2 * j + 1] / scale)), -8, 7) + 8;
         dst[j] = uint8_t(lo | (hi << 4));
       }
     }
@@ -73,7 +77,8 @@ Int4Matrix quantize_int4(const std::vector<float>& w, int n, int k) {
   return m;
 }
 
-// x -> int8 per 64-block, scales, and 8 * scale * sum(q) per block (the unsigned-weight correction).
+// x -> int8 per 64-block (even elements, then odd: the unpacked nibble order), scales, and
+// 8 * scale * sum(q) per block (the unsigned-weight correction).
 void quantize_x(const float* x, int k, int8_t* xq, float* xs, float* corr) {
   for (int b = 0; b < k / kBlock; ++b) {
     float amax = 0.f;
@@ -82,7 +87,7 @@ void quantize_x(const float* x, int k, int8_t* xq, float* xs, float* corr) {
     int sum = 0;
     for (int i = 0; i < kBlock; ++i) {
       int q = std::clamp(int(std::nearbyint(x[b * kBlock + i] / s)), -127, 127);
-      xq[b * kBlock + i] = int8_t(q);
+      xq[b * kBlock + (i % 2) * 32 + i / 2] = int8_t(q);
       sum += q;
     }
     xs[b] = s;
@@ -192,7 +197,46 @@ std::string cpu_name() {
   return name;
 }
 
+int check_mode(const char* dir, int n, int k) {
+  auto read = [&](const char* name, void* dst, size_t bytes) {
+    std::string path = std::string(dir) + "/" + name;
+    FILE* f = std::fopen(path.c_str(), "rb");
+    size_t got = f ? std::fread(dst, 1, bytes, f) : 0;
+    if (f) std::fclose(f);
+    if (got != bytes) {
+      std::fprintf(stderr, "error: %s: expected %zu bytes, read %zu\n", path.c_str(), bytes, got);
+      return false;
+    }
+    return true;
+  };
+  if (k % kBlock || n < 1) {
+    std::fprintf(stderr, "error: K must be a multiple of %d and N >= 1 (got N=%d K=%d)\n", kBlock, n, k);
+    return 2;
+  }
+  Int4Matrix m;
+  m.n = n;
+  m.k = k;
+  m.packed.resize(size_t(n) * k / 2);
+  m.scales.resize(size_t(n) * k / kBlock);
+  std::vector<float> x(k), y(n), xs(k / kBlock), corr(k / kBlock);
+  std::vector<int8_t> xq(k);
+  if (!read("B.bin", m.packed.data(), m.packed.size()) || !read("scales.bin", m.scales.data(), m.scales.size() * 4) ||
+      !read("x.bin", x.data(), x.size() * 4))
+    return 2;
+  quantize_x(x.data(), k, xq.data(), xs.data(), corr.data());
+  gemv_int4(m, xq.data(), xs.data(), corr.data(), y.data());
+  std::string out = std::string(dir) + "/y.bin";
+  FILE* f = std::fopen(out.c_str(), "wb");
+  if (!f || std::fwrite(y.data(), 4, y.size(), f) != y.size()) {
+    std::fprintf(stderr, "error: cannot write %s\n", out.c_str());
+    return 2;
+  }
+  std::fclose(f);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 5 && std::strcmp(argv[1], "--check") == 0) return check_mode(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   int repeats = argc > 1 ? std::atoi(argv[1]) : 20;
   std::printf("machine: %s, %d logical cores; fp32 GEMV software prefetch %s\n", cpu_name().c_str(), omp_get_num_procs(),
               kPrefetchFp32 ? "on" : "off");
