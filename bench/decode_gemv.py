@@ -36,66 +36,44 @@ SHAPES = {"qkv": (960, 576, 30), "o_proj": (576, 576, 30), "gate_up": (3072, 576
           "lm_head": (49152, 576, 1)}
 
 
-def graph(n: int, k: int, copies: int, kind: str, block: int, level: int) -> tuple[bytes, int]:
-    """(serialized model, weight bytes per GEMV) with ``copies`` independent GEMVs of ``x [1, K]``."""
+def gemv_graph(shapes: list[tuple[int, int]], kind: str, block: int, level: int) -> tuple[bytes, int]:
+    """(serialized model, weight bytes of the last GEMV): one independent GEMV ``x<K> [1, K] -> [1, N]`` per
+    ``(N, K)`` in ``shapes``, each with its own seeded weights (fp32 ``MatMul`` or int4 ``MatMulNBits``)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from atp.calibration.quant_reference import quantize_int4, to_matmulnbits
 
     rng = np.random.default_rng(0)
     nodes, inits, outs, nbytes = [], [], [], 0
-    for c in range(copies):
+    for c, (n, k) in enumerate(shapes):
         w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
         outs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, [1, n]))
         if kind == "fp32":
             inits.append(numpy_helper.from_array(w.T.copy(), f"W{c}"))
-            nodes.append(helper.make_node("MatMul", ["x", f"W{c}"], [f"y{c}"]))
+            nodes.append(helper.make_node("MatMul", [f"x{k}", f"W{c}"], [f"y{c}"]))
             nbytes = w.nbytes
         else:
             w4 = quantize_int4(w, block, True)
             t = to_matmulnbits(w4.unsigned(), w4.scale, None, 4, block)
             inits += [numpy_helper.from_array(t["B"], f"B{c}"), numpy_helper.from_array(t["scales"], f"S{c}")]
-            nodes.append(helper.make_node("MatMulNBits", ["x", f"B{c}", f"S{c}"], [f"y{c}"], domain="com.microsoft", K=k, N=n,
-                                          bits=4, block_size=block, accuracy_level=level))
+            nodes.append(helper.make_node("MatMulNBits", [f"x{k}", f"B{c}", f"S{c}"], [f"y{c}"], domain="com.microsoft",
+                                          K=k, N=n, bits=4, block_size=block, accuracy_level=level))
             nbytes = t["B"].nbytes + t["scales"].nbytes
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])
-    m = helper.make_model(helper.make_graph(nodes, "gemv", [x], outs, inits),
+    ins = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k]) for k in sorted({k for _, k in shapes})]
+    m = helper.make_model(helper.make_graph(nodes, "gemvs", ins, outs, inits),
                           opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     m.ir_version = 10
     return m.SerializeToString(), nbytes
 
 
-def step_graph(kind: str, block: int, level: int, layers: int = 30) -> bytes:
-    """Every GEMV of one decode step (``layers`` x (qkv, o, gate_up, down) + lm_head), independent nodes."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    from atp.calibration.quant_reference import quantize_int4, to_matmulnbits
-
-    rng = np.random.default_rng(0)
-    nodes, inits, outs = [], [], []
-    shapes = [(name, n, k) for _ in range(layers) for name, (n, k, count) in SHAPES.items() if count > 1]
-    shapes += [(name, n, k) for name, (n, k, count) in SHAPES.items() if count == 1]
-    for c, (_, n, k) in enumerate(shapes):
-        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
-        x = f"x{k}"
-        outs.append(helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, [1, n]))
-        if kind == "fp32":
-            inits.append(numpy_helper.from_array(w.T.copy(), f"W{c}"))
-            nodes.append(helper.make_node("MatMul", [x, f"W{c}"], [f"y{c}"]))
-        else:
-            t = to_matmulnbits(*(lambda q: (q.unsigned(), q.scale))(quantize_int4(w, block, True)), None, 4, block)
-            inits += [numpy_helper.from_array(t["B"], f"B{c}"), numpy_helper.from_array(t["scales"], f"S{c}")]
-            nodes.append(helper.make_node("MatMulNBits", [x, f"B{c}", f"S{c}"], [f"y{c}"], domain="com.microsoft", K=k, N=n,
-                                          bits=4, block_size=block, accuracy_level=level))
-    ins = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k]) for k in sorted({k for _, _, k in shapes})]
-    m = helper.make_model(helper.make_graph(nodes, "decode_step_gemvs", ins, outs, inits),
-                          opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    m.ir_version = 10
-    return m.SerializeToString()
+def step_shapes(layers: int = 30) -> list[tuple[int, int]]:
+    """Every GEMV of one decode step: ``layers`` x (qkv, o, gate_up, down), then lm_head."""
+    per_layer = [(n, k) for n, k, count in SHAPES.values() if count > 1]
+    return per_layer * layers + [(n, k) for n, k, count in SHAPES.values() if count == 1]
 
 
-def time_gemv(model: bytes, k: int | None, copies: int, threads: int, repeats: int) -> float:
-    """Median microseconds per GEMV (``k`` None: a whole-step graph, inputs ``x<K>``)."""
+def time_gemv(model: bytes, copies: int, threads: int, repeats: int) -> float:
+    """Median microseconds per GEMV of a :func:`gemv_graph` holding ``copies`` GEMVs."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -143,8 +121,8 @@ def main(argv=None) -> int:
         for threads in args.threads:
             base = None
             for kind, block, level in variants:
-                model, nbytes = graph(n, k, copies, kind, block, level)
-                us = time_gemv(model, k, copies, threads, args.repeats)
+                model, nbytes = gemv_graph([(n, k)] * copies, kind, block, level)
+                us = time_gemv(model, copies, threads, args.repeats)
                 label = "fp32" if kind == "fp32" else f"int4-g{block}-L{level}"
                 base = base or us
                 totals[(threads, label)] = totals.get((threads, label), 0.0) + us * count
@@ -162,7 +140,7 @@ def main(argv=None) -> int:
                 continue
             kind, block, level = ("fp32", 0, 0) if label == "fp32" else ("int4", int(label.split("-g")[1].split("-")[0]),
                                                                         int(label.split("-L")[1]))
-            ms = time_gemv(step_graph(kind, block, level), None, 1, threads, max(5, args.repeats // 3)) / 1e3
+            ms = time_gemv(gemv_graph(step_shapes(), kind, block, level)[0], 1, threads, max(5, args.repeats // 3)) / 1e3
             base = base or ms
             summary.append(f"| {threads} | {label} | {ms:.2f} | {base / ms:.2f} | {totals[(threads, label)] / 1e3:.2f} |")
             print(summary[-1], flush=True)
