@@ -32,15 +32,37 @@ from atp.calibration.retention.base import Scorer, VisionContext, check_text_spa
 from atp.registry import SCORERS
 
 
-def fake_quant_groupwise(x: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """Symmetric per-group fake quantization along the last dimension (``D % group_size == 0``)."""
+GRANULARITIES = ("token", "tensor")
+
+
+def _fake_quant(x: torch.Tensor, bits: int, group_size: int, share_tokens: bool) -> torch.Tensor:
+    """Symmetric fake quantization along the last dimension in groups of ``group_size`` channels; a group's
+    scale spans one token, or with ``share_tokens`` the same channel group of every token (dim -2)."""
     *lead, d = x.shape
     if d % group_size:
         raise ValueError(f"feature size {d} is not a multiple of group size {group_size}")
     xg = x.reshape(*lead, d // group_size, group_size)
     qmax = float(2 ** (bits - 1) - 1)
-    scale = xg.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / qmax
+    scale = xg.abs().amax(dim=(-3, -1) if share_tokens else -1, keepdim=True).clamp_min(1e-8) / qmax
     return (torch.round(xg / scale).clamp(-qmax - 1, qmax) * scale).reshape(*lead, d)
+
+
+def fake_quant_groupwise(x: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Symmetric per-group fake quantization along the last dimension (``D % group_size == 0``)."""
+    return _fake_quant(x, bits, group_size, share_tokens=False)
+
+
+def fake_quant_tensorwise(x: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Symmetric fake quantization of ``x [B, N, D]`` with one scale per (image, channel group) shared by
+    all N tokens: a static per-tensor activation scale (TensorRT INT8 PTQ), refined per group of channels."""
+    return _fake_quant(x, bits, group_size, share_tokens=True)
+
+
+def check_granularity(granularity: str) -> str:
+    """``granularity`` if it is one of :data:`GRANULARITIES`, else ValueError."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be 'token' or 'tensor', got {granularity!r}")
+    return granularity
 
 
 def fake_quantized_vision(model: torch.nn.Module, wbits: int, abits: int, group: int = 32) -> torch.nn.Module:
@@ -64,30 +86,13 @@ def fake_quantized_vision(model: torch.nn.Module, wbits: int, abits: int, group:
     return q
 
 
-def fake_quant_tensorwise(x: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """Symmetric fake quantization of ``x [B, N, D]`` with one scale per (image, channel group) shared by
-    all N tokens: a static per-tensor activation scale (TensorRT INT8 PTQ), refined per group of channels."""
-    b, n, d = x.shape
-    if d % group_size:
-        raise ValueError(f"feature size {d} is not a multiple of group size {group_size}")
-    xg = x.reshape(b, n, d // group_size, group_size)
-    qmax = float(2 ** (bits - 1) - 1)
-    scale = xg.abs().amax(dim=(1, 3), keepdim=True).clamp_min(1e-8) / qmax
-    return (torch.round(xg / scale).clamp(-qmax - 1, qmax) * scale).reshape(b, n, d)
-
-
 def token_terms(x: torch.Tensor, bits: int, group_size: int, granularity: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
     """(relative quantization error [B, N], outlier intensity [B, N]) of tokens ``x [B, N, D]``.
 
     ``granularity`` ``"token"``: scales per token and channel group (dynamic, as ORT's MatMulNBits
     quantizes its input rows); ``"tensor"``: scales per channel group shared by the image's tokens.
     """
-    if granularity == "tensor":
-        q = fake_quant_tensorwise(x, bits, group_size)
-    elif granularity == "token":
-        q = fake_quant_groupwise(x, bits, group_size)
-    else:
-        raise ValueError(f"granularity must be 'token' or 'tensor', got {granularity!r}")
+    q = _fake_quant(x, bits, group_size, share_tokens=check_granularity(granularity) == "tensor")
     err = (x - q).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
     rms = x.pow(2).mean(dim=-1).sqrt().clamp_min(1e-8)
     return err, x.abs().amax(dim=-1) / rms
@@ -118,9 +123,7 @@ class QuantAwareScorer(Scorer):
         self.weights = tuple(float(w) / total for w in weights)
         self.alpha = unit_interval("alpha", alpha)
         self.text_space = check_text_space(text_space)
-        if granularity not in ("token", "tensor"):
-            raise ValueError(f"granularity must be 'token' or 'tensor', got {granularity!r}")
-        self.granularity = granularity
+        self.granularity = check_granularity(granularity)
         # without a text term the graph takes no prompt (an unused input would vanish from the export)
         self.needs_text = bool(self.weights[2]) and self.alpha < 1.0
 

@@ -16,6 +16,10 @@ def _has_vnni() -> bool:
         return False
 
 
+pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="no g++"),
+              pytest.mark.skipif(not _has_vnni(), reason="the prototype kernel needs AVX-512 VNNI")]
+
+
 @pytest.fixture(scope="module")
 def exe(tmp_path_factory):
     exe = tmp_path_factory.mktemp("int4_gemv") / "int4_gemv"
@@ -24,8 +28,6 @@ def exe(tmp_path_factory):
     return exe
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
-@pytest.mark.skipif(not _has_vnni(), reason="the prototype kernel needs AVX-512 VNNI")
 @pytest.mark.parametrize("n,k", [(96, 576), (7, 1536)])  # 7: rows outside the 4-row groups
 def test_int4_kernel_matches_onnxruntime_matmulnbits(exe, tmp_path, n, k):
     """MatMulNBits' own initializers (bits 4, block 64, symmetric): within 1e-5 x max|y| of ORT's accuracy_level 4."""
@@ -57,8 +59,6 @@ def test_int4_kernel_matches_onnxruntime_matmulnbits(exe, tmp_path, n, k):
     np.testing.assert_allclose(ours, ref, atol=1e-5 * float(np.abs(ref).max()), rtol=0)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
-@pytest.mark.skipif(not _has_vnni(), reason="the prototype kernel needs AVX-512 VNNI")
 def test_int4_kernel_matches_the_double_reference(exe):
     out = subprocess.run([str(exe), "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
