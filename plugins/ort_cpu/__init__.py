@@ -1,0 +1,220 @@
+"""atp.plugins.ort_cpu: ONNX Runtime CPU custom ops (``libatp_ort_cpu.so``).
+
+One op today, ``atp.cpu::MatMulInt4``: an int4 x int8 GEMM with the numerics of ``com.microsoft.MatMulNBits``
+(bits 4, symmetric, ``accuracy_level=4``) that reads MatMulNBits' own initializers, so a graph rewrite
+(:func:`swap_matmulnbits`) only changes op types. It exists because MatMulNBits streams its packed weights at
+about a third of fp32 MatMul's rate at decode on AVX-512 CPUs (``bench/decode_gemv.py``); see README.md here.
+
+Build once (needs a C++17 compiler and ONNX Runtime's C/C++ headers, fetched from Debian when missing)::
+
+    python -m atp.plugins.ort_cpu build            # into the user cache, where the runtime finds it
+    python -m atp.plugins.ort_cpu info             # path, ISA path in use, version
+
+The Python runtime (``ort`` backend) then swaps MatMulNBits for MatMulInt4 on CPUs with AVX-512 VNNI
+(``ATP_ORT_CPU_KERNELS=off`` disables it, ``=PATH`` names a library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from atp.errors import AtpError
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "matmul_int4.cpp"
+LIB_NAME = "libatp_ort_cpu.so"
+DOMAIN = "atp.cpu"
+OP = "MatMulInt4"
+MS_DOMAIN = "com.microsoft"
+FAST_ISAS = ("avx512vnni",)  # where MatMulInt4 beats MatMulNBits (measured); elsewhere the runtime keeps MatMulNBits
+ENV = "ATP_ORT_CPU_KERNELS"
+_FETCH_DEPS = HERE.parent.parent / "runtime" / "cpp" / "tools" / "fetch_deps.py"
+
+
+class OrtCpuKernelError(AtpError):
+    """The ORT CPU kernel library cannot be built or loaded."""
+
+
+@dataclass(frozen=True)
+class OrtCpuKernels:
+    """A built ``libatp_ort_cpu.so``: where it is and which code path it runs on this CPU."""
+
+    path: Path
+    isa: str
+    version: str
+
+    @property
+    def fast(self) -> bool:
+        """True where MatMulInt4 is faster than MatMulNBits (AVX-512 VNNI)."""
+        return self.isa in FAST_ISAS
+
+
+def source_hash() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+
+
+def default_dir() -> Path:
+    """The user cache folder for this source version: ``$XDG_CACHE_HOME/atp/ort_cpu/<hash of the source>``."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "atp" / "ort_cpu" / source_hash()
+
+
+def ort_headers(deps_dir: Path) -> Path:
+    """The folder holding ``onnxruntime_cxx_api.h``: ``$ATP_ORT_INCLUDE_DIR``, the system's, or Debian's
+    ``libonnxruntime-dev`` fetched into ``deps_dir`` (runtime/cpp/tools/fetch_deps.py; nothing under /etc/apt)."""
+    candidates = [os.environ.get("ATP_ORT_INCLUDE_DIR"), "/usr/include/onnxruntime", "/usr/local/include/onnxruntime",
+                  deps_dir / "ort" / "include" / "onnxruntime"]
+    for c in candidates:
+        if c and (Path(c) / "onnxruntime_cxx_api.h").is_file():
+            return Path(c)
+    if not _FETCH_DEPS.is_file():
+        raise OrtCpuKernelError("ONNX Runtime C++ headers not found; set ATP_ORT_INCLUDE_DIR to the folder holding "
+                                "onnxruntime_cxx_api.h (Debian: apt install libonnxruntime-dev)")
+    log.info("fetching ONNX Runtime headers (Debian libonnxruntime-dev) into %s", deps_dir)
+    deps_dir.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([sys.executable, str(_FETCH_DEPS), "--dest", str(deps_dir), "--what", "ort"],
+                         capture_output=True, text=True)
+    inc = deps_dir / "ort" / "include" / "onnxruntime"
+    if not (inc / "onnxruntime_cxx_api.h").is_file():
+        raise OrtCpuKernelError(f"ONNX Runtime C++ headers not found and the fetch failed ({res.stdout.strip()} "
+                                f"{res.stderr.strip()[-300:]}); set ATP_ORT_INCLUDE_DIR or apt install libonnxruntime-dev")
+    return inc
+
+
+def build(out_dir: str | Path | None = None, cxx: str | None = None, deps_dir: str | Path | None = None) -> Path:
+    """Compile ``libatp_ort_cpu.so`` into ``out_dir`` (default: :func:`default_dir`); returns its path.
+
+    One translation unit, no link-time dependency on ONNX Runtime (the op reaches ORT through the API table ORT
+    hands ``RegisterCustomOps``). The ISA paths are compiled with function target attributes and chosen at load,
+    so the library is portable across x86-64 CPUs; written to a temp file and renamed.
+
+    Raises:
+        OrtCpuKernelError: no compiler, no headers, or the compiler failed (with its output's tail).
+    """
+    out_dir = Path(out_dir) if out_dir else default_dir()
+    cxx = cxx or os.environ.get("CXX") or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if not cxx or not shutil.which(cxx):
+        raise OrtCpuKernelError("cannot build the ORT CPU kernels: no C++ compiler (c++, g++ or clang++) on PATH")
+    inc = ort_headers(Path(deps_dir) if deps_dir else out_dir.parent / "deps")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / LIB_NAME
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_lib = Path(tmp) / LIB_NAME
+        cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-uninitialized",
+               "-Wno-maybe-uninitialized", f"-I{inc}", str(SOURCE), "-o", str(tmp_lib)]
+        log.info("building %s", lib)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise OrtCpuKernelError(f"compiling {SOURCE.name} failed:\n{(res.stdout + res.stderr)[-3000:]}")
+        os.replace(tmp_lib, lib)
+    return lib
+
+
+def load(path: str | Path) -> OrtCpuKernels:
+    """Open a built library and ask it which ISA path it runs.
+
+    Raises:
+        OrtCpuKernelError: the file is missing, not loadable, or not this library.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OrtCpuKernelError(f"ORT CPU kernel library {path} does not exist; build it with: "
+                                f"python -m atp.plugins.ort_cpu build")
+    try:
+        handle = ctypes.CDLL(str(path.resolve()))
+    except OSError as exc:
+        raise OrtCpuKernelError(f"cannot load {path}: {exc}") from None
+    if not hasattr(handle, "atp_ort_cpu_isa"):
+        raise OrtCpuKernelError(f"{path} is not libatp_ort_cpu (no atp_ort_cpu_isa symbol)")
+    handle.atp_ort_cpu_isa.restype = handle.atp_ort_cpu_version.restype = ctypes.c_char_p
+    return OrtCpuKernels(path, handle.atp_ort_cpu_isa().decode(), handle.atp_ort_cpu_version().decode())
+
+
+def find(setting: str | None = None) -> OrtCpuKernels | None:
+    """The library the runtime should use, per ``setting`` (default ``$ATP_ORT_CPU_KERNELS`` or ``auto``):
+    ``off`` -> None; ``auto`` -> the cached build if there is one, else None; a path -> that library (must load)."""
+    setting = setting or os.environ.get(ENV) or "auto"
+    if setting == "off":
+        return None
+    if setting == "auto":
+        lib = default_dir() / LIB_NAME
+        if not lib.is_file():
+            log.debug("no %s at %s (python -m atp.plugins.ort_cpu build)", LIB_NAME, lib)
+            return None
+        return load(lib)
+    return load(setting)
+
+
+# ---------------------------------------------------------------------------------------------- graph rewrite
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def swappable(node) -> bool:
+    """A MatMulNBits node MatMulInt4 computes identically: bits 4, accuracy_level 4, no zero points / g_idx /
+    bias, block size 32 or a multiple of 64 with the padded K a multiple of 64."""
+    if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN:
+        return False
+    a = _attrs(node)
+    k, bs = a.get("K", 0), a.get("block_size", 0)
+    if a.get("bits", 4) != 4 or a.get("accuracy_level", 0) != 4 or k < 1:
+        return False
+    if not (bs == 32 or (bs >= 64 and bs % 64 == 0)) or (-(-k // bs) * bs) % 64:
+        return False
+    return len([i for i in node.input if i]) == 3 and len(node.input) <= 3
+
+
+def swap_matmulnbits(model) -> int:
+    """Turn every :func:`swappable` MatMulNBits node of ``model`` (in place) into ``atp.cpu::MatMulInt4`` with the
+    same inputs and K / N / bits / block_size; returns how many were swapped."""
+    from onnx import helper
+
+    count = 0
+    for node in model.graph.node:
+        if not swappable(node):
+            continue
+        keep = [a for a in node.attribute if a.name in ("K", "N", "bits", "block_size")]
+        node.op_type, node.domain = OP, DOMAIN
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        count += 1
+    if count and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return count
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atp.plugins.ort_cpu", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="compile libatp_ort_cpu.so (default: into the user cache the runtime reads)")
+    b.add_argument("--out", help="output folder (default: %(default)s)", default=None)
+    sub.add_parser("info", help="where the library is and which ISA path it runs")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.cmd == "build":
+            lib = load(build(args.out))
+            log.info("built %s (ISA path: %s%s)", lib.path, lib.isa, "" if lib.fast else
+                     "; the runtime keeps MatMulNBits on this CPU, MatMulInt4 is faster only with AVX-512 VNNI")
+        else:
+            lib = find("auto")
+            log.info("%s", f"{lib.path}: ISA path {lib.isa}, op version {lib.version}" if lib else
+                     f"not built (expected at {default_dir() / LIB_NAME}); python -m atp.plugins.ort_cpu build")
+    except OrtCpuKernelError as exc:
+        log.error("error: %s", exc)
+        return 2
+    return 0

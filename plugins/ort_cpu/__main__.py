@@ -1,0 +1,5 @@
+import sys
+
+from atp.plugins.ort_cpu import main
+
+sys.exit(main())

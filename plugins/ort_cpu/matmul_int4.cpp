@@ -1,0 +1,450 @@
+// libatp_ort_cpu: ONNX Runtime CPU custom op `atp.cpu::MatMulInt4`, an int4 x int8 GEMM that reads
+// com.microsoft.MatMulNBits' own initializers (bits 4, symmetric: no zero points), so a graph rewrite swaps
+// the op type and keeps every tensor (atp.plugins.ort_cpu.swap_matmulnbits).
+//
+// Why: at decode (M = 1) MatMulNBits (accuracy_level 4) streams its packed weights at ~6.6 GB/s per thread on
+// the Xeon we measure on, a third of fp32 MatMul's rate, which caps int4 decode near 3.4x fp32. This kernel
+// (AVX-512 VNNI, four weight rows per iteration, software prefetch two row groups ahead; the prototype is
+// bench/int4_gemv_cpu/) reads them ~1.5x faster.
+//
+// Numerics = MatMulNBits accuracy_level 4: each row of A is quantized to int8 per block of `block_size`
+// (symmetric, scale = max|a| / 127), y = sum_b sw[n,b] * sa[m,b] * dot(q_w - 8, q_a).
+// Weights: B uint8 [N, nblk, block_size / 2] (byte j of a block: element 2j in the low nibble, 2j + 1 in the high
+// one, unsigned code = q + 8), scales fp32 [N * nblk]; K is padded to nblk * block_size with zero codes.
+// Inside the kernel A's int8 codes are stored per 64-element chunk even elements first, then odd ones: that is the
+// order in which one 32-byte load of B unpacks (low nibbles, then high nibbles), for any block size.
+//
+// Paths: AVX-512 VNNI (the fast one), AVX2 (maddubs) and portable scalar C++; the best the CPU has is picked at
+// kernel creation (ATP_ORT_CPU_ISA=scalar|avx2|avx512vnni picks a lower one, e.g. for tests). Threads: ORT's intra-op pool
+// (KernelContext_ParallelFor), so the op never competes with ORT's own spinning workers.
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define ATP_X86 1
+#else
+#define ATP_X86 0
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr const char* kDomain = "atp.cpu";
+constexpr const char* kOpName = "MatMulInt4";
+constexpr const char* kVersion = "1";
+constexpr int64_t kChunk = 64;  // elements of A per 32-byte load of B
+
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512Vnni ? "avx512vnni" : isa == Isa::kAvx2 ? "avx2" : "scalar";
+}
+
+Isa detect_isa() {
+  Isa best = Isa::kScalar;
+#if ATP_X86 && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512vnni"))
+    best = Isa::kAvx512Vnni;
+#endif
+  const char* want = std::getenv("ATP_ORT_CPU_ISA");
+  if (want && *want) {
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
+      if (std::strcmp(want, isa_name(isa)) == 0 && int(isa) <= int(best)) return isa;
+  }
+  return best;
+}
+
+// One MatMulInt4 problem: y[M, N] = A[M, K] x W[N, K]^T.
+struct Problem {
+  const uint8_t* b = nullptr;    // [N, nblk * bs / 2]
+  const float* sw = nullptr;     // [N, nblk]
+  const int8_t* xq = nullptr;    // [M, kp], per 64-chunk even-then-odd
+  const float* sx = nullptr;     // [M, nblk]
+  const float* corr = nullptr;   // [M, nblk]: 8 * sx * sum(q) (the unsigned-code correction)
+  float* y = nullptr;            // [M, N]
+  int64_t m = 0, n = 0, k = 0, bs = 0, nblk = 0, kp = 0, nchunk = 0;
+  size_t stride = 0;             // bytes of B per row
+};
+
+// ---------------------------------------------------------------------------------------------- A quantization
+void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float* corr) {
+  std::memset(xq, 0, size_t(p.kp));
+  for (int64_t b = 0; b < p.nblk; ++b) {
+    const int64_t lo = b * p.bs, hi = std::min(p.k, lo + p.bs);
+    float amax = 0.f;
+    for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(a[i]));
+    const float s = amax / 127.f;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    int sum = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const int q = std::clamp(int(std::nearbyint(a[i] * inv)), -127, 127);
+      const int64_t c = i / kChunk, e = i % kChunk;
+      xq[c * kChunk + (e % 2) * 32 + e / 2] = int8_t(q);
+      sum += q;
+    }
+    sx[b] = s;
+    corr[b] = 8.f * s * float(sum);
+  }
+}
+
+inline float correction(const float* sw, const float* corr, int64_t nblk) {
+  float c = 0.f;
+  for (int64_t b = 0; b < nblk; ++b) c += sw[b] * corr[b];
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------- scalar
+void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = p.b + size_t(r) * p.stride;
+    const float* sw = p.sw + r * p.nblk;
+    for (int64_t m = 0; m < p.m; ++m) {
+      const int8_t* xq = p.xq + m * p.kp;
+      const float* sx = p.sx + m * p.nblk;
+      float acc = 0.f;
+      for (int64_t b = 0; b < p.nblk; ++b) {
+        int32_t dot = 0;
+        for (int64_t i = b * p.bs; i < (b + 1) * p.bs; ++i) {
+          const uint8_t byte = row[i / 2];
+          const int u = (i % 2) ? (byte >> 4) : (byte & 15);
+          const int64_t c = i / kChunk, e = i % kChunk;
+          dot += u * xq[c * kChunk + (e % 2) * 32 + e / 2];
+        }
+        acc += sw[b] * sx[b] * float(dot);
+      }
+      p.y[m * p.n + r] = acc - correction(sw, p.corr + m * p.nblk, p.nblk);
+    }
+  }
+}
+
+#if ATP_X86
+// ---------------------------------------------------------------------------------------------- AVX-512 VNNI
+#define ATP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+
+// Per-lane scale of one 64-element chunk: int32 lane l sums elements of block (chunk * 64 + 8 * (l % 8)) / bs.
+// bs >= 64: one block per chunk. bs == 32: lanes 0-3 and 8-11 belong to the chunk's first block, 4-7 and 12-15
+// to its second.
+ATP_AVX512 inline __m512 lane_scale512(const float* s, int64_t c, int64_t bs) {
+  if (bs == 32) return _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(s[2 * c]), _mm512_set1_ps(s[2 * c + 1]));
+  return _mm512_set1_ps(s[c * kChunk / bs]);
+}
+
+ATP_AVX512 inline __m512i unpack512(const uint8_t* q, __m256i low) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low)), _mm256_and_si256(_mm256_srli_epi16(v, 4), low), 1);
+}
+
+// M = 1: four rows per iteration (four independent dpbusd/fma chains), prefetching two row groups ahead: the
+// hardware prefetcher does not keep up with a stream consumed this slowly (measured: 6.5 vs 11 GB/s per thread).
+ATP_AVX512 void gemv_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const size_t st = p.stride;
+  std::vector<float> sbuf(size_t(4 * p.nblk));
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const uint8_t* row = p.b + size_t(r) * st;
+    const float* sw = p.sw + r * p.nblk;
+    float* s = sbuf.data();  // s[i * nblk + b] = sw[r + i, b] * sx[b]
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t b = 0; b < p.nblk; ++b) s[i * p.nblk + b] = sw[i * p.nblk + b] * p.sx[b];
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < p.nchunk; ++c) {
+      const __m512i xv = _mm512_loadu_si512(p.xq + c * kChunk);
+      const uint8_t* q = row + c * 32;
+      _mm_prefetch(reinterpret_cast<const char*>(q + 8 * st), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q + 9 * st), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q + 10 * st), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q + 11 * st), _MM_HINT_T0);
+      const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q, low), xv);
+      const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q + st, low), xv);
+      const __m512i d2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q + 2 * st, low), xv);
+      const __m512i d3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q + 3 * st, low), xv);
+      a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), lane_scale512(s, c, p.bs), a0);
+      a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), lane_scale512(s + p.nblk, c, p.bs), a1);
+      a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d2), lane_scale512(s + 2 * p.nblk, c, p.bs), a2);
+      a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d3), lane_scale512(s + 3 * p.nblk, c, p.bs), a3);
+    }
+    p.y[r] = _mm512_reduce_add_ps(a0) - correction(sw, p.corr, p.nblk);
+    p.y[r + 1] = _mm512_reduce_add_ps(a1) - correction(sw + p.nblk, p.corr, p.nblk);
+    p.y[r + 2] = _mm512_reduce_add_ps(a2) - correction(sw + 2 * p.nblk, p.corr, p.nblk);
+    p.y[r + 3] = _mm512_reduce_add_ps(a3) - correction(sw + 3 * p.nblk, p.corr, p.nblk);
+  }
+  for (; r < r1; ++r) {
+    const uint8_t* row = p.b + size_t(r) * st;
+    const float* sw = p.sw + r * p.nblk;
+    float* s = sbuf.data();
+    for (int64_t b = 0; b < p.nblk; ++b) s[b] = sw[b] * p.sx[b];
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t c = 0; c < p.nchunk; ++c) {
+      const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(row + c * 32, low), _mm512_loadu_si512(p.xq + c * kChunk));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), lane_scale512(s, c, p.bs), acc);
+    }
+    p.y[r] = _mm512_reduce_add_ps(acc) - correction(sw, p.corr, p.nblk);
+  }
+}
+
+// M > 1 (prefill): a tile of R weight rows x MT rows of A; each unpacked chunk of B serves MT rows of A.
+template <int R, int MT>
+ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  __m512 acc[R][MT];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < MT; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < p.nchunk; ++c) {
+    __m512i w[R];
+    __m512 sw[R];
+    for (int i = 0; i < R; ++i) {
+      w[i] = unpack512(p.b + size_t(r + i) * p.stride + c * 32, low);
+      sw[i] = lane_scale512(p.sw + (r + i) * p.nblk, c, p.bs);
+    }
+    for (int j = 0; j < MT; ++j) {
+      const __m512i xv = _mm512_loadu_si512(p.xq + (m0 + j) * p.kp + c * kChunk);
+      const __m512 sx = lane_scale512(p.sx + (m0 + j) * p.nblk, c, p.bs);
+      for (int i = 0; i < R; ++i) {
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[i], xv));
+        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(d, sw[i]), sx, acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < MT; ++j)
+      p.y[(m0 + j) * p.n + r + i] =
+          _mm512_reduce_add_ps(acc[i][j]) - correction(p.sw + (r + i) * p.nblk, p.corr + (m0 + j) * p.nblk, p.nblk);
+}
+
+template <int R>
+ATP_AVX512 void tiles_avx512(const Problem& p, int64_t r) {
+  int64_t m = 0;
+  for (; m + 4 <= p.m; m += 4) tile_avx512<R, 4>(p, r, m);
+  switch (p.m - m) {
+    case 3: tile_avx512<R, 3>(p, r, m); break;
+    case 2: tile_avx512<R, 2>(p, r, m); break;
+    case 1: tile_avx512<R, 1>(p, r, m); break;
+    default: break;
+  }
+}
+
+ATP_AVX512 void gemm_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) tiles_avx512<4>(p, r);
+  for (; r < r1; ++r) tiles_avx512<1>(p, r);
+}
+
+// ---------------------------------------------------------------------------------------------- AVX2
+#define ATP_AVX2 __attribute__((target("avx2,fma")))
+
+// A chunk unpacks into two 256-bit halves (low nibbles = chunk elements 0, 2, .., 62; high = 1, 3, .., 63); int32
+// lane l of either half covers elements of block (chunk * 64 + 8 * l) / bs, so one lane scale serves both.
+ATP_AVX2 inline __m256 lane_scale256(const float* s, int64_t c, int64_t bs) {
+  if (bs == 32) return _mm256_blend_ps(_mm256_set1_ps(s[2 * c]), _mm256_set1_ps(s[2 * c + 1]), 0xF0);
+  return _mm256_set1_ps(s[c * kChunk / bs]);
+}
+
+// dot of 32 unsigned codes (<= 15) with 32 int8 values, as 8 int32 lanes (maddubs pairs fit int16: 2 * 15 * 127)
+ATP_AVX2 inline __m256i dot_u4_s8(__m256i u, __m256i x, __m256i ones) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+}
+
+ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = p.b + size_t(r) * p.stride;
+    const float* sw = p.sw + r * p.nblk;
+    for (int64_t m = 0; m < p.m; ++m) {
+      const int8_t* xq = p.xq + m * p.kp;
+      const float* sx = p.sx + m * p.nblk;
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t c = 0; c < p.nchunk; ++c) {
+        const uint8_t* q = row + c * 32;
+        if (p.m == 1) _mm_prefetch(reinterpret_cast<const char*>(q + 4 * p.stride), _MM_HINT_T0);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
+        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk + 32));
+        const __m256 s = _mm256_mul_ps(lane_scale256(sw, c, p.bs), lane_scale256(sx, c, p.bs));
+        const __m256i d = _mm256_add_epi32(dot_u4_s8(lo, x0, ones), dot_u4_s8(hi, x1, ones));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc);
+      }
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+      p.y[m * p.n + r] = _mm_cvtss_f32(h) - correction(sw, p.corr + m * p.nblk, p.nblk);
+    }
+  }
+}
+#endif  // ATP_X86
+
+void run_rows(const Problem& p, int64_t r0, int64_t r1, Isa isa) {
+#if ATP_X86
+  if (isa == Isa::kAvx512Vnni) return p.m == 1 ? gemv_avx512(p, r0, r1) : gemm_avx512(p, r0, r1);
+  if (isa == Isa::kAvx2) return gemm_avx2(p, r0, r1);
+#endif
+  (void)isa;
+  rows_scalar(p, r0, r1);
+}
+
+// ---------------------------------------------------------------------------------------------- the ORT op
+constexpr size_t kTasks = 24;  // row ranges per GEMM: even shares for 1, 2, 3, 4, 6, 8 and 12 threads
+
+struct RowTask {
+  const Problem* p;
+  Isa isa;
+  int64_t groups, per_task;
+};
+
+void row_task(void* data, size_t i) {
+  const RowTask& t = *static_cast<const RowTask*>(data);
+  const int64_t g0 = int64_t(i) * t.per_task, g1 = std::min(t.groups, g0 + t.per_task);
+  if (g0 < g1) run_rows(*t.p, 4 * g0, std::min(t.p->n, 4 * g1), t.isa);
+}
+
+struct QuantTask {
+  const float* a;
+  Problem* p;
+  int8_t* xq;
+  float *sx, *corr;
+};
+
+void quant_task(void* data, size_t m) {
+  const QuantTask& t = *static_cast<const QuantTask*>(data);
+  quantize_row(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.corr + m * t.p->nblk);
+}
+
+struct MatMulInt4Kernel {
+  int64_t k = 0, n = 0, bs = 0, nblk = 0;
+  Isa isa = Isa::kScalar;
+  std::vector<int8_t> xq;
+  std::vector<float> sx, corr;
+
+  explicit MatMulInt4Kernel(const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo ki(info);
+    k = ki.GetAttribute<int64_t>("K");
+    n = ki.GetAttribute<int64_t>("N");
+    bs = ki.GetAttribute<int64_t>("block_size");
+    const int64_t bits = ki.GetAttribute<int64_t>("bits");
+    if (bits != 4) throw std::invalid_argument("MatMulInt4 supports bits = 4 only, got " + std::to_string(bits));
+    if (k < 1 || n < 1) throw std::invalid_argument("MatMulInt4 needs K >= 1 and N >= 1");
+    if (!(bs == 32 || (bs >= 64 && bs % 64 == 0)))
+      throw std::invalid_argument("MatMulInt4 needs block_size 32 or a multiple of 64, got " + std::to_string(bs));
+    nblk = (k + bs - 1) / bs;
+    if ((nblk * bs) % kChunk)
+      throw std::invalid_argument("MatMulInt4 needs ceil(K / block_size) * block_size to be a multiple of 64");
+    isa = detect_isa();  // per kernel: ATP_ORT_CPU_ISA applies to sessions created after it is set
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Ort::KernelContext ctx(context);
+      Ort::ConstValue a = ctx.GetInput(0), b = ctx.GetInput(1), s = ctx.GetInput(2);
+      std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
+      if (shape.empty() || shape.back() != k)
+        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, ("MatMulInt4: A's last dimension must be K = " + std::to_string(k)).c_str());
+      const size_t b_elems = b.GetTensorTypeAndShapeInfo().GetElementCount(), s_elems = s.GetTensorTypeAndShapeInfo().GetElementCount();
+      if (b_elems != size_t(n * nblk * bs / 2) || s_elems != size_t(n * nblk))
+        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: B or scales do not hold N x ceil(K / block_size) blocks");
+      int64_t m = 1;
+      for (size_t i = 0; i + 1 < shape.size(); ++i) m *= shape[i];
+      shape.back() = n;
+      Ort::UnownedValue y = ctx.GetOutput(0, shape);
+      if (m == 0) return nullptr;
+      Problem p;
+      p.m = m, p.n = n, p.k = k, p.bs = bs, p.nblk = nblk, p.kp = nblk * bs, p.nchunk = nblk * bs / kChunk;
+      p.stride = size_t(nblk * bs / 2);
+      p.b = b.GetTensorData<uint8_t>();
+      p.sw = s.GetTensorData<float>();
+      p.y = y.GetTensorMutableData<float>();
+      xq.resize(size_t(m * p.kp) + kChunk);  // + slack: no vector load ends past the buffer
+      sx.resize(size_t(m * nblk));
+      corr.resize(size_t(m * nblk));
+      const float* ad = a.GetTensorData<float>();
+      QuantTask qt{ad, &p, xq.data(), sx.data(), corr.data()};
+      if (m == 1) {
+        quant_task(&qt, 0);
+      } else {
+        ctx.ParallelFor(quant_task, size_t(m), 0, &qt);
+      }
+      p.xq = xq.data(), p.sx = sx.data(), p.corr = corr.data();
+      RowTask rt{&p, isa, (n + 3) / 4, 0};
+      rt.per_task = (rt.groups + kTasks - 1) / kTasks;
+      const size_t tasks = size_t((rt.groups + rt.per_task - 1) / rt.per_task);
+      if (tasks == 1) {
+        row_task(&rt, 0);
+      } else {
+        ctx.ParallelFor(row_task, tasks, 0, &rt);
+      }
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+    } catch (const std::exception& e) {
+      return Ort::GetApi().CreateStatus(ORT_FAIL, (std::string("MatMulInt4: ") + e.what()).c_str());
+    }
+  }
+};
+
+struct MatMulInt4Op : Ort::CustomOpBase<MatMulInt4Op, MatMulInt4Kernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new MatMulInt4Kernel(info);
+      return nullptr;
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
+    }
+  }
+  const char* GetName() const { return kOpName; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    Ort::ShapeInferContext::Shape shape = ctx.GetInputShape(0);
+    if (shape.empty()) return Ort::Status("MatMulInt4: A must have at least one dimension", ORT_INVALID_ARGUMENT);
+    shape.back() = Ort::ShapeInferContext::SymbolicInteger(ctx.GetAttrInt("N"));
+    return ctx.SetOutputShape(0, shape);
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) const char* atp_ort_cpu_isa() { return isa_name(detect_isa()); }
+__attribute__((visibility("default"))) const char* atp_ort_cpu_version() { return kVersion; }
+
+__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
+  const OrtApi* api = base->GetApi(ORT_API_VERSION);
+  if (!api) return nullptr;  // an ONNX Runtime older than the headers: nothing we can report through
+  Ort::InitApi(api);
+  static const MatMulInt4Op op;
+  static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
+  static std::mutex mu;
+  try {
+    Ort::CustomOpDomain domain{kDomain};
+    domain.Add(&op);
+    Ort::UnownedSessionOptions(options).Add(domain);
+    std::lock_guard<std::mutex> lock(mu);
+    domains.push_back(std::move(domain));
+  } catch (const Ort::Exception& e) {
+    return api->CreateStatus(e.GetOrtErrorCode(), e.what());
+  }
+  return nullptr;
+}
+
+}  // extern "C"
