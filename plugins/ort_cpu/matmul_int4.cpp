@@ -73,14 +73,16 @@ struct Problem {
   const float* sw = nullptr;     // [N, nblk]
   const int8_t* xq = nullptr;    // [M, kp], per 64-chunk even-then-odd
   const float* sx = nullptr;     // [M, nblk]
-  const float* corr = nullptr;   // [M, nblk]: 8 * sx * sum(q) (the unsigned-code correction)
+  const float* corr = nullptr;   // [M, nblk]: 8 * sx * sum(q) (the unsigned-code correction, scalar/AVX2 paths)
+  const int32_t* ncx = nullptr;  // [M, nchunk, 16]: -8 * (sum of the 4 codes under int32 lane l), AVX-512 path
   float* y = nullptr;            // [M, N]
   int64_t m = 0, n = 0, k = 0, bs = 0, nblk = 0, kp = 0, nchunk = 0;
+  int shift = 0;                 // log2(chunks per block) for block_size >= 64
   size_t stride = 0;             // bytes of B per row
 };
 
 // ---------------------------------------------------------------------------------------------- A quantization
-void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float* corr) {
+void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float* corr, int32_t* ncx) {
   std::memset(xq, 0, size_t(p.kp));
   for (int64_t b = 0; b < p.nblk; ++b) {
     const int64_t lo = b * p.bs, hi = std::min(p.k, lo + p.bs);
@@ -98,6 +100,13 @@ void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float
     sx[b] = s;
     corr[b] = 8.f * s * float(sum);
   }
+  // dpbusd lane l of a chunk sums bytes 4l..4l+3 of (unsigned code x int8 A); starting it from -8 * sum(A bytes)
+  // makes it the signed dot (codes are q + 8), so the AVX-512 path needs no correction pass.
+  for (int64_t c = 0; c < p.nchunk; ++c)
+    for (int l = 0; l < 16; ++l) {
+      const int8_t* q = xq + c * kChunk + 4 * l;
+      ncx[c * 16 + l] = -8 * (int32_t(q[0]) + q[1] + q[2] + q[3]);
+    }
 }
 
 inline float correction(const float* sw, const float* corr, int64_t nblk) {
@@ -134,12 +143,17 @@ void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
 // ---------------------------------------------------------------------------------------------- AVX-512 VNNI
 #define ATP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
 
-// Per-lane scale of one 64-element chunk: int32 lane l sums elements of block (chunk * 64 + 8 * (l % 8)) / bs.
-// bs >= 64: one block per chunk. bs == 32: lanes 0-3 and 8-11 belong to the chunk's first block, 4-7 and 12-15
-// to its second.
-ATP_AVX512 inline __m512 lane_scale512(const float* s, int64_t c, int64_t bs) {
-  if (bs == 32) return _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(s[2 * c]), _mm512_set1_ps(s[2 * c + 1]));
-  return _mm512_set1_ps(s[c * kChunk / bs]);
+// The scale of each int32 lane of chunk c's dot, from per-block scales s. Lane l sums elements of chunk half
+// (l % 8) / 4: with block_size 32 (kSplit) lanes 0-3 and 8-11 take block 2c, lanes 4-7 and 12-15 block 2c + 1;
+// otherwise every lane takes block c >> shift.
+template <bool kSplit>
+ATP_AVX512 inline __m512 lane_scale512(const float* s, int64_t c, int shift) {
+  if (kSplit) {
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + 2 * c)));
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two));
+  }
+  return _mm512_set1_ps(s[c >> shift]);
 }
 
 ATP_AVX512 inline __m512i unpack512(const uint8_t* q, __m256i low) {
@@ -147,59 +161,106 @@ ATP_AVX512 inline __m512i unpack512(const uint8_t* q, __m256i low) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low)), _mm256_and_si256(_mm256_srli_epi16(v, 4), low), 1);
 }
 
+ATP_AVX512 inline __m128 hsum256(__m512 a) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// [sum(a0), sum(a1), sum(a2), sum(a3)]
+ATP_AVX512 inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  return _mm_hadd_ps(_mm_hadd_ps(hsum256(a0), hsum256(a1)), _mm_hadd_ps(hsum256(a2), hsum256(a3)));
+}
+
+// quantize_row for the AVX-512 path, same numbers (round to nearest even, scale = amax / 127): per block amax, then
+// per chunk: scale, round, deinterleave even/odd elements, narrow to int8; the lane sums for ncx come from one
+// dpbusd with all-ones bytes. Elements past K (the last block's padding) read as zero via masked loads.
+ATP_AVX512 inline __m512 load16(const float* a, int64_t i, int64_t k) {  // 16 floats of A from element i, zero past K
+  const int64_t left = k - i;
+  if (left >= 16) return _mm512_loadu_ps(a + i);
+  return left > 0 ? _mm512_maskz_loadu_ps(__mmask16((1u << left) - 1), a + i) : _mm512_setzero_ps();
+}
+
+ATP_AVX512 void quantize_row_avx512(const float* a, const Problem& p, int8_t* xq, float* sx, int32_t* ncx) {
+  for (int64_t b = 0; b < p.nblk; ++b) {
+    __m512 m = _mm512_setzero_ps();
+    for (int64_t i = b * p.bs; i < (b + 1) * p.bs; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(load16(a, i, p.k)));
+    sx[b] = _mm512_reduce_max_ps(m) / 127.f;
+  }
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t c = 0; c < p.nchunk; ++c) {
+    const int64_t i = c * kChunk;
+    const int64_t b0 = p.bs == 32 ? 2 * c : c >> p.shift, b1 = p.bs == 32 ? 2 * c + 1 : b0;
+    const __m512 inv0 = _mm512_set1_ps(sx[b0] > 0.f ? 1.f / sx[b0] : 0.f);
+    const __m512 inv1 = _mm512_set1_ps(sx[b1] > 0.f ? 1.f / sx[b1] : 0.f);
+    const __m512 v0 = load16(a, i, p.k), v1 = load16(a, i + 16, p.k), v2 = load16(a, i + 32, p.k), v3 = load16(a, i + 48, p.k);
+    // elements 0..31 belong to the first half's block, 32..63 to the second
+    const __m512i e0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v0, even, v1), inv0));
+    const __m512i e1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v2, even, v3), inv1));
+    const __m512i o0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v0, odd, v1), inv0));
+    const __m512i o1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v2, odd, v3), inv1));
+    int8_t* dst = xq + i;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtsepi32_epi8(e0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16), _mm512_cvtsepi32_epi8(e1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 32), _mm512_cvtsepi32_epi8(o0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 48), _mm512_cvtsepi32_epi8(o1));
+    const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(dst));
+    _mm512_storeu_si512(ncx + c * 16, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 3)));
+  }
+}
+
 // M = 1: four rows per iteration (four independent dpbusd/fma chains), prefetching two row groups ahead: the
 // hardware prefetcher does not keep up with a stream consumed this slowly (measured: 6.5 vs 11 GB/s per thread).
+template <bool kSplit>
 ATP_AVX512 void gemv_avx512(const Problem& p, int64_t r0, int64_t r1) {
   const __m256i low = _mm256_set1_epi8(0x0F);
   const size_t st = p.stride;
-  std::vector<float> sbuf(size_t(4 * p.nblk));
+  const int sh = p.shift;
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const uint8_t* row = p.b + size_t(r) * st;
-    const float* sw = p.sw + r * p.nblk;
-    float* s = sbuf.data();  // s[i * nblk + b] = sw[r + i, b] * sx[b]
-    for (int64_t i = 0; i < 4; ++i)
-      for (int64_t b = 0; b < p.nblk; ++b) s[i * p.nblk + b] = sw[i * p.nblk + b] * p.sx[b];
+    const float *w0 = p.sw + r * p.nblk, *w1 = w0 + p.nblk, *w2 = w1 + p.nblk, *w3 = w2 + p.nblk;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     for (int64_t c = 0; c < p.nchunk; ++c) {
       const __m512i xv = _mm512_loadu_si512(p.xq + c * kChunk);
+      const __m512i nc = _mm512_loadu_si512(p.ncx + c * 16);
+      const __m512 sx = lane_scale512<kSplit>(p.sx, c, sh);
       const uint8_t* q = row + c * 32;
       _mm_prefetch(reinterpret_cast<const char*>(q + 8 * st), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(q + 9 * st), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(q + 10 * st), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(q + 11 * st), _MM_HINT_T0);
-      const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q, low), xv);
-      const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q + st, low), xv);
-      const __m512i d2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q + 2 * st, low), xv);
-      const __m512i d3 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(q + 3 * st, low), xv);
-      a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), lane_scale512(s, c, p.bs), a0);
-      a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), lane_scale512(s + p.nblk, c, p.bs), a1);
-      a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d2), lane_scale512(s + 2 * p.nblk, c, p.bs), a2);
-      a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d3), lane_scale512(s + 3 * p.nblk, c, p.bs), a3);
+      const __m512 d0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q, low), xv)), sx);
+      const __m512 d1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + st, low), xv)), sx);
+      const __m512 d2 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + 2 * st, low), xv)), sx);
+      const __m512 d3 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + 3 * st, low), xv)), sx);
+      a0 = _mm512_fmadd_ps(d0, lane_scale512<kSplit>(w0, c, sh), a0);
+      a1 = _mm512_fmadd_ps(d1, lane_scale512<kSplit>(w1, c, sh), a1);
+      a2 = _mm512_fmadd_ps(d2, lane_scale512<kSplit>(w2, c, sh), a2);
+      a3 = _mm512_fmadd_ps(d3, lane_scale512<kSplit>(w3, c, sh), a3);
     }
-    p.y[r] = _mm512_reduce_add_ps(a0) - correction(sw, p.corr, p.nblk);
-    p.y[r + 1] = _mm512_reduce_add_ps(a1) - correction(sw + p.nblk, p.corr, p.nblk);
-    p.y[r + 2] = _mm512_reduce_add_ps(a2) - correction(sw + 2 * p.nblk, p.corr, p.nblk);
-    p.y[r + 3] = _mm512_reduce_add_ps(a3) - correction(sw + 3 * p.nblk, p.corr, p.nblk);
+    _mm_storeu_ps(p.y + r, hsum4(a0, a1, a2, a3));
   }
   for (; r < r1; ++r) {
     const uint8_t* row = p.b + size_t(r) * st;
-    const float* sw = p.sw + r * p.nblk;
-    float* s = sbuf.data();
-    for (int64_t b = 0; b < p.nblk; ++b) s[b] = sw[b] * p.sx[b];
+    const float* w = p.sw + r * p.nblk;
     __m512 acc = _mm512_setzero_ps();
     for (int64_t c = 0; c < p.nchunk; ++c) {
-      const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack512(row + c * 32, low), _mm512_loadu_si512(p.xq + c * kChunk));
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), lane_scale512(s, c, p.bs), acc);
+      const __m512i d = _mm512_dpbusd_epi32(_mm512_loadu_si512(p.ncx + c * 16), unpack512(row + c * 32, low),
+                                            _mm512_loadu_si512(p.xq + c * kChunk));
+      acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), lane_scale512<kSplit>(p.sx, c, sh)),
+                            lane_scale512<kSplit>(w, c, sh), acc);
     }
-    p.y[r] = _mm512_reduce_add_ps(acc) - correction(sw, p.corr, p.nblk);
+    p.y[r] = _mm512_reduce_add_ps(acc);
   }
 }
 
 // M > 1 (prefill): a tile of R weight rows x MT rows of A; each unpacked chunk of B serves MT rows of A.
-template <int R, int MT>
+template <bool kSplit, int R, int MT>
 ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
   const __m256i low = _mm256_set1_epi8(0x0F);
+  const int sh = p.shift;
   __m512 acc[R][MT];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < MT; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -208,39 +269,51 @@ ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
     __m512 sw[R];
     for (int i = 0; i < R; ++i) {
       w[i] = unpack512(p.b + size_t(r + i) * p.stride + c * 32, low);
-      sw[i] = lane_scale512(p.sw + (r + i) * p.nblk, c, p.bs);
+      sw[i] = lane_scale512<kSplit>(p.sw + (r + i) * p.nblk, c, sh);
     }
     for (int j = 0; j < MT; ++j) {
       const __m512i xv = _mm512_loadu_si512(p.xq + (m0 + j) * p.kp + c * kChunk);
-      const __m512 sx = lane_scale512(p.sx + (m0 + j) * p.nblk, c, p.bs);
+      const __m512i nc = _mm512_loadu_si512(p.ncx + ((m0 + j) * p.nchunk + c) * 16);
+      const __m512 sx = lane_scale512<kSplit>(p.sx + (m0 + j) * p.nblk, c, sh);
       for (int i = 0; i < R; ++i) {
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[i], xv));
-        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(d, sw[i]), sx, acc[i][j]);
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, w[i], xv));
+        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(d, sx), sw[i], acc[i][j]);
       }
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < MT; ++j)
-      p.y[(m0 + j) * p.n + r + i] =
-          _mm512_reduce_add_ps(acc[i][j]) - correction(p.sw + (r + i) * p.nblk, p.corr + (m0 + j) * p.nblk, p.nblk);
+  for (int j = 0; j < MT; ++j) {
+    float* y = p.y + (m0 + j) * p.n + r;
+    if (R == 4) {
+      _mm_storeu_ps(y, hsum4(acc[0][j], acc[R > 1 ? 1 : 0][j], acc[R > 2 ? 2 : 0][j], acc[R > 3 ? 3 : 0][j]));
+    } else {
+      for (int i = 0; i < R; ++i) y[i] = _mm512_reduce_add_ps(acc[i][j]);
+    }
+  }
 }
 
-template <int R>
+template <bool kSplit, int R>
 ATP_AVX512 void tiles_avx512(const Problem& p, int64_t r) {
   int64_t m = 0;
-  for (; m + 4 <= p.m; m += 4) tile_avx512<R, 4>(p, r, m);
+  for (; m + 4 <= p.m; m += 4) tile_avx512<kSplit, R, 4>(p, r, m);
   switch (p.m - m) {
-    case 3: tile_avx512<R, 3>(p, r, m); break;
-    case 2: tile_avx512<R, 2>(p, r, m); break;
-    case 1: tile_avx512<R, 1>(p, r, m); break;
+    case 3: tile_avx512<kSplit, R, 3>(p, r, m); break;
+    case 2: tile_avx512<kSplit, R, 2>(p, r, m); break;
+    case 1: tile_avx512<kSplit, R, 1>(p, r, m); break;
     default: break;
   }
 }
 
+template <bool kSplit>
 ATP_AVX512 void gemm_avx512(const Problem& p, int64_t r0, int64_t r1) {
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) tiles_avx512<4>(p, r);
-  for (; r < r1; ++r) tiles_avx512<1>(p, r);
+  for (; r + 4 <= r1; r += 4) tiles_avx512<kSplit, 4>(p, r);
+  for (; r < r1; ++r) tiles_avx512<kSplit, 1>(p, r);
+}
+
+void run_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  const bool split = p.bs == 32;
+  if (p.m == 1) return split ? gemv_avx512<true>(p, r0, r1) : gemv_avx512<false>(p, r0, r1);
+  return split ? gemm_avx512<true>(p, r0, r1) : gemm_avx512<false>(p, r0, r1);
 }
 
 // ---------------------------------------------------------------------------------------------- AVX2
@@ -248,9 +321,9 @@ ATP_AVX512 void gemm_avx512(const Problem& p, int64_t r0, int64_t r1) {
 
 // A chunk unpacks into two 256-bit halves (low nibbles = chunk elements 0, 2, .., 62; high = 1, 3, .., 63); int32
 // lane l of either half covers elements of block (chunk * 64 + 8 * l) / bs, so one lane scale serves both.
-ATP_AVX2 inline __m256 lane_scale256(const float* s, int64_t c, int64_t bs) {
-  if (bs == 32) return _mm256_blend_ps(_mm256_set1_ps(s[2 * c]), _mm256_set1_ps(s[2 * c + 1]), 0xF0);
-  return _mm256_set1_ps(s[c * kChunk / bs]);
+ATP_AVX2 inline __m256 lane_scale256(const float* s, int64_t c, bool split, int shift) {
+  if (split) return _mm256_blend_ps(_mm256_set1_ps(s[2 * c]), _mm256_set1_ps(s[2 * c + 1]), 0xF0);
+  return _mm256_set1_ps(s[c >> shift]);
 }
 
 // dot of 32 unsigned codes (<= 15) with 32 int8 values, as 8 int32 lanes (maddubs pairs fit int16: 2 * 15 * 127)
@@ -261,6 +334,7 @@ ATP_AVX2 inline __m256i dot_u4_s8(__m256i u, __m256i x, __m256i ones) {
 ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
   const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
+  const bool split = p.bs == 32;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = p.b + size_t(r) * p.stride;
     const float* sw = p.sw + r * p.nblk;
@@ -275,7 +349,7 @@ ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
         const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
         const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk + 32));
-        const __m256 s = _mm256_mul_ps(lane_scale256(sw, c, p.bs), lane_scale256(sx, c, p.bs));
+        const __m256 s = _mm256_mul_ps(lane_scale256(sw, c, split, p.shift), lane_scale256(sx, c, split, p.shift));
         const __m256i d = _mm256_add_epi32(dot_u4_s8(lo, x0, ones), dot_u4_s8(hi, x1, ones));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc);
       }
@@ -290,7 +364,7 @@ ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
 
 void run_rows(const Problem& p, int64_t r0, int64_t r1, Isa isa) {
 #if ATP_X86
-  if (isa == Isa::kAvx512Vnni) return p.m == 1 ? gemv_avx512(p, r0, r1) : gemm_avx512(p, r0, r1);
+  if (isa == Isa::kAvx512Vnni) return run_avx512(p, r0, r1);
   if (isa == Isa::kAvx2) return gemm_avx2(p, r0, r1);
 #endif
   (void)isa;
@@ -317,11 +391,18 @@ struct QuantTask {
   Problem* p;
   int8_t* xq;
   float *sx, *corr;
+  int32_t* ncx;
+  Isa isa;
 };
 
 void quant_task(void* data, size_t m) {
   const QuantTask& t = *static_cast<const QuantTask*>(data);
-  quantize_row(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.corr + m * t.p->nblk);
+#if ATP_X86
+  if (t.isa == Isa::kAvx512Vnni)
+    return quantize_row_avx512(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.ncx + m * t.p->nchunk * 16);
+#endif
+  quantize_row(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.corr + m * t.p->nblk,
+               t.ncx + m * t.p->nchunk * 16);
 }
 
 struct MatMulInt4Kernel {
@@ -329,6 +410,8 @@ struct MatMulInt4Kernel {
   Isa isa = Isa::kScalar;
   std::vector<int8_t> xq;
   std::vector<float> sx, corr;
+  std::vector<int32_t> ncx;
+  int shift = 0;
 
   explicit MatMulInt4Kernel(const OrtKernelInfo* info) {
     Ort::ConstKernelInfo ki(info);
@@ -343,6 +426,9 @@ struct MatMulInt4Kernel {
     nblk = (k + bs - 1) / bs;
     if ((nblk * bs) % kChunk)
       throw std::invalid_argument("MatMulInt4 needs ceil(K / block_size) * block_size to be a multiple of 64");
+    if (bs != 32 && (bs & (bs - 1)))
+      throw std::invalid_argument("MatMulInt4 needs a power-of-two block_size, got " + std::to_string(bs));
+    while (bs > 32 && (kChunk << shift) < bs) ++shift;
     isa = detect_isa();  // per kernel: ATP_ORT_CPU_ISA applies to sessions created after it is set
   }
 
@@ -362,7 +448,7 @@ struct MatMulInt4Kernel {
       Ort::UnownedValue y = ctx.GetOutput(0, shape);
       if (m == 0) return nullptr;
       Problem p;
-      p.m = m, p.n = n, p.k = k, p.bs = bs, p.nblk = nblk, p.kp = nblk * bs, p.nchunk = nblk * bs / kChunk;
+      p.m = m, p.n = n, p.k = k, p.bs = bs, p.nblk = nblk, p.kp = nblk * bs, p.nchunk = nblk * bs / kChunk, p.shift = shift;
       p.stride = size_t(nblk * bs / 2);
       p.b = b.GetTensorData<uint8_t>();
       p.sw = s.GetTensorData<float>();
@@ -370,14 +456,15 @@ struct MatMulInt4Kernel {
       xq.resize(size_t(m * p.kp) + kChunk);  // + slack: no vector load ends past the buffer
       sx.resize(size_t(m * nblk));
       corr.resize(size_t(m * nblk));
+      ncx.resize(size_t(m * p.nchunk * 16));
       const float* ad = a.GetTensorData<float>();
-      QuantTask qt{ad, &p, xq.data(), sx.data(), corr.data()};
+      QuantTask qt{ad, &p, xq.data(), sx.data(), corr.data(), ncx.data(), isa};
       if (m == 1) {
         quant_task(&qt, 0);
       } else {
         ctx.ParallelFor(quant_task, size_t(m), 0, &qt);
       }
-      p.xq = xq.data(), p.sx = sx.data(), p.corr = corr.data();
+      p.xq = xq.data(), p.sx = sx.data(), p.corr = corr.data(), p.ncx = ncx.data();
       RowTask rt{&p, isa, (n + 3) / 4, 0};
       rt.per_task = (rt.groups + kTasks - 1) / kTasks;
       const size_t tasks = size_t((rt.groups + rt.per_task - 1) / rt.per_task);
