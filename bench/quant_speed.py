@@ -31,13 +31,18 @@ DEFAULT_VARIANTS = ["fp32", "fp32@traced", "int8", "int4-g32", "int4-g64", "mixe
 
 
 def parse(v: str) -> dict:
-    """``weights[-bits][-gGROUP][+kv8][@traced]``: the fused decoder graph unless ``@traced`` or ``+kv8`` (int8 KV
-    exists in the traced graph only)."""
+    """``weights[-bits][-gGROUP][+kv8][+atpcpu][@traced]``: the fused decoder graph unless ``@traced`` or ``+kv8``
+    (int8 KV exists in the traced graph only); ``+atpcpu``: MatMulNBits swapped for atp's ``MatMulInt4`` CPU op
+    (:mod:`atp.plugins.ort_cpu`, built on first use)."""
     base, _, graph = v.partition("@")
-    kv = "int8" if base.endswith("+kv8") else "float32"
+    base, *flags = base.split("+")
+    unknown = set(flags) - {"kv8", "atpcpu"}
+    if unknown:
+        raise SystemExit(f"error: unknown variant flag(s) {sorted(unknown)} in {v!r}; known: +kv8, +atpcpu")
+    kv = "int8" if "kv8" in flags else "float32"
     graph = graph or ("traced" if kv == "int8" else "fused")
-    parts = base.removesuffix("+kv8").split("-")
-    spec = {"name": v, "weights": parts[0], "bits": None, "group": 32, "kv": kv, "graph": graph}
+    parts = base.split("-")
+    spec = {"name": v, "weights": parts[0], "bits": None, "group": 32, "kv": kv, "graph": graph, "atpcpu": "atpcpu" in flags}
     for p in parts[1:]:
         if p.startswith("g"):
             spec["group"] = int(p[1:])
@@ -91,9 +96,15 @@ def export_variant(lm, spec: dict, out: Path, stats) -> dict:
                       axes, 21, 1_800_000_000)
     if spec["weights"] != "fp32":
         rewrite_file(path, plan, spec["weights"], "ort", layer_weights_of(module) if plan else None)
-    size = sum(p.stat().st_size for p in out.glob(f"{spec['name']}.onnx*"))
     import onnx
 
+    if spec["atpcpu"]:
+        from atp.plugins.ort_cpu import swap_matmulnbits
+
+        model = onnx.load(str(path))
+        log.info("%s: %d MatMulNBits -> atp.cpu::MatMulInt4", spec["name"], swap_matmulnbits(model))
+        onnx.save(model, str(path))
+    size = sum(p.stat().st_size for p in out.glob(f"{spec['name']}.onnx*"))
     nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
     return {"path": path, "weight_bytes": size, "nodes": nodes}
 
@@ -126,7 +137,7 @@ def run_once(sess, embed, prompt_ids, decode: int) -> tuple[float, float]:
     return prefill, decode / (time.perf_counter() - t)
 
 
-def profile_decode(path: str, args, embed, prompt_ids) -> dict:
+def profile_decode(path: str, args, embed, prompt_ids, kernels=None) -> dict:
     """Per-operator-type kernel time of the decode steps of one greedy generation under ORT's profiler."""
     import collections
     import json
@@ -137,6 +148,8 @@ def profile_decode(path: str, args, embed, prompt_ids) -> dict:
     so.intra_op_num_threads = args.threads
     so.log_severity_level = 3
     so.enable_profiling = True
+    if kernels is not None:
+        so.register_custom_ops_library(str(kernels.path))
     with tempfile.TemporaryDirectory() as tmp:
         so.profile_file_prefix = str(Path(tmp) / "prof")
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -187,39 +200,54 @@ def main(argv=None) -> int:
     embed = lm.model.embed_tokens.weight.detach().numpy()
     cfg = lm.config
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kernels = None
+    if any(s["atpcpu"] for s in specs):
+        from atp.plugins import ort_cpu
+
+        kernels = ort_cpu.find("auto") or ort_cpu.load(ort_cpu.build())
+        log.info("atp CPU kernels: %s (ISA path %s)", kernels.path, kernels.isa)
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {}
+        exported = {}
         for spec in specs:
             t = time.time()
-            info = export_variant(lm, spec, Path(tmp), stats)
+            exported[spec["name"]] = export_variant(lm, spec, Path(tmp), stats)
+            log.info("exported %s (%.1f MB) in %.0f s", spec["name"], exported[spec["name"]]["weight_bytes"] / 1e6, time.time() - t)
+        del lm
+
+        def session(spec):
             so = ort.SessionOptions()
             so.intra_op_num_threads = args.threads
             so.log_severity_level = 3
             if args.no_spin:
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            sessions[spec["name"]] = (ort.InferenceSession(str(info["path"]), so, providers=["CPUExecutionProvider"]), info)
-            log.info("exported %s (%.1f MB) in %.0f s", spec["name"], info["weight_bytes"] / 1e6, time.time() - t)
-        del lm
-        times = {name: {"prefill": [], "decode": []} for name in sessions}
-        for sess, _ in sessions.values():  # warm-up
-            run_once(sess, embed, prompt_ids, 2)
+            if spec["atpcpu"]:
+                so.register_custom_ops_library(str(kernels.path))
+            return ort.InferenceSession(str(exported[spec["name"]]["path"]), so, providers=["CPUExecutionProvider"])
+
+        # One live session at a time: on a 2-core host an idle session's spinning intra-op threads slow the next
+        # one down (measured 2-3x on a GEMV graph), so each repeat creates, warms, times and drops every variant.
+        times = {s["name"]: {"prefill": [], "decode": []} for s in specs}
         for r in range(args.repeats):
-            for name, (sess, _) in sessions.items():
+            for spec in specs:
+                sess = session(spec)
+                run_once(sess, embed, prompt_ids, 2)  # warm-up
                 p, d = run_once(sess, embed, prompt_ids, args.decode)
-                times[name]["prefill"].append(p)
-                times[name]["decode"].append(d)
+                times[spec["name"]]["prefill"].append(p)
+                times[spec["name"]]["decode"].append(d)
+                del sess
             log.info("repeat %d/%d done", r + 1, args.repeats)
         profiles = {}
         if args.profile:
             for spec in specs:
-                profiles[spec["name"]] = profile_decode(str(sessions[spec["name"]][1]["path"]), args, embed, prompt_ids)
+                profiles[spec["name"]] = profile_decode(str(exported[spec["name"]]["path"]), args, embed, prompt_ids,
+                                                        kernels if spec["atpcpu"] else None)
         manifest_like = {"model": {"num_layers": cfg.num_hidden_layers, "num_kv_heads": cfg.num_key_value_heads, "head_dim": hd}}
         rows = []
         for spec in specs:
             name = spec["name"]
             pre, dec = statistics.median(times[name]["prefill"]), statistics.median(times[name]["decode"])
             kvb = kv_bytes_per_token({**manifest_like, "precision": {"kv": spec["kv"]}})
-            rows.append((name, pre, dec, sessions[name][1]["weight_bytes"], kvb, sessions[name][1]["nodes"], spec["graph"]))
+            rows.append((name, pre, dec, exported[name]["weight_bytes"], kvb, exported[name]["nodes"], spec["graph"]))
     base = next(r for r in rows if r[0] == "fp32") if any(r[0] == "fp32" for r in rows) else rows[0]
     mc = machine()
     lines = ["# SmolLM2-135M decoder speed per precision (ONNX Runtime CPU)", "",
@@ -227,11 +255,12 @@ def main(argv=None) -> int:
              f"onnxruntime {mc['onnxruntime']}, {args.threads} intra-op threads"
              f"{', spinning off' if args.no_spin else ''}",
              f"- prompt {args.prompt} tokens (prefill), then {args.decode} greedy decode steps; {args.repeats} repeats "
-             f"round-robin after a warm-up; medians; ratios against the `{base[0]}` row measured in the same run",
+             f"round-robin (one live session at a time, each warmed up); medians; ratios against the `{base[0]}` row measured in the same run",
              "- graph `fused` = `--decoder-graph fused` (GroupQueryAttention + SkipSimplifiedLayerNorm, q/k/v and gate/up "
              "one GEMM each); `traced` = torch.onnx.export of the decoder (the default graph)",
              "- int8/int4/mixed = MatMulNBits accuracy_level=4; mixed = int8 + int4 GEMMs + Concat (gate/up gather-free); "
-             "lm_head (49152 x 576) quantized like the other layers",
+             "lm_head (49152 x 576) quantized like the other layers; `+atpcpu` = the same graph with MatMulNBits "
+             f"swapped for atp's MatMulInt4 CPU op (plugins/ort_cpu{', ISA path ' + kernels.isa if kernels else ''})",
              f"- command: `python bench/quant_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "| variant | graph | nodes | prefill ms | prefill x | decode tok/s | decode x | weights MB | weights x | KV bytes/token |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

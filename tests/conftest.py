@@ -10,6 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Triton kernels run in the interpreter on the CPU; set before anything imports triton (transformers does).
 # tests/gpu launches the AOT cubins through the driver API, or Triton in a subprocess with this unset.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The ort backend swaps int4 MatMulNBits for atp's MatMulInt4 when a build sits in the user cache; tests must
+# not depend on that cache, so they opt in explicitly (tests/unit/test_ort_cpu_kernels.py, tests/e2e/test_ort_cpu_runtime.py).
+os.environ.setdefault("ATP_ORT_CPU_KERNELS", "off")
 
 
 @pytest.fixture(scope="session")

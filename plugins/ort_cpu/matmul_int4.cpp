@@ -89,7 +89,7 @@ void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float
     float amax = 0.f;
     for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(a[i]));
     const float s = amax / 127.f;
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const float inv = s > 0.f ? 1.f / s : 0.f;  // as the AVX-512 path (and reference.py) compute it
     int sum = 0;
     for (int64_t i = lo; i < hi; ++i) {
       const int q = std::clamp(int(std::nearbyint(a[i] * inv)), -127, 127);

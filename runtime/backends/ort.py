@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 class _OrtBackend:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     extra = "gpu"
+    cpu_kernels = False  # swap int4 MatMulNBits for atp's MatMulInt4 CPU op where that is faster (plugins/ort_cpu)
 
     def __init__(self, bundle: Path, manifest: dict, threads: int | None = None):
         ort = require("onnxruntime", self.extra)
@@ -30,6 +31,8 @@ class _OrtBackend:
         so.log_severity_level = 3
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.kernels = _cpu_kernels(so) if self.cpu_kernels else None
+        self.swapped: dict[str, int] = {}  # graph -> MatMulNBits nodes now run by MatMulInt4
         self.sessions = {}
         for name in ("vision", "decoder"):
             self._session(name)
@@ -39,11 +42,32 @@ class _OrtBackend:
         """The ORT session of a manifest graph, created on first use (alternative vision graphs are lazy)."""
         if graph not in self.sessions:
             path = self._bundle / self._graphs[graph]["file"]
+            model = self._swapped_model(graph, path) if self.kernels else None
             try:
-                self.sessions[graph] = self._ort.InferenceSession(str(path), self._options, providers=list(self.providers))
+                self.sessions[graph] = self._ort.InferenceSession(model or str(path), self._options, providers=list(self.providers))
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
                 raise BundleError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
         return self.sessions[graph]
+
+    def _swapped_model(self, graph: str, path: Path) -> bytes | None:
+        """The serialized graph with its int4 MatMulNBits nodes swapped for MatMulInt4, or None (nothing to swap)."""
+        weights = self._graphs[graph].get("weights") or {}
+        if (weights.get("precision") if isinstance(weights, dict) else weights) not in ("int4", "mixed"):
+            return None
+        import onnx
+
+        from atp.plugins.ort_cpu import swap_matmulnbits
+
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # onnx raises DecodeError/ValueError/OSError for bad files
+            raise BundleError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        n = swap_matmulnbits(model)
+        if not n:
+            return None
+        self.swapped[graph] = n
+        log.info("%s: %d int4 MatMulNBits nodes run by atp.cpu::MatMulInt4 (%s)", graph, n, self.kernels.isa)
+        return model.SerializeToString()
 
     def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision",
                    text_embeds: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +86,39 @@ class _OrtBackend:
         return dict(zip(self.decoder_outputs, self.sessions["decoder"].run(None, feeds)))
 
 
+def _cpu_kernels(options):
+    """Register atp's ORT CPU kernel library in ``options`` and return it, or None where it is not used:
+    ``$ATP_ORT_CPU_KERNELS`` is ``off``; ``auto`` (default) and no cached build, no ``onnx`` to rewrite graphs with,
+    or a CPU where MatMulInt4 is not the faster op (no AVX-512 VNNI). A library named by path must load."""
+    from atp.plugins import ort_cpu
+
+    setting = os.environ.get(ort_cpu.ENV) or "auto"
+    try:
+        lib = ort_cpu.find(setting)
+    except ort_cpu.OrtCpuKernelError as exc:
+        if setting != "auto":
+            raise
+        log.warning("atp CPU kernels not used: %s", exc)
+        return None
+    if lib is None:
+        return None
+    if setting == "auto" and not lib.fast:
+        log.info("atp CPU kernels not used: this CPU runs their %s path, slower than MatMulNBits", lib.isa)
+        return None
+    try:
+        import onnx  # noqa: F401  (the op swap edits the graph)
+    except ImportError:
+        log.info("atp CPU kernels not used: the graph rewrite needs onnx (pip install onnx)")
+        return None
+    options.register_custom_ops_library(str(lib.path))
+    return lib
+
+
 @BACKENDS.register("ort")
 class OrtCpuBackend(_OrtBackend):
-    """ONNX Runtime on the CPU."""
+    """ONNX Runtime on the CPU (int4 GEMMs on atp's MatMulInt4 op where it is built and faster: plugins/ort_cpu)."""
+
+    cpu_kernels = True
 
 
 @BACKENDS.register("ort-cuda")

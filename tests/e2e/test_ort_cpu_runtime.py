@@ -1,0 +1,62 @@
+"""The Python runtime with atp's ORT CPU kernels: an int4 bundle's MatMulNBits nodes run on atp.cpu::MatMulInt4
+(the swap is recorded), greedy tokens equal the MatMulNBits session's, decoder logits agree within 1e-5 of their
+scale, and a kernel library named by path must exist (clear error)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atp.config import ExportConfig, QuantConfig
+from atp.errors import AtpError
+from tests.conftest import random_image
+from tests.unit.test_ort_cpu_kernels import kernels  # noqa: F401  (module fixture: builds the library)
+
+
+@pytest.fixture(scope="module")
+def int4_bundle(tiny_ckpt, tmp_path_factory):
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+
+    out = tmp_path_factory.mktemp("qb") / "int4-g32-fused"
+    adapter = adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt)
+    export_bundle(adapter, out, ExportConfig(quantization=QuantConfig(weights="int4", group_size=32, decoder_graph="fused")))
+    return out
+
+
+def test_int4_bundle_runs_on_matmulint4_with_equal_tokens(int4_bundle, kernels, monkeypatch):  # noqa: F811
+    from atp.runtime import Session
+
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", "off")
+    plain = Session(int4_bundle)
+    assert plain.backend.kernels is None and not plain.backend.swapped
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", str(kernels.path))
+    for isa in {kernels.isa, "scalar"}:  # the fast path this CPU has and the portable one
+        monkeypatch.setenv("ATP_ORT_CPU_ISA", isa)
+        ours = Session(int4_bundle)
+        n = ours.backend.swapped.get("decoder", 0)
+        assert n >= 2 * 4 + 1  # per layer: fused qkv, o, fused gate_up, down; plus lm_head (tiny: 2 layers)
+        for seed in range(2):
+            image = random_image(seed)
+            a = plain.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)
+            b = ours.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)
+            assert a.token_ids == b.token_ids, (isa, seed)
+        dec_in = {i.name: i for i in plain.backend.sessions["decoder"].get_inputs()}
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for name, i in dec_in.items():
+            shape = [d if isinstance(d, int) else {"batch": 1, "sequence": 5, "total_sequence": 8, "past_sequence": 3}.get(d, 1)
+                     for d in i.shape]
+            feeds[name] = (np.ones(shape, np.int64) if "int64" in i.type else rng.standard_normal(shape).astype(np.float32))
+        feeds["position_ids"] = np.arange(3, 8, dtype=np.int64)[None]
+        la = plain.backend.run_decoder(feeds)["logits"]
+        lb = ours.backend.run_decoder(feeds)["logits"]
+        assert np.abs(la - lb).max() <= 1e-5 * np.abs(la).max() + 1e-6, isa
+
+
+def test_named_library_must_exist(int4_bundle, tmp_path, monkeypatch):
+    from atp.runtime import Session
+
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", str(tmp_path / "missing.so"))
+    with pytest.raises(AtpError, match="does not exist"):
+        Session(int4_bundle)

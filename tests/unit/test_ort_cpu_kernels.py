@@ -1,0 +1,154 @@
+"""atp.cpu::MatMulInt4 (plugins/ort_cpu): every ISA path against ONNX Runtime's MatMulNBits (bits 4,
+accuracy_level 4) on the same initializers and against the numpy reference; the graph swap; clear errors.
+
+Tolerance: max |MatMulInt4 - other| <= 1e-5 * max |y| (measured ~6e-7: both sides quantize A to the same int8
+codes, so the difference is float32 accumulation order only).
+Skips (with the reason) without a C++ compiler or ONNX Runtime's C++ headers (fetched from Debian when missing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from atp.plugins import ort_cpu  # noqa: E402
+from atp.plugins.ort_cpu.reference import matmul_int4  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory) -> ort_cpu.OrtCpuKernels:
+    deps = Path(os.environ.get("ATP_CPP_BUILD_DIR", ROOT / "build" / "cpp")) / "deps"  # shared with tests/cpp
+    try:
+        return ort_cpu.load(ort_cpu.build(tmp_path_factory.mktemp("ort_cpu"), deps_dir=deps))
+    except ort_cpu.OrtCpuKernelError as exc:
+        if "fetch failed" in str(exc) or "no C++ compiler" in str(exc):
+            pytest.skip(str(exc).splitlines()[0])
+        raise
+
+
+def _isas() -> list[str]:
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    out = ["scalar"]
+    if " avx2 " in cpu and " fma " in cpu:
+        out.append("avx2")
+    if all(f" {f} " in cpu for f in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")):
+        out.append("avx512vnni")
+    return out
+
+
+def _matmulnbits(n: int, k: int, bs: int, lead: list, seed: int = 0, level: int = 4, zero_points: bool = False):
+    """A one-node MatMulNBits model with random codes and scales (K need not be a multiple of the block)."""
+    rng = np.random.default_rng(seed)
+    nblk = -(-k // bs)
+    b = rng.integers(0, 256, (n, nblk, bs // 2), dtype=np.uint8)
+    s = rng.uniform(0.001, 0.02, n * nblk).astype(np.float32)
+    inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")]
+    ins = ["x", "B", "S"]
+    if zero_points:
+        inits.append(numpy_helper.from_array(rng.integers(0, 256, n * -(-nblk // 2), dtype=np.uint8), "Z"))
+        ins.append("Z")
+    node = helper.make_node("MatMulNBits", ins, ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=bs,
+                            accuracy_level=level)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, n])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]), b, s
+
+
+def _session(model, lib=None, threads=2):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    if lib is not None:
+        so.register_custom_ops_library(str(lib.path))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _swapped(model):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    assert ort_cpu.swap_matmulnbits(m) == 1
+    return m
+
+
+# (N, K, block_size, A shape without K): decode GEMVs (M = 1), prefill tiles (M = 5, 9, 2 x 7), N not a multiple
+# of 4, blocks of 32 (two per 64-element chunk) / 64 / 128 / 256, K padded to the block (K = 96, block 64)
+CASES = [(576, 576, 64, [1, 1]), (960, 576, 32, [1]), (579, 640, 128, [1, 1]), (300, 768, 256, [3]),
+         (77, 576, 64, [2, 7]), (577, 1536, 32, [1, 5]), (13, 320, 64, [9]), (130, 96, 64, [1, 4]), (4, 64, 32, [1])]
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_matches_matmulnbits_and_reference(kernels, isa, monkeypatch):
+    monkeypatch.setenv("ATP_ORT_CPU_ISA", isa)  # read when a kernel is created
+    rng = np.random.default_rng(1)
+    for i, (n, k, bs, lead) in enumerate(CASES):
+        model, b, s = _matmulnbits(n, k, bs, lead, seed=i)
+        x = (rng.standard_normal([*lead, k]) * rng.uniform(0.1, 3)).astype(np.float32)
+        x[..., rng.integers(0, k)] *= 40  # an outlier channel, as in real activations
+        y_ref = _session(model).run(None, {"x": x})[0]
+        y = _session(_swapped(model), kernels, threads=1 + i % 2).run(None, {"x": x})[0]
+        y_np = matmul_int4(x, b, s, k, n, bs)
+        scale = float(np.abs(y_ref).max())
+        assert y.shape == y_ref.shape == (*lead, n)
+        assert np.abs(y - y_ref).max() <= RTOL * scale, (isa, n, k, bs, lead)
+        assert np.abs(y - y_np).max() <= RTOL * scale, (isa, n, k, bs, lead)
+        assert np.abs(y_np - y_ref).max() <= RTOL * scale, (n, k, bs, lead)
+
+
+def test_isa_is_reported_and_can_be_lowered(kernels, monkeypatch):
+    assert kernels.isa == _isas()[-1]
+    assert kernels.fast == (kernels.isa == "avx512vnni")
+    monkeypatch.setenv("ATP_ORT_CPU_ISA", "scalar")
+    assert ort_cpu.load(kernels.path).isa == "scalar"
+
+
+def test_zero_rows_and_empty_batch(kernels):
+    model, _, _ = _matmulnbits(64, 64, 32, ["b", "s"])
+    y = _session(_swapped(model), kernels).run(None, {"x": np.zeros((0, 3, 64), np.float32)})[0]
+    assert y.shape == (0, 3, 64)
+    y = _session(_swapped(model), kernels).run(None, {"x": np.zeros((1, 2, 64), np.float32)})[0]
+    assert not y.any()  # all-zero A: scale 0, no NaN
+
+
+def test_swap_only_what_matmulint4_computes_identically():
+    kept = {"zero points": _matmulnbits(64, 64, 32, [1], zero_points=True)[0],
+            "accuracy_level 0": _matmulnbits(64, 64, 32, [1], level=0)[0],
+            "block 16": _matmulnbits(64, 64, 16, [1])[0],
+            "odd block count": _matmulnbits(64, 96, 32, [1])[0]}
+    for why, model in kept.items():
+        assert ort_cpu.swap_matmulnbits(model) == 0, why
+        assert model.graph.node[0].op_type == "MatMulNBits", why
+    model = _matmulnbits(64, 64, 32, [1])[0]
+    assert ort_cpu.swap_matmulnbits(model) == 1
+    node = model.graph.node[0]
+    assert (node.domain, node.op_type) == (ort_cpu.DOMAIN, ort_cpu.OP)
+    assert {a.name for a in node.attribute} == {"K", "N", "bits", "block_size"}
+    assert any(o.domain == ort_cpu.DOMAIN for o in model.opset_import)
+
+
+def test_bad_attributes_fail_session_creation_with_the_reason(kernels):
+    model = _swapped(_matmulnbits(64, 64, 32, [1])[0])
+    for a in model.graph.node[0].attribute:
+        if a.name == "bits":
+            a.i = 8
+    with pytest.raises(Exception, match="bits = 4 only"):
+        _session(model, kernels).run(None, {"x": np.ones((1, 64), np.float32)})
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(ort_cpu.OrtCpuKernelError, match="does not exist.*python -m atp.plugins.ort_cpu build"):
+        ort_cpu.load(tmp_path / "nope.so")
+    junk = tmp_path / "libjunk.so"
+    junk.write_bytes(b"not an ELF file")
+    with pytest.raises(ort_cpu.OrtCpuKernelError, match="cannot load"):
+        ort_cpu.load(junk)
+    assert ort_cpu.find("off") is None
