@@ -68,18 +68,47 @@ Isa detect_isa() {
 }
 
 // One MatMulInt4 problem: y[M, N] = A[M, K] x W[N, K]^T.
+//
+// Layout of A's int8 codes (xq), chosen so that B needs no shuffles: K (padded to whole blocks) is cut into pairs
+// of 64-element chunks (128 elements = 64 packed bytes of B, one 512-bit load) and, when the chunk count is odd,
+// one trailing chunk. In a pair, bytes 0..63 hold its even elements and bytes 64..127 its odd ones: byte j of B
+// holds elements 2j (low nibble) and 2j + 1 (high nibble), so (B & 0x0F) lines up with the even codes and
+// (B & 0xF0) = 16 x high nibble with the odd ones. The trailing chunk holds its 32 even codes, then its 32 odd ones
+// (one 256-bit load of B, unpacked to low nibbles then high nibbles).
 struct Problem {
   const uint8_t* b = nullptr;    // [N, nblk * bs / 2]
   const float* sw = nullptr;     // [N, nblk]
-  const int8_t* xq = nullptr;    // [M, kp], per 64-chunk even-then-odd
+  const int8_t* xq = nullptr;    // [M, kp] (layout above)
   const float* sx = nullptr;     // [M, nblk]
   const float* corr = nullptr;   // [M, nblk]: 8 * sx * sum(q) (the unsigned-code correction, scalar/AVX2 paths)
-  const int32_t* ncx = nullptr;  // [M, nchunk, 16]: -8 * (sum of the 4 codes under int32 lane l), AVX-512 path
+  const int32_t* ncx = nullptr;  // [M, units, 16]: -8 * (sum of the A codes under int32 lane l), AVX-512 path
   float* y = nullptr;            // [M, N]
-  int64_t m = 0, n = 0, k = 0, bs = 0, nblk = 0, kp = 0, nchunk = 0;
+  int64_t m = 0, n = 0, k = 0, bs = 0, nblk = 0, kp = 0, nchunk = 0, npairs = 0, units = 0;
   int shift = 0;                 // log2(chunks per block) for block_size >= 64
   size_t stride = 0;             // bytes of B per row
 };
+
+// position of element i (of the padded row) in xq
+inline int64_t code_pos(const Problem& p, int64_t i) {
+  const int64_t pair = i / 128;
+  if (pair < p.npairs) {
+    const int64_t e = i % 128;
+    return pair * 128 + (e % 2) * 64 + e / 2;
+  }
+  const int64_t e = i - p.npairs * 128;  // the trailing chunk
+  return p.npairs * 128 + (e % 2) * 32 + e / 2;
+}
+
+// xq offsets of chunk c's even and odd codes (32 each)
+inline void chunk_offsets(const Problem& p, int64_t c, int64_t* even, int64_t* odd) {
+  if (c < 2 * p.npairs) {
+    *even = (c / 2) * 128 + (c % 2) * 32;
+    *odd = *even + 64;
+  } else {
+    *even = p.npairs * 128;
+    *odd = *even + 32;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------- A quantization
 void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float* corr, int32_t* ncx) {
@@ -93,19 +122,24 @@ void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float
     int sum = 0;
     for (int64_t i = lo; i < hi; ++i) {
       const int q = std::clamp(int(std::nearbyint(a[i] * inv)), -127, 127);
-      const int64_t c = i / kChunk, e = i % kChunk;
-      xq[c * kChunk + (e % 2) * 32 + e / 2] = int8_t(q);
+      xq[code_pos(p, i)] = int8_t(q);
       sum += q;
     }
     sx[b] = s;
     corr[b] = 8.f * s * float(sum);
   }
-  // dpbusd lane l of a chunk sums bytes 4l..4l+3 of (unsigned code x int8 A); starting it from -8 * sum(A bytes)
-  // makes it the signed dot (codes are q + 8), so the AVX-512 path needs no correction pass.
-  for (int64_t c = 0; c < p.nchunk; ++c)
+  // dpbusd lane l sums 4 (code x A) products per input; starting it from -8 * (sum of the A codes it meets) makes
+  // it the signed dot (codes are q + 8), so the AVX-512 path needs no correction pass. Pair lane l meets bytes
+  // 4l..4l+3 of the even and of the odd half; trailing-chunk lane l meets bytes 4l..4l+3 of the chunk.
+  for (int64_t u = 0; u < p.units; ++u)
     for (int l = 0; l < 16; ++l) {
-      const int8_t* q = xq + c * kChunk + 4 * l;
-      ncx[c * 16 + l] = -8 * (int32_t(q[0]) + q[1] + q[2] + q[3]);
+      int32_t sum = 0;
+      if (u < p.npairs) {
+        for (int j = 0; j < 4; ++j) sum += int32_t(xq[u * 128 + 4 * l + j]) + xq[u * 128 + 64 + 4 * l + j];
+      } else {
+        for (int j = 0; j < 4; ++j) sum += xq[p.npairs * 128 + 4 * l + j];
+      }
+      ncx[u * 16 + l] = -8 * sum;
     }
 }
 
@@ -129,8 +163,7 @@ void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
         for (int64_t i = b * p.bs; i < (b + 1) * p.bs; ++i) {
           const uint8_t byte = row[i / 2];
           const int u = (i % 2) ? (byte >> 4) : (byte & 15);
-          const int64_t c = i / kChunk, e = i % kChunk;
-          dot += u * xq[c * kChunk + (e % 2) * 32 + e / 2];
+          dot += u * xq[code_pos(p, i)];
         }
         acc += sw[b] * sx[b] * float(dot);
       }
@@ -143,20 +176,41 @@ void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
 // ---------------------------------------------------------------------------------------------- AVX-512 VNNI
 #define ATP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
 
-// The scale of each int32 lane of chunk c's dot, from per-block scales s. Lane l sums elements of chunk half
-// (l % 8) / 4: with block_size 32 (kSplit) lanes 0-3 and 8-11 take block 2c, lanes 4-7 and 12-15 block 2c + 1;
-// otherwise every lane takes block c >> shift.
-template <bool kSplit>
-ATP_AVX512 inline __m512 lane_scale512(const float* s, int64_t c, int shift) {
-  if (kSplit) {
-    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + 2 * c)));
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two));
+// Block size classes the AVX-512 path is specialised for: 32, 64, and >= 128 (kLarge, block = unit >> shift).
+constexpr int kLarge = 128;
+
+// Scale of each int32 lane of pair u's dot, from per-block scales s. Pair lane l covers elements 8l..8l+7 of the
+// pair: block 4u + l / 4 (bs 32), 2u + l / 8 (bs 64), or one block (bs >= 128).
+template <int kBs>
+ATP_AVX512 inline __m512 pair_scale(const float* s, int64_t u, int shift) {
+  if (kBs == 32) {
+    const __m512i idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(s + 4 * u)));
   }
+  if (kBs == 64) {
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + 2 * u)))));
+  }
+  return _mm512_set1_ps(s[(2 * u) >> shift]);
+}
+
+// Scale of each int32 lane of the trailing chunk c: lane l covers elements of half (l % 8) / 4, i.e. blocks 2c and
+// 2c + 1 for bs 32, else block c >> shift.
+template <int kBs>
+ATP_AVX512 inline __m512 chunk_scale(const float* s, int64_t c, int shift) {
+  if (kBs == 32) return _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(s[2 * c]), _mm512_set1_ps(s[2 * c + 1]));
   return _mm512_set1_ps(s[c >> shift]);
 }
 
-ATP_AVX512 inline __m512i unpack512(const uint8_t* q, __m256i low) {
+// signed dot lanes of one pair: (B & 0x0F) . even codes + ((B & 0xF0) . odd codes) / 16, started at ncx
+ATP_AVX512 inline __m512i pair_dot(__m512i v, __m512i xe, __m512i xo, __m512i nc) {
+  const __m512i lo = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+  const __m512i hi = _mm512_and_si512(v, _mm512_set1_epi8(int8_t(0xF0)));
+  return _mm512_add_epi32(_mm512_dpbusd_epi32(nc, lo, xe), _mm512_srai_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, xo), 4));
+}
+
+ATP_AVX512 inline __m512i unpack512(const uint8_t* q) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
   return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low)), _mm256_and_si256(_mm256_srli_epi16(v, 4), low), 1);
 }
@@ -171,15 +225,15 @@ ATP_AVX512 inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
   return _mm_hadd_ps(_mm_hadd_ps(hsum256(a0), hsum256(a1)), _mm_hadd_ps(hsum256(a2), hsum256(a3)));
 }
 
-// quantize_row for the AVX-512 path, same numbers (round to nearest even, scale = amax / 127): per block amax, then
-// per chunk: scale, round, deinterleave even/odd elements, narrow to int8; the lane sums for ncx come from one
-// dpbusd with all-ones bytes. Elements past K (the last block's padding) read as zero via masked loads.
 ATP_AVX512 inline __m512 load16(const float* a, int64_t i, int64_t k) {  // 16 floats of A from element i, zero past K
   const int64_t left = k - i;
   if (left >= 16) return _mm512_loadu_ps(a + i);
   return left > 0 ? _mm512_maskz_loadu_ps(__mmask16((1u << left) - 1), a + i) : _mm512_setzero_ps();
 }
 
+// quantize_row for the AVX-512 path, same numbers (round half to even, scale = amax / 127): per block amax, then per
+// 32 elements: scale, round, split even/odd elements, narrow to int8, store at their layout positions; ncx from
+// dpbusd with all-ones bytes. Elements past K (the last block's padding) read as zero.
 ATP_AVX512 void quantize_row_avx512(const float* a, const Problem& p, int8_t* xq, float* sx, int32_t* ncx) {
   for (int64_t b = 0; b < p.nblk; ++b) {
     __m512 m = _mm512_setzero_ps();
@@ -188,57 +242,69 @@ ATP_AVX512 void quantize_row_avx512(const float* a, const Problem& p, int8_t* xq
   }
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t i = 0; i < p.kp; i += 32) {
+    const float s = sx[i / p.bs];
+    const __m512 inv = _mm512_set1_ps(s > 0.f ? 1.f / s : 0.f);
+    const __m512 v0 = load16(a, i, p.k), v1 = load16(a, i + 16, p.k);
+    const int64_t pos = code_pos(p, i);  // element i is even: its code's slot; the odd ones sit 64 (pair) or 32 later
+    const int64_t odd_off = i / 128 < p.npairs ? 64 : 32;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + pos),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v0, even, v1), inv))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + pos + odd_off),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v0, odd, v1), inv))));
+  }
   const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t c = 0; c < p.nchunk; ++c) {
-    const int64_t i = c * kChunk;
-    const int64_t b0 = p.bs == 32 ? 2 * c : c >> p.shift, b1 = p.bs == 32 ? 2 * c + 1 : b0;
-    const __m512 inv0 = _mm512_set1_ps(sx[b0] > 0.f ? 1.f / sx[b0] : 0.f);
-    const __m512 inv1 = _mm512_set1_ps(sx[b1] > 0.f ? 1.f / sx[b1] : 0.f);
-    const __m512 v0 = load16(a, i, p.k), v1 = load16(a, i + 16, p.k), v2 = load16(a, i + 32, p.k), v3 = load16(a, i + 48, p.k);
-    // elements 0..31 belong to the first half's block, 32..63 to the second
-    const __m512i e0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v0, even, v1), inv0));
-    const __m512i e1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v2, even, v3), inv1));
-    const __m512i o0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v0, odd, v1), inv0));
-    const __m512i o1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v2, odd, v3), inv1));
-    int8_t* dst = xq + i;
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtsepi32_epi8(e0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16), _mm512_cvtsepi32_epi8(e1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 32), _mm512_cvtsepi32_epi8(o0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 48), _mm512_cvtsepi32_epi8(o1));
-    const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(dst));
-    _mm512_storeu_si512(ncx + c * 16, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 3)));
+  for (int64_t u = 0; u < p.units; ++u) {
+    const int8_t* base = xq + u * 128;
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(base));
+    if (u < p.npairs) sums = _mm512_dpbusd_epi32(sums, ones, _mm512_loadu_si512(base + 64));
+    _mm512_storeu_si512(ncx + u * 16, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 3)));
   }
 }
 
-// M = 1: four rows per iteration (four independent dpbusd/fma chains), prefetching two row groups ahead: the
-// hardware prefetcher does not keep up with a stream consumed this slowly (measured: 6.5 vs 11 GB/s per thread).
-template <bool kSplit>
+// M = 1: four rows per iteration (four independent chains), prefetching two row groups ahead: the hardware
+// prefetcher does not keep up with a stream consumed this slowly (measured: 6.5 vs 11 GB/s per thread).
+template <int kBs>
 ATP_AVX512 void gemv_avx512(const Problem& p, int64_t r0, int64_t r1) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
   const size_t st = p.stride;
   const int sh = p.shift;
+  const int64_t tail = 2 * p.npairs;  // chunk index of the trailing chunk (if nchunk is odd)
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const uint8_t* row = p.b + size_t(r) * st;
     const float *w0 = p.sw + r * p.nblk, *w1 = w0 + p.nblk, *w2 = w1 + p.nblk, *w3 = w2 + p.nblk;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < p.nchunk; ++c) {
-      const __m512i xv = _mm512_loadu_si512(p.xq + c * kChunk);
-      const __m512i nc = _mm512_loadu_si512(p.ncx + c * 16);
-      const __m512 sx = lane_scale512<kSplit>(p.sx, c, sh);
-      const uint8_t* q = row + c * 32;
+    for (int64_t u = 0; u < p.npairs; ++u) {
+      const __m512i xe = _mm512_loadu_si512(p.xq + u * 128), xo = _mm512_loadu_si512(p.xq + u * 128 + 64);
+      const __m512i nc = _mm512_loadu_si512(p.ncx + u * 16);
+      const __m512 sx = pair_scale<kBs>(p.sx, u, sh);
+      const uint8_t* q = row + u * 64;
       _mm_prefetch(reinterpret_cast<const char*>(q + 8 * st), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(q + 9 * st), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(q + 10 * st), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(q + 11 * st), _MM_HINT_T0);
-      const __m512 d0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q, low), xv)), sx);
-      const __m512 d1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + st, low), xv)), sx);
-      const __m512 d2 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + 2 * st, low), xv)), sx);
-      const __m512 d3 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + 3 * st, low), xv)), sx);
-      a0 = _mm512_fmadd_ps(d0, lane_scale512<kSplit>(w0, c, sh), a0);
-      a1 = _mm512_fmadd_ps(d1, lane_scale512<kSplit>(w1, c, sh), a1);
-      a2 = _mm512_fmadd_ps(d2, lane_scale512<kSplit>(w2, c, sh), a2);
-      a3 = _mm512_fmadd_ps(d3, lane_scale512<kSplit>(w3, c, sh), a3);
+      const __m512 d0 = _mm512_mul_ps(_mm512_cvtepi32_ps(pair_dot(_mm512_loadu_si512(q), xe, xo, nc)), sx);
+      const __m512 d1 = _mm512_mul_ps(_mm512_cvtepi32_ps(pair_dot(_mm512_loadu_si512(q + st), xe, xo, nc)), sx);
+      const __m512 d2 = _mm512_mul_ps(_mm512_cvtepi32_ps(pair_dot(_mm512_loadu_si512(q + 2 * st), xe, xo, nc)), sx);
+      const __m512 d3 = _mm512_mul_ps(_mm512_cvtepi32_ps(pair_dot(_mm512_loadu_si512(q + 3 * st), xe, xo, nc)), sx);
+      a0 = _mm512_fmadd_ps(d0, pair_scale<kBs>(w0, u, sh), a0);
+      a1 = _mm512_fmadd_ps(d1, pair_scale<kBs>(w1, u, sh), a1);
+      a2 = _mm512_fmadd_ps(d2, pair_scale<kBs>(w2, u, sh), a2);
+      a3 = _mm512_fmadd_ps(d3, pair_scale<kBs>(w3, u, sh), a3);
+    }
+    if (p.nchunk % 2) {
+      const __m512i xv = _mm512_loadu_si512(p.xq + p.npairs * 128);
+      const __m512i nc = _mm512_loadu_si512(p.ncx + p.npairs * 16);
+      const __m512 sx = chunk_scale<kBs>(p.sx, tail, sh);
+      const uint8_t* q = row + tail * 32;
+      const __m512 d0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q), xv)), sx);
+      const __m512 d1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + st), xv)), sx);
+      const __m512 d2 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + 2 * st), xv)), sx);
+      const __m512 d3 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, unpack512(q + 3 * st), xv)), sx);
+      a0 = _mm512_fmadd_ps(d0, chunk_scale<kBs>(w0, tail, sh), a0);
+      a1 = _mm512_fmadd_ps(d1, chunk_scale<kBs>(w1, tail, sh), a1);
+      a2 = _mm512_fmadd_ps(d2, chunk_scale<kBs>(w2, tail, sh), a2);
+      a3 = _mm512_fmadd_ps(d3, chunk_scale<kBs>(w3, tail, sh), a3);
     }
     _mm_storeu_ps(p.y + r, hsum4(a0, a1, a2, a3));
   }
@@ -246,38 +312,53 @@ ATP_AVX512 void gemv_avx512(const Problem& p, int64_t r0, int64_t r1) {
     const uint8_t* row = p.b + size_t(r) * st;
     const float* w = p.sw + r * p.nblk;
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t c = 0; c < p.nchunk; ++c) {
-      const __m512i d = _mm512_dpbusd_epi32(_mm512_loadu_si512(p.ncx + c * 16), unpack512(row + c * 32, low),
-                                            _mm512_loadu_si512(p.xq + c * kChunk));
-      acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), lane_scale512<kSplit>(p.sx, c, sh)),
-                            lane_scale512<kSplit>(w, c, sh), acc);
+    for (int64_t u = 0; u < p.npairs; ++u) {
+      const __m512i d = pair_dot(_mm512_loadu_si512(row + u * 64), _mm512_loadu_si512(p.xq + u * 128),
+                                 _mm512_loadu_si512(p.xq + u * 128 + 64), _mm512_loadu_si512(p.ncx + u * 16));
+      acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), pair_scale<kBs>(p.sx, u, sh)), pair_scale<kBs>(w, u, sh), acc);
+    }
+    if (p.nchunk % 2) {
+      const __m512i d = _mm512_dpbusd_epi32(_mm512_loadu_si512(p.ncx + p.npairs * 16), unpack512(row + tail * 32),
+                                            _mm512_loadu_si512(p.xq + p.npairs * 128));
+      acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), chunk_scale<kBs>(p.sx, tail, sh)), chunk_scale<kBs>(w, tail, sh), acc);
     }
     p.y[r] = _mm512_reduce_add_ps(acc);
   }
 }
 
-// M > 1 (prefill): a tile of R weight rows x MT rows of A; each unpacked chunk of B serves MT rows of A.
-template <bool kSplit, int R, int MT>
+// M > 1 (prefill): a tile of R weight rows x MT rows of A; each loaded pair of B serves MT rows of A.
+template <int kBs, int R, int MT>
 ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
   const int sh = p.shift;
+  const int64_t tail = 2 * p.npairs;
   __m512 acc[R][MT];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < MT; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < p.nchunk; ++c) {
+  for (int64_t u = 0; u < p.npairs; ++u) {
     __m512i w[R];
     __m512 sw[R];
     for (int i = 0; i < R; ++i) {
-      w[i] = unpack512(p.b + size_t(r + i) * p.stride + c * 32, low);
-      sw[i] = lane_scale512<kSplit>(p.sw + (r + i) * p.nblk, c, sh);
+      w[i] = _mm512_loadu_si512(p.b + size_t(r + i) * p.stride + u * 64);
+      sw[i] = pair_scale<kBs>(p.sw + (r + i) * p.nblk, u, sh);
     }
     for (int j = 0; j < MT; ++j) {
-      const __m512i xv = _mm512_loadu_si512(p.xq + (m0 + j) * p.kp + c * kChunk);
-      const __m512i nc = _mm512_loadu_si512(p.ncx + ((m0 + j) * p.nchunk + c) * 16);
-      const __m512 sx = lane_scale512<kSplit>(p.sx + (m0 + j) * p.nblk, c, sh);
-      for (int i = 0; i < R; ++i) {
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, w[i], xv));
-        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(d, sx), sw[i], acc[i][j]);
+      const int8_t* xq = p.xq + (m0 + j) * p.kp + u * 128;
+      const __m512i xe = _mm512_loadu_si512(xq), xo = _mm512_loadu_si512(xq + 64);
+      const __m512i nc = _mm512_loadu_si512(p.ncx + ((m0 + j) * p.units + u) * 16);
+      const __m512 sx = pair_scale<kBs>(p.sx + (m0 + j) * p.nblk, u, sh);
+      for (int i = 0; i < R; ++i)
+        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(pair_dot(w[i], xe, xo, nc)), sx), sw[i], acc[i][j]);
+    }
+  }
+  if (p.nchunk % 2) {
+    for (int i = 0; i < R; ++i) {
+      const __m512i wv = unpack512(p.b + size_t(r + i) * p.stride + tail * 32);
+      const __m512 sw = chunk_scale<kBs>(p.sw + (r + i) * p.nblk, tail, sh);
+      for (int j = 0; j < MT; ++j) {
+        const __m512i xv = _mm512_loadu_si512(p.xq + (m0 + j) * p.kp + p.npairs * 128);
+        const __m512i nc = _mm512_loadu_si512(p.ncx + ((m0 + j) * p.units + p.npairs) * 16);
+        const __m512 sx = chunk_scale<kBs>(p.sx + (m0 + j) * p.nblk, tail, sh);
+        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, wv, xv)), sx), sw, acc[i][j]);
       }
     }
   }
@@ -291,29 +372,30 @@ ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
   }
 }
 
-template <bool kSplit, int R>
+template <int kBs, int R>
 ATP_AVX512 void tiles_avx512(const Problem& p, int64_t r) {
   int64_t m = 0;
-  for (; m + 4 <= p.m; m += 4) tile_avx512<kSplit, R, 4>(p, r, m);
+  for (; m + 4 <= p.m; m += 4) tile_avx512<kBs, R, 4>(p, r, m);
   switch (p.m - m) {
-    case 3: tile_avx512<kSplit, R, 3>(p, r, m); break;
-    case 2: tile_avx512<kSplit, R, 2>(p, r, m); break;
-    case 1: tile_avx512<kSplit, R, 1>(p, r, m); break;
+    case 3: tile_avx512<kBs, R, 3>(p, r, m); break;
+    case 2: tile_avx512<kBs, R, 2>(p, r, m); break;
+    case 1: tile_avx512<kBs, R, 1>(p, r, m); break;
     default: break;
   }
 }
 
-template <bool kSplit>
-ATP_AVX512 void gemm_avx512(const Problem& p, int64_t r0, int64_t r1) {
+template <int kBs>
+ATP_AVX512 void rows_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  if (p.m == 1) return gemv_avx512<kBs>(p, r0, r1);
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) tiles_avx512<kSplit, 4>(p, r);
-  for (; r < r1; ++r) tiles_avx512<kSplit, 1>(p, r);
+  for (; r + 4 <= r1; r += 4) tiles_avx512<kBs, 4>(p, r);
+  for (; r < r1; ++r) tiles_avx512<kBs, 1>(p, r);
 }
 
 void run_avx512(const Problem& p, int64_t r0, int64_t r1) {
-  const bool split = p.bs == 32;
-  if (p.m == 1) return split ? gemv_avx512<true>(p, r0, r1) : gemv_avx512<false>(p, r0, r1);
-  return split ? gemm_avx512<true>(p, r0, r1) : gemm_avx512<false>(p, r0, r1);
+  if (p.bs == 32) return rows_avx512<32>(p, r0, r1);
+  if (p.bs == 64) return rows_avx512<64>(p, r0, r1);
+  return rows_avx512<kLarge>(p, r0, r1);
 }
 
 // ---------------------------------------------------------------------------------------------- AVX2
@@ -335,6 +417,8 @@ ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
   const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   const bool split = p.bs == 32;
+  std::vector<int64_t> off(size_t(2 * p.nchunk));
+  for (int64_t c = 0; c < p.nchunk; ++c) chunk_offsets(p, c, &off[2 * c], &off[2 * c + 1]);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = p.b + size_t(r) * p.stride;
     const float* sw = p.sw + r * p.nblk;
@@ -347,8 +431,8 @@ ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
         if (p.m == 1) _mm_prefetch(reinterpret_cast<const char*>(q + 4 * p.stride), _MM_HINT_T0);
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
         const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk));
-        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * kChunk + 32));
+        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + off[2 * c]));
+        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + off[2 * c + 1]));
         const __m256 s = _mm256_mul_ps(lane_scale256(sw, c, split, p.shift), lane_scale256(sx, c, split, p.shift));
         const __m256i d = _mm256_add_epi32(dot_u4_s8(lo, x0, ones), dot_u4_s8(hi, x1, ones));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc);
@@ -399,10 +483,10 @@ void quant_task(void* data, size_t m) {
   const QuantTask& t = *static_cast<const QuantTask*>(data);
 #if ATP_X86
   if (t.isa == Isa::kAvx512Vnni)
-    return quantize_row_avx512(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.ncx + m * t.p->nchunk * 16);
+    return quantize_row_avx512(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.ncx + m * t.p->units * 16);
 #endif
   quantize_row(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.corr + m * t.p->nblk,
-               t.ncx + m * t.p->nchunk * 16);
+               t.ncx + m * t.p->units * 16);
 }
 
 struct MatMulInt4Kernel {
@@ -449,6 +533,7 @@ struct MatMulInt4Kernel {
       if (m == 0) return nullptr;
       Problem p;
       p.m = m, p.n = n, p.k = k, p.bs = bs, p.nblk = nblk, p.kp = nblk * bs, p.nchunk = nblk * bs / kChunk, p.shift = shift;
+      p.npairs = p.nchunk / 2, p.units = (p.nchunk + 1) / 2;
       p.stride = size_t(nblk * bs / 2);
       p.b = b.GetTensorData<uint8_t>();
       p.sw = s.GetTensorData<float>();
@@ -456,7 +541,7 @@ struct MatMulInt4Kernel {
       xq.resize(size_t(m * p.kp) + kChunk);  // + slack: no vector load ends past the buffer
       sx.resize(size_t(m * nblk));
       corr.resize(size_t(m * nblk));
-      ncx.resize(size_t(m * p.nchunk * 16));
+      ncx.resize(size_t(m * p.units * 16));
       const float* ad = a.GetTensorData<float>();
       QuantTask qt{ad, &p, xq.data(), sx.data(), corr.data(), ncx.data(), isa};
       if (m == 1) {
