@@ -99,10 +99,10 @@ def export_variant(lm, spec: dict, out: Path, stats) -> dict:
     import onnx
 
     if spec["atpcpu"]:
-        from atp.plugins.ort_cpu import swap_matmulnbits
+        from atp.plugins.ort_cpu import rewrite_for_cpu
 
         model = onnx.load(str(path))
-        log.info("%s: %d MatMulNBits -> atp.cpu::MatMulInt4", spec["name"], swap_matmulnbits(model))
+        log.info("%s: %s", spec["name"], rewrite_for_cpu(model))
         onnx.save(model, str(path))
     size = sum(p.stat().st_size for p in out.glob(f"{spec['name']}.onnx*"))
     nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
              "one GEMM each); `traced` = torch.onnx.export of the decoder (the default graph)",
              "- int8/int4/mixed = MatMulNBits accuracy_level=4; mixed = int8 + int4 GEMMs + Concat (gate/up gather-free); "
              "lm_head (49152 x 576) quantized like the other layers; `+atpcpu` = the same graph with MatMulNBits "
-             f"swapped for atp's MatMulInt4 CPU op (plugins/ort_cpu{', ISA path ' + kernels.isa if kernels else ''})",
+             f"swapped for atp's MatMulInt4 CPU op and the SwiGLU folded into the gate/up GEMM (plugins/ort_cpu{', ISA path ' + kernels.isa if kernels else ''})",
              f"- command: `python bench/quant_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "| variant | graph | nodes | prefill ms | prefill x | decode tok/s | decode x | weights MB | weights x | KV bytes/token |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

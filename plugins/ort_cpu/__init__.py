@@ -197,6 +197,75 @@ def swap_matmulnbits(model) -> int:
     return count
 
 
+def _consumers(graph) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                out.setdefault(name, []).append(node)
+    return out
+
+
+def fuse_swiglu(model) -> int:
+    """Fold each MLP's ``Split -> Sigmoid -> Mul -> Mul`` (silu(gate) * up) into the MatMulInt4 that computes the
+    fused gate/up rows (attribute ``swiglu=1``: the op returns silu(gate) * up, half the columns), in place; returns
+    how many were folded. Only the exact pattern is touched: a two-way equal Split on the last axis whose halves
+    feed nothing else, and no intermediate is a graph output."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    users = _consumers(graph)
+    inits = {t.name: t for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    drop, count = set(), 0
+
+    def only(name, op_type):
+        us = users.get(name, [])
+        return us[0] if len(us) == 1 and us[0].op_type == op_type and name not in graph_outputs else None
+
+    for node in graph.node:
+        if node.op_type != OP or node.domain != DOMAIN or any(a.name == "swiglu" for a in node.attribute):
+            continue
+        split = only(node.output[0], "Split")
+        if split is None or len(split.output) != 2:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in split.attribute}
+        n = next(a.i for a in node.attribute if a.name == "N")
+        sizes = numpy_helper.to_array(inits[split.input[1]]).tolist() if len(split.input) > 1 and split.input[1] in inits else None
+        if attrs.get("axis", 0) != -1 or sizes != [n // 2, n // 2] or n % 2:
+            continue
+        gate, up = split.output
+        gate_users = users.get(gate, [])
+        sig = next((u for u in gate_users if u.op_type == "Sigmoid"), None)
+        silu = only(sig.output[0], "Mul") if sig is not None else None
+        if (silu is None or len(gate_users) != 2 or silu not in gate_users or sorted(silu.input) != sorted([gate, sig.output[0]])
+                or gate in graph_outputs):
+            continue
+        prod = only(silu.output[0], "Mul")
+        if prod is None or only(up, "Mul") is not prod or sorted(prod.input) != sorted([silu.output[0], up]):
+            continue
+        node.output[0] = prod.output[0]
+        node.attribute.append(helper.make_attribute("swiglu", 1))
+        drop.update(id(x) for x in (split, sig, silu, prod))
+        count += 1
+    if count:
+        keep = [n for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {i for n in graph.node for i in n.input}
+        keep_inits = [t for t in graph.initializer if t.name in used or t.name in graph_outputs]
+        del graph.initializer[:]
+        graph.initializer.extend(keep_inits)
+    return count
+
+
+def rewrite_for_cpu(model) -> dict:
+    """The whole CPU rewrite of a graph, in place: :func:`swap_matmulnbits`, then :func:`fuse_swiglu`; returns
+    ``{"matmulint4": swapped, "swiglu": folded}``."""
+    swapped = swap_matmulnbits(model)
+    return {"matmulint4": swapped, "swiglu": fuse_swiglu(model) if swapped else 0}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atp.plugins.ort_cpu", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

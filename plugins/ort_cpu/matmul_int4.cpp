@@ -446,6 +446,45 @@ ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
 }
 #endif  // ATP_X86
 
+// ---------------------------------------------------------------------------------------------- SwiGLU epilogue
+// swiglu = 1: the weight rows are [gate; up] (N = 2H) and the op returns silu(gate) * up, [.., H], the MLP's
+// Split + Sigmoid + Mul + Mul in one pass over rows the task just computed.
+void swiglu_scalar(const float* y, int64_t n, int64_t m, int64_t r0, int64_t r1, float* out) {
+  const int64_t h = n / 2;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = r0; j < r1; ++j) {
+      const float g = y[i * n + j];
+      out[i * h + j] = g / (1.f + std::exp(-g)) * y[i * n + h + j];
+    }
+}
+
+#if ATP_X86
+// exp via 2^n * 2^f: n = round(x log2 e), |f| <= 0.5, 2^f = e^(f ln 2) by a degree-6 Taylor polynomial
+// (relative error < 2e-7 over the range; inputs clamped to +-88 so nothing overflows)
+ATP_AVX512 inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 z = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));
+  __m512 q = _mm512_set1_ps(1.f / 720.f);
+  for (float c : {1.f / 120.f, 1.f / 24.f, 1.f / 6.f, 0.5f, 1.f, 1.f}) q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(q, n);
+}
+
+ATP_AVX512 void swiglu_avx512(const float* y, int64_t n, int64_t m, int64_t r0, int64_t r1, float* out) {
+  const int64_t h = n / 2;
+  const __m512 one = _mm512_set1_ps(1.f);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = r0; j < r1; j += 16) {
+      const __mmask16 mask = r1 - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (r1 - j)) - 1);
+      const __m512 g = _mm512_maskz_loadu_ps(mask, y + i * n + j);
+      const __m512 u = _mm512_maskz_loadu_ps(mask, y + i * n + h + j);
+      const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+      _mm512_mask_storeu_ps(out + i * h + j, mask, _mm512_mul_ps(silu, u));
+    }
+}
+#endif
+
 void run_rows(const Problem& p, int64_t r0, int64_t r1, Isa isa) {
 #if ATP_X86
   if (isa == Isa::kAvx512Vnni) return run_avx512(p, r0, r1);
@@ -461,13 +500,22 @@ constexpr size_t kTasks = 24;  // row ranges per GEMM: even shares for 1, 2, 3, 
 struct RowTask {
   const Problem* p;
   Isa isa;
-  int64_t groups, per_task;
+  int64_t rows, groups, per_task;  // rows: N, or H = N / 2 with the SwiGLU epilogue (gate row j pairs with up row H + j)
+  float* act = nullptr;            // the SwiGLU output [M, H], or null
 };
 
 void row_task(void* data, size_t i) {
   const RowTask& t = *static_cast<const RowTask*>(data);
   const int64_t g0 = int64_t(i) * t.per_task, g1 = std::min(t.groups, g0 + t.per_task);
-  if (g0 < g1) run_rows(*t.p, 4 * g0, std::min(t.p->n, 4 * g1), t.isa);
+  if (g0 >= g1) return;
+  const int64_t r0 = 4 * g0, r1 = std::min(t.rows, 4 * g1);
+  run_rows(*t.p, r0, r1, t.isa);
+  if (!t.act) return;
+  run_rows(*t.p, t.rows + r0, t.rows + r1, t.isa);
+#if ATP_X86
+  if (t.isa == Isa::kAvx512Vnni) return swiglu_avx512(t.p->y, t.p->n, t.p->m, r0, r1, t.act);
+#endif
+  swiglu_scalar(t.p->y, t.p->n, t.p->m, r0, r1, t.act);
 }
 
 struct QuantTask {
@@ -489,8 +537,18 @@ void quant_task(void* data, size_t m) {
                t.ncx + m * t.p->units * 16);
 }
 
+int64_t optional_int(const Ort::ConstKernelInfo& ki, const char* name, int64_t fallback) {
+  try {
+    return ki.GetAttribute<int64_t>(name);
+  } catch (const Ort::Exception&) {
+    return fallback;
+  }
+}
+
 struct MatMulInt4Kernel {
   int64_t k = 0, n = 0, bs = 0, nblk = 0;
+  bool swiglu = false;
+  std::vector<float> yfull;  // [M, N] before the SwiGLU epilogue
   Isa isa = Isa::kScalar;
   std::vector<int8_t> xq;
   std::vector<float> sx, corr;
@@ -503,6 +561,8 @@ struct MatMulInt4Kernel {
     n = ki.GetAttribute<int64_t>("N");
     bs = ki.GetAttribute<int64_t>("block_size");
     const int64_t bits = ki.GetAttribute<int64_t>("bits");
+    swiglu = optional_int(ki, "swiglu", 0) != 0;
+    if (swiglu && n % 2) throw std::invalid_argument("MatMulInt4 swiglu = 1 needs an even N (gate rows, then up rows)");
     if (bits != 4) throw std::invalid_argument("MatMulInt4 supports bits = 4 only, got " + std::to_string(bits));
     if (k < 1 || n < 1) throw std::invalid_argument("MatMulInt4 needs K >= 1 and N >= 1");
     if (!(bs == 32 || (bs >= 64 && bs % 64 == 0)))
@@ -528,7 +588,7 @@ struct MatMulInt4Kernel {
         return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: B or scales do not hold N x ceil(K / block_size) blocks");
       int64_t m = 1;
       for (size_t i = 0; i + 1 < shape.size(); ++i) m *= shape[i];
-      shape.back() = n;
+      shape.back() = swiglu ? n / 2 : n;
       Ort::UnownedValue y = ctx.GetOutput(0, shape);
       if (m == 0) return nullptr;
       Problem p;
@@ -537,7 +597,12 @@ struct MatMulInt4Kernel {
       p.stride = size_t(nblk * bs / 2);
       p.b = b.GetTensorData<uint8_t>();
       p.sw = s.GetTensorData<float>();
-      p.y = y.GetTensorMutableData<float>();
+      if (swiglu) {
+        yfull.resize(size_t(m * n));
+        p.y = yfull.data();
+      } else {
+        p.y = y.GetTensorMutableData<float>();
+      }
       xq.resize(size_t(m * p.kp) + kChunk);  // + slack: no vector load ends past the buffer
       sx.resize(size_t(m * nblk));
       corr.resize(size_t(m * nblk));
@@ -550,7 +615,8 @@ struct MatMulInt4Kernel {
         ctx.ParallelFor(quant_task, size_t(m), 0, &qt);
       }
       p.xq = xq.data(), p.sx = sx.data(), p.corr = corr.data(), p.ncx = ncx.data();
-      RowTask rt{&p, isa, (n + 3) / 4, 0};
+      const int64_t rows = swiglu ? n / 2 : n;
+      RowTask rt{&p, isa, rows, (rows + 3) / 4, 0, swiglu ? y.GetTensorMutableData<float>() : nullptr};
       rt.per_task = (rt.groups + kTasks - 1) / kTasks;
       const size_t tasks = size_t((rt.groups + rt.per_task - 1) / rt.per_task);
       if (tasks == 1) {
@@ -588,7 +654,12 @@ struct MatMulInt4Op : Ort::CustomOpBase<MatMulInt4Op, MatMulInt4Kernel, true> {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     Ort::ShapeInferContext::Shape shape = ctx.GetInputShape(0);
     if (shape.empty()) return Ort::Status("MatMulInt4: A must have at least one dimension", ORT_INVALID_ARGUMENT);
-    shape.back() = Ort::ShapeInferContext::SymbolicInteger(ctx.GetAttrInt("N"));
+    int64_t swiglu = 0;
+    try {
+      swiglu = ctx.GetAttrInt("swiglu");
+    } catch (const Ort::Exception&) {
+    }
+    shape.back() = Ort::ShapeInferContext::SymbolicInteger(ctx.GetAttrInt("N") / (swiglu ? 2 : 1));
     return ctx.SetOutputShape(0, shape);
   }
 };

@@ -32,7 +32,7 @@ class _OrtBackend:
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.kernels = _cpu_kernels(so) if self.cpu_kernels else None
-        self.swapped: dict[str, int] = {}  # graph -> MatMulNBits nodes now run by MatMulInt4
+        self.swapped: dict[str, dict] = {}  # graph -> {"matmulint4": nodes swapped, "swiglu": MLP epilogues folded}
         self.sessions = {}
         for name in ("vision", "decoder"):
             self._session(name)
@@ -56,17 +56,18 @@ class _OrtBackend:
             return None
         import onnx
 
-        from atp.plugins.ort_cpu import swap_matmulnbits
+        from atp.plugins.ort_cpu import rewrite_for_cpu
 
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # onnx raises DecodeError/ValueError/OSError for bad files
             raise BundleError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        n = swap_matmulnbits(model)
-        if not n:
+        counts = rewrite_for_cpu(model)
+        if not counts["matmulint4"]:
             return None
-        self.swapped[graph] = n
-        log.info("%s: %d int4 MatMulNBits nodes run by atp.cpu::MatMulInt4 (%s)", graph, n, self.kernels.isa)
+        self.swapped[graph] = counts
+        log.info("%s: %d int4 MatMulNBits nodes run by atp.cpu::MatMulInt4 (%s), %d SwiGLU epilogues folded in", graph,
+                 counts["matmulint4"], self.kernels.isa, counts["swiglu"])
         return model.SerializeToString()
 
     def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision",

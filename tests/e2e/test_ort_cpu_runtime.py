@@ -1,5 +1,5 @@
 """The Python runtime with atp's ORT CPU kernels: an int4 bundle's MatMulNBits nodes run on atp.cpu::MatMulInt4
-(the swap is recorded), greedy tokens equal the MatMulNBits session's, decoder logits agree within 1e-5 of their
+with the MLPs' SwiGLU folded in (both recorded), greedy tokens equal the MatMulNBits session's, decoder logits agree within 1e-5 of their
 scale, and a kernel library named by path must exist (clear error)."""
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def test_int4_bundle_runs_on_matmulint4_with_equal_tokens(int4_bundle, kernels, 
     for isa in {kernels.isa, "scalar"}:  # the fast path this CPU has and the portable one
         monkeypatch.setenv("ATP_ORT_CPU_ISA", isa)
         ours = Session(int4_bundle)
-        n = ours.backend.swapped.get("decoder", 0)
-        assert n >= 2 * 4 + 1  # per layer: fused qkv, o, fused gate_up, down; plus lm_head (tiny: 2 layers)
+        counts = ours.backend.swapped["decoder"]
+        assert counts["matmulint4"] == 2 * 4 + 1  # per layer: fused qkv, o, fused gate_up, down; plus lm_head (2 layers)
+        assert counts["swiglu"] == 2  # every MLP's Split/Sigmoid/Mul/Mul folded into its gate_up GEMM
         for seed in range(2):
             image = random_image(seed)
             a = plain.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)

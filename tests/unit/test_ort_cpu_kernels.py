@@ -152,3 +152,42 @@ def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(ort_cpu.OrtCpuKernelError, match="cannot load"):
         ort_cpu.load(junk)
     assert ort_cpu.find("off") is None
+
+
+def _mlp(h: int, k: int, bs: int, lead: list, seed: int = 0):
+    """MatMulNBits over [gate; up] rows -> Split -> Sigmoid -> Mul -> Mul (the fused decoder's MLP head) -> Identity."""
+    model, _, _ = _matmulnbits(2 * h, k, bs, lead, seed)
+    g = model.graph
+    g.node[0].output[0] = "gu"
+    g.initializer.append(numpy_helper.from_array(np.array([h, h], np.int64), "sizes"))
+    g.node.extend([helper.make_node("Split", ["gu", "sizes"], ["gate", "up"], axis=-1),
+                   helper.make_node("Sigmoid", ["gate"], ["sig"]), helper.make_node("Mul", ["gate", "sig"], ["silu"]),
+                   helper.make_node("Mul", ["silu", "up"], ["h"]), helper.make_node("Identity", ["h"], ["y"])])
+    g.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, h]))
+    return model
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_swiglu_fold_matches_the_unfused_graph(kernels, isa, monkeypatch):
+    monkeypatch.setenv("ATP_ORT_CPU_ISA", isa)
+    rng = np.random.default_rng(2)
+    for i, (h, k, bs, lead) in enumerate([(1536, 576, 64, [1, 1]), (70, 128, 32, [2, 3]), (9, 256, 128, [5])]):
+        model = _mlp(h, k, bs, lead, seed=i)
+        x = rng.standard_normal([*lead, k]).astype(np.float32) * 2
+        ref = _session(model).run(None, {"x": x})[0]
+        counts = ort_cpu.rewrite_for_cpu(model)
+        assert counts == {"matmulint4": 1, "swiglu": 1}
+        assert [n.op_type for n in model.graph.node] == ["MatMulInt4", "Identity"]
+        assert "sizes" not in {t.name for t in model.graph.initializer}
+        y = _session(model, kernels).run(None, {"x": x})[0]
+        assert y.shape == ref.shape == (*lead, h)
+        assert np.abs(y - ref).max() <= RTOL * float(np.abs(ref).max()), (isa, h, k, bs)
+
+
+def test_swiglu_fold_leaves_other_patterns_alone():
+    model = _mlp(64, 64, 32, [1])
+    model.graph.output.append(helper.make_tensor_value_info("up", TensorProto.FLOAT, [1, 64]))  # up is also an output
+    assert ort_cpu.rewrite_for_cpu(model) == {"matmulint4": 1, "swiglu": 0}
+    model = _mlp(64, 64, 32, [1])
+    model.graph.node[3].input[:] = ["up", "sig"]  # Mul(up, sigmoid(gate)): not silu(gate)
+    assert ort_cpu.rewrite_for_cpu(model) == {"matmulint4": 1, "swiglu": 0}
