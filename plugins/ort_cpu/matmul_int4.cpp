@@ -334,11 +334,14 @@ ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
   __m512 acc[R][MT];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < MT; ++j) acc[i][j] = _mm512_setzero_ps();
+  const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(int8_t(0xF0));
   for (int64_t u = 0; u < p.npairs; ++u) {
-    __m512i w[R];
+    __m512i lo[R], hi[R];
     __m512 sw[R];
     for (int i = 0; i < R; ++i) {
-      w[i] = _mm512_loadu_si512(p.b + size_t(r + i) * p.stride + u * 64);
+      const __m512i v = _mm512_loadu_si512(p.b + size_t(r + i) * p.stride + u * 64);
+      lo[i] = _mm512_and_si512(v, low);
+      hi[i] = _mm512_and_si512(v, high);
       sw[i] = pair_scale<kBs>(p.sw + (r + i) * p.nblk, u, sh);
     }
     for (int j = 0; j < MT; ++j) {
@@ -346,8 +349,11 @@ ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
       const __m512i xe = _mm512_loadu_si512(xq), xo = _mm512_loadu_si512(xq + 64);
       const __m512i nc = _mm512_loadu_si512(p.ncx + ((m0 + j) * p.units + u) * 16);
       const __m512 sx = pair_scale<kBs>(p.sx + (m0 + j) * p.nblk, u, sh);
-      for (int i = 0; i < R; ++i)
-        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(pair_dot(w[i], xe, xo, nc)), sx), sw[i], acc[i][j]);
+      for (int i = 0; i < R; ++i) {
+        const __m512i d = _mm512_add_epi32(_mm512_dpbusd_epi32(nc, lo[i], xe),
+                                           _mm512_srai_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[i], xo), 4));
+        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), sx), sw[i], acc[i][j]);
+      }
     }
   }
   if (p.nchunk % 2) {
