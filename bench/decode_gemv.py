@@ -72,13 +72,28 @@ def step_shapes(layers: int = 30) -> list[tuple[int, int]]:
     return per_layer * layers + [(n, k) for n, k, count in SHAPES.values() if count == 1]
 
 
-def time_gemv(model: bytes, copies: int, threads: int, repeats: int) -> float:
-    """Median microseconds per GEMV of a :func:`gemv_graph` holding ``copies`` GEMVs."""
+def on_atp_kernels(model: bytes) -> bytes:
+    """The same graph with its MatMulNBits nodes swapped for atp's MatMulInt4 (:mod:`atp.plugins.ort_cpu`)."""
+    import onnx
+
+    from atp.plugins.ort_cpu import swap_matmulnbits
+
+    m = onnx.ModelProto()
+    m.ParseFromString(model)
+    swap_matmulnbits(m)
+    return m.SerializeToString()
+
+
+def time_gemv(model: bytes, copies: int, threads: int, repeats: int, kernels=None) -> float:
+    """Median microseconds per GEMV of a :func:`gemv_graph` holding ``copies`` GEMVs (``kernels``: an
+    :class:`~atp.plugins.ort_cpu.OrtCpuKernels` to register, for swapped graphs)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    if kernels is not None:
+        so.register_custom_ops_library(str(kernels.path))
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     feed = {i.name: rng.standard_normal(i.shape).astype(np.float32) for i in sess.get_inputs()}
@@ -99,8 +114,15 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", type=int, nargs="+", default=[4, 1])
     ap.add_argument("--copies", type=int, default=30, help="independent weight copies per layer shape (lm_head: 1)")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--atpcpu", action="store_true",
+                    help="also time each accuracy_level-4 int4 variant on atp's MatMulInt4 op (`+atp` rows; built on first use)")
     ap.add_argument("--out", default=None, help="also write the table here (markdown)")
     args = ap.parse_args(argv)
+    kernels = None
+    if args.atpcpu:
+        from atp.plugins import ort_cpu
+
+        kernels = ort_cpu.find("auto") or ort_cpu.load(ort_cpu.build())
     from atp.runtime.benchmark import machine
 
     mc = machine()
@@ -109,7 +131,8 @@ def main(argv=None) -> int:
              f"onnxruntime {mc['onnxruntime']}",
              f"- {args.copies} independent weight copies per layer shape (lm_head: 1), one run over all; medians of "
              f"{args.repeats}; int4 symmetric, `gB` = block size, `L4` = accuracy_level 4 (int8 compute), `L1` = fp32 compute; "
-             "blocks that do not divide K are skipped",
+             "blocks that do not divide K are skipped; `+atp` = the same graph on atp's MatMulInt4 op (plugins/ort_cpu"
+             f"{', ISA path ' + kernels.isa if kernels else ''})",
              f"- command: `python bench/decode_gemv.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "| shape (N x K) | threads | variant | us / GEMV | GB/s of weights | x fp32 |", "|---|---:|---|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
@@ -118,12 +141,15 @@ def main(argv=None) -> int:
     for name, (n, k, count) in SHAPES.items():
         copies = args.copies if count > 1 else 1
         variants = [("fp32", 0, 0)] + [("int4", b, lv) for b in args.blocks if k % b == 0 for lv in args.levels]
+        if kernels is not None:
+            variants += [("int4+atp", b, 4) for b in args.blocks if k % b == 0 and 4 in args.levels]
         for threads in args.threads:
             base = None
             for kind, block, level in variants:
-                model, nbytes = gemv_graph([(n, k)] * copies, kind, block, level)
-                us = time_gemv(model, copies, threads, args.repeats)
-                label = "fp32" if kind == "fp32" else f"int4-g{block}-L{level}"
+                model, nbytes = gemv_graph([(n, k)] * copies, kind.removesuffix("+atp"), block, level)
+                atp = kind.endswith("+atp")
+                us = time_gemv(on_atp_kernels(model) if atp else model, copies, threads, args.repeats, kernels if atp else None)
+                label = "fp32" if kind == "fp32" else f"int4-g{block}-L{level}{'+atp' if atp else ''}"
                 base = base or us
                 totals[(threads, label)] = totals.get((threads, label), 0.0) + us * count
                 shapes_seen[(threads, label)] = shapes_seen.get((threads, label), 0) + 1
@@ -135,12 +161,17 @@ def main(argv=None) -> int:
                "| threads | variant | ms / token | x fp32 | sum of shapes, ms |", "|---:|---|---:|---:|---:|"]
     for threads in args.threads:
         base = None
-        for label in ["fp32"] + [f"int4-g{b}-L{lv}" for b in args.blocks for lv in args.levels]:
+        labels = ["fp32"] + [f"int4-g{b}-L{lv}" for b in args.blocks for lv in args.levels]
+        labels += [f"int4-g{b}-L4+atp" for b in args.blocks] if kernels is not None else []
+        for label in labels:
             if shapes_seen.get((threads, label)) != len(SHAPES):
                 continue
+            atp = label.endswith("+atp")
             kind, block, level = ("fp32", 0, 0) if label == "fp32" else ("int4", int(label.split("-g")[1].split("-")[0]),
-                                                                        int(label.split("-L")[1]))
-            ms = time_gemv(gemv_graph(step_shapes(), kind, block, level)[0], 1, threads, max(5, args.repeats // 3)) / 1e3
+                                                                        int(label.split("-L")[1][:1]))
+            model = gemv_graph(step_shapes(), kind, block, level)[0]
+            ms = time_gemv(on_atp_kernels(model) if atp else model, 1, threads, max(5, args.repeats // 3),
+                           kernels if atp else None) / 1e3
             base = base or ms
             summary.append(f"| {threads} | {label} | {ms:.2f} | {base / ms:.2f} | {totals[(threads, label)] / 1e3:.2f} |")
             print(summary[-1], flush=True)
