@@ -3,16 +3,15 @@
 // the op type and keeps every tensor (atp.plugins.ort_cpu.swap_matmulnbits).
 //
 // Why: at decode (M = 1) MatMulNBits (accuracy_level 4) streams its packed weights at ~6.6 GB/s per thread on
-// the Xeon we measure on, a third of fp32 MatMul's rate, which caps int4 decode near 3.4x fp32. This kernel
-// (AVX-512 VNNI, four weight rows per iteration, software prefetch two row groups ahead; the prototype is
-// bench/int4_gemv_cpu/) reads them ~1.5x faster.
+// the Xeon we measure on, a third of fp32 MatMul's rate, which kept int4 decode near 3x fp32. This op runs one
+// decode step's GEMVs 1.6-1.8x faster (bench/decode_gemv.py --atpcpu); the prototype is bench/int4_gemv_cpu/.
 //
 // Numerics = MatMulNBits accuracy_level 4: each row of A is quantized to int8 per block of `block_size`
-// (symmetric, scale = max|a| / 127), y = sum_b sw[n,b] * sa[m,b] * dot(q_w - 8, q_a).
-// Weights: B uint8 [N, nblk, block_size / 2] (byte j of a block: element 2j in the low nibble, 2j + 1 in the high
-// one, unsigned code = q + 8), scales fp32 [N * nblk]; K is padded to nblk * block_size with zero codes.
-// Inside the kernel A's int8 codes are stored per 64-element chunk even elements first, then odd ones: that is the
-// order in which one 32-byte load of B unpacks (low nibbles, then high nibbles), for any block size.
+// (symmetric, scale = max|a| / 127, round half to even), y = sum_b sw[n,b] * sa[m,b] * dot(q_w, q_a), the block
+// dots exact in int32. Weights: B uint8 [N, nblk, block_size / 2] (byte j of a block: element 2j in the low
+// nibble, 2j + 1 in the high one, unsigned code = q + 8), scales fp32 [N * nblk]; K is padded to
+// nblk * block_size with zeros. A's codes are laid out to match B's packing (see Problem); reference.py is the
+// numpy reference. Optional `swiglu = 1`: rows are [gate; up] and the output is silu(gate) * up.
 //
 // Paths: AVX-512 VNNI (the fast one), AVX2 (maddubs) and portable scalar C++; the best the CPU has is picked at
 // kernel creation (ATP_ORT_CPU_ISA=scalar|avx2|avx512vnni picks a lower one, e.g. for tests). Threads: ORT's intra-op pool
