@@ -1,7 +1,7 @@
 """atp.plugins.ort_cpu: ONNX Runtime CPU custom ops (``libatp_ort_cpu.so``).
 
-One op today, ``atp.cpu::MatMulInt4``: an int4 x int8 GEMM with the numerics of ``com.microsoft.MatMulNBits``
-(bits 4, symmetric, ``accuracy_level=4``) that reads MatMulNBits' own initializers, so a graph rewrite
+``atp.cpu::MatMulInt4`` / ``MatMulInt8``: int4 / int8 x int8 GEMMs with the numerics of ``com.microsoft.MatMulNBits``
+(bits 4 or 8, symmetric, ``accuracy_level=4``) that read MatMulNBits' own initializers, so a graph rewrite
 (:func:`swap_matmulnbits`) only changes op types. It exists because MatMulNBits streams its packed weights at
 about a third of fp32 MatMul's rate at decode on AVX-512 CPUs (``bench/decode_gemv.py``); see README.md here.
 
@@ -37,6 +37,7 @@ SOURCE = HERE / "matmul_int4.cpp"
 LIB_NAME = "libatp_ort_cpu.so"
 DOMAIN = "atp.cpu"
 OP = "MatMulInt4"
+OPS = {4: OP, 8: "MatMulInt8"}  # MatMulNBits bits -> our op (same inputs and attributes)
 MS_DOMAIN = "com.microsoft"
 FAST_ISAS = ("avx512vnni",)  # where MatMulInt4 beats MatMulNBits (measured); elsewhere the runtime keeps MatMulNBits
 ENV = "ATP_ORT_CPU_KERNELS"
@@ -165,22 +166,22 @@ def _attrs(node) -> dict:
 
 
 def swappable(node) -> bool:
-    """A MatMulNBits node MatMulInt4 computes identically: bits 4, accuracy_level 4, no zero points / g_idx /
-    bias, block size 32 or a multiple of 64 with the padded K a multiple of 64."""
+    """A MatMulNBits node MatMulInt4 / MatMulInt8 computes identically: bits 4 or 8, accuracy_level 4, no zero
+    points / g_idx / bias, block size 32 or a power of two >= 64 with the padded K a multiple of 64."""
     if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN:
         return False
     a = _attrs(node)
     k, bs = a.get("K", 0), a.get("block_size", 0)
-    if a.get("bits", 4) != 4 or a.get("accuracy_level", 0) != 4 or k < 1:
+    if a.get("bits", 4) not in OPS or a.get("accuracy_level", 0) != 4 or k < 1:
         return False
-    if not (bs == 32 or (bs >= 64 and bs % 64 == 0)) or (-(-k // bs) * bs) % 64:
+    if not (bs == 32 or (bs >= 64 and bs & (bs - 1) == 0)) or (-(-k // bs) * bs) % 64:
         return False
     return len([i for i in node.input if i]) == 3 and len(node.input) <= 3
 
 
 def swap_matmulnbits(model) -> int:
-    """Turn every :func:`swappable` MatMulNBits node of ``model`` (in place) into ``atp.cpu::MatMulInt4`` with the
-    same inputs and K / N / bits / block_size; returns how many were swapped."""
+    """Turn every :func:`swappable` MatMulNBits node of ``model`` (in place) into ``atp.cpu::MatMulInt4`` (bits 4)
+    or ``MatMulInt8`` (bits 8) with the same inputs and K / N / bits / block_size; returns how many were swapped."""
     from onnx import helper
 
     count = 0
@@ -188,7 +189,7 @@ def swap_matmulnbits(model) -> int:
         if not swappable(node):
             continue
         keep = [a for a in node.attribute if a.name in ("K", "N", "bits", "block_size")]
-        node.op_type, node.domain = OP, DOMAIN
+        node.op_type, node.domain = OPS[_attrs(node).get("bits", 4)], DOMAIN
         del node.attribute[:]
         node.attribute.extend(keep)
         count += 1
@@ -207,7 +208,7 @@ def _consumers(graph) -> dict[str, list]:
 
 
 def fuse_swiglu(model) -> int:
-    """Fold each MLP's ``Split -> Sigmoid -> Mul -> Mul`` (silu(gate) * up) into the MatMulInt4 that computes the
+    """Fold each MLP's ``Split -> Sigmoid -> Mul -> Mul`` (silu(gate) * up) into the MatMulInt4/8 that computes the
     fused gate/up rows (attribute ``swiglu=1``: the op returns silu(gate) * up, half the columns), in place; returns
     how many were folded. Only the exact pattern is touched: a two-way equal Split on the last axis whose halves
     feed nothing else, and no intermediate is a graph output."""
@@ -224,7 +225,7 @@ def fuse_swiglu(model) -> int:
         return us[0] if len(us) == 1 and us[0].op_type == op_type and name not in graph_outputs else None
 
     for node in graph.node:
-        if node.op_type != OP or node.domain != DOMAIN or any(a.name == "swiglu" for a in node.attribute):
+        if node.op_type not in OPS.values() or node.domain != DOMAIN or any(a.name == "swiglu" for a in node.attribute):
             continue
         split = only(node.output[0], "Split")
         if split is None or len(split.output) != 2:
@@ -261,9 +262,10 @@ def fuse_swiglu(model) -> int:
 
 def rewrite_for_cpu(model) -> dict:
     """The whole CPU rewrite of a graph, in place: :func:`swap_matmulnbits`, then :func:`fuse_swiglu`; returns
-    ``{"matmulint4": swapped, "swiglu": folded}``."""
+    ``{"matmulint4": n, "matmulint8": n, "swiglu": folded}``."""
     swapped = swap_matmulnbits(model)
-    return {"matmulint4": swapped, "swiglu": fuse_swiglu(model) if swapped else 0}
+    ops = [n.op_type for n in model.graph.node if n.domain == DOMAIN]
+    return {"matmulint4": ops.count(OPS[4]), "matmulint8": ops.count(OPS[8]), "swiglu": fuse_swiglu(model) if swapped else 0}
 
 
 def main(argv=None) -> int:

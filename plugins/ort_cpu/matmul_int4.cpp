@@ -40,7 +40,6 @@
 namespace {
 
 constexpr const char* kDomain = "atp.cpu";
-constexpr const char* kOpName = "MatMulInt4";
 constexpr const char* kVersion = "1";
 constexpr int64_t kChunk = 64;  // elements of A per 32-byte load of B
 
@@ -84,11 +83,14 @@ struct Problem {
   float* y = nullptr;            // [M, N]
   int64_t m = 0, n = 0, k = 0, bs = 0, nblk = 0, kp = 0, nchunk = 0, npairs = 0, units = 0;
   int shift = 0;                 // log2(chunks per block) for block_size >= 64
+  int bits = 4;                  // 4: the layout above; 8: B one code per byte (q + 128), A codes in natural order
   size_t stride = 0;             // bytes of B per row
+  int32_t offset() const { return bits == 8 ? 128 : 8; }  // the unsigned codes' zero point
 };
 
 // position of element i (of the padded row) in xq
 inline int64_t code_pos(const Problem& p, int64_t i) {
+  if (p.bits == 8) return i;
   const int64_t pair = i / 128;
   if (pair < p.npairs) {
     const int64_t e = i % 128;
@@ -125,20 +127,19 @@ void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float
       sum += q;
     }
     sx[b] = s;
-    corr[b] = 8.f * s * float(sum);
+    corr[b] = float(p.offset()) * s * float(sum);
   }
-  // dpbusd lane l sums 4 (code x A) products per input; starting it from -8 * (sum of the A codes it meets) makes
-  // it the signed dot (codes are q + 8), so the AVX-512 path needs no correction pass. Pair lane l meets bytes
-  // 4l..4l+3 of the even and of the odd half; trailing-chunk lane l meets bytes 4l..4l+3 of the chunk.
+  // dpbusd lane l sums 4 (code x A) products per input; starting it from -offset * (sum of the A codes it meets)
+  // makes it the signed dot (codes are q + offset), so the AVX-512 path needs no correction pass. int4 pair lane l
+  // meets bytes 4l..4l+3 of the even and of the odd half, trailing-chunk and int8 lane l bytes 4l..4l+3 of the unit.
+  const int64_t unit = p.bits == 8 ? 64 : 128;
   for (int64_t u = 0; u < p.units; ++u)
     for (int l = 0; l < 16; ++l) {
       int32_t sum = 0;
-      if (u < p.npairs) {
-        for (int j = 0; j < 4; ++j) sum += int32_t(xq[u * 128 + 4 * l + j]) + xq[u * 128 + 64 + 4 * l + j];
-      } else {
-        for (int j = 0; j < 4; ++j) sum += xq[p.npairs * 128 + 4 * l + j];
-      }
-      ncx[u * 16 + l] = -8 * sum;
+      for (int j = 0; j < 4; ++j) sum += xq[u * unit + 4 * l + j];
+      if (p.bits == 4 && u < p.npairs)
+        for (int j = 0; j < 4; ++j) sum += xq[u * unit + 64 + 4 * l + j];
+      ncx[u * 16 + l] = -p.offset() * sum;
     }
 }
 
@@ -160,8 +161,8 @@ void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
       for (int64_t b = 0; b < p.nblk; ++b) {
         int32_t dot = 0;
         for (int64_t i = b * p.bs; i < (b + 1) * p.bs; ++i) {
-          const uint8_t byte = row[i / 2];
-          const int u = (i % 2) ? (byte >> 4) : (byte & 15);
+          const uint8_t byte = p.bits == 8 ? row[i] : row[i / 2];
+          const int u = p.bits == 8 ? byte : (i % 2) ? (byte >> 4) : (byte & 15);
           dot += u * xq[code_pos(p, i)];
         }
         acc += sw[b] * sx[b] * float(dot);
@@ -245,6 +246,11 @@ ATP_AVX512 void quantize_row_avx512(const float* a, const Problem& p, int8_t* xq
     const float s = sx[i / p.bs];
     const __m512 inv = _mm512_set1_ps(s > 0.f ? 1.f / s : 0.f);
     const __m512 v0 = load16(a, i, p.k), v1 = load16(a, i + 16, p.k);
+    if (p.bits == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv))));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + i + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))));
+      continue;
+    }
     const int64_t pos = code_pos(p, i);  // element i is even: its code's slot; the odd ones sit 64 (pair) or 32 later
     const int64_t odd_off = i / 128 < p.npairs ? 64 : 32;
     _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + pos),
@@ -253,11 +259,13 @@ ATP_AVX512 void quantize_row_avx512(const float* a, const Problem& p, int8_t* xq
                      _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(v0, odd, v1), inv))));
   }
   const __m512i ones = _mm512_set1_epi8(1);
+  const int64_t unit = p.bits == 8 ? 64 : 128;
+  const __m512i off = _mm512_set1_epi32(-p.offset());
   for (int64_t u = 0; u < p.units; ++u) {
-    const int8_t* base = xq + u * 128;
+    const int8_t* base = xq + u * unit;
     __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(base));
-    if (u < p.npairs) sums = _mm512_dpbusd_epi32(sums, ones, _mm512_loadu_si512(base + 64));
-    _mm512_storeu_si512(ncx + u * 16, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 3)));
+    if (p.bits == 4 && u < p.npairs) sums = _mm512_dpbusd_epi32(sums, ones, _mm512_loadu_si512(base + 64));
+    _mm512_storeu_si512(ncx + u * 16, _mm512_mullo_epi32(sums, off));
   }
 }
 
@@ -397,7 +405,72 @@ ATP_AVX512 void rows_avx512(const Problem& p, int64_t r0, int64_t r1) {
   for (; r < r1; ++r) tiles_avx512<kBs, 1>(p, r);
 }
 
+// ---- int8 weights (bits = 8): one 64-byte load of B = 64 codes of one chunk, A codes in natural order. Lane l
+// covers elements 4l..4l+3: blocks 2c (lanes 0-7) and 2c + 1 (lanes 8-15) for bs 32, else block c >> shift.
+template <int kBs>
+ATP_AVX512 inline __m512 scale8(const float* s, int64_t c, int shift) {
+  if (kBs == 32) return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(s[2 * c]), _mm512_set1_ps(s[2 * c + 1]));
+  return _mm512_set1_ps(s[c >> shift]);
+}
+
+template <int kBs, int R, int MT>
+ATP_AVX512 void tile8_avx512(const Problem& p, int64_t r, int64_t m0) {
+  const int sh = p.shift;
+  const size_t st = p.stride;
+  __m512 acc[R][MT];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < MT; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < p.nchunk; ++c) {
+    __m512i w[R];
+    __m512 sw[R];
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* q = p.b + size_t(r + i) * st + c * 64;
+      if (MT == 1 && R == 4) _mm_prefetch(reinterpret_cast<const char*>(q + 8 * st), _MM_HINT_T0);  // decode: stream
+      w[i] = _mm512_loadu_si512(q);
+      sw[i] = scale8<kBs>(p.sw + (r + i) * p.nblk, c, sh);
+    }
+    for (int j = 0; j < MT; ++j) {
+      const __m512i xv = _mm512_loadu_si512(p.xq + (m0 + j) * p.kp + c * 64);
+      const __m512i nc = _mm512_loadu_si512(p.ncx + ((m0 + j) * p.units + c) * 16);
+      const __m512 sx = scale8<kBs>(p.sx + (m0 + j) * p.nblk, c, sh);
+      for (int i = 0; i < R; ++i)
+        acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, w[i], xv)), sx), sw[i], acc[i][j]);
+    }
+  }
+  for (int j = 0; j < MT; ++j) {
+    float* y = p.y + (m0 + j) * p.n + r;
+    if (R == 4) {
+      _mm_storeu_ps(y, hsum4(acc[0][j], acc[R > 1 ? 1 : 0][j], acc[R > 2 ? 2 : 0][j], acc[R > 3 ? 3 : 0][j]));
+    } else {
+      for (int i = 0; i < R; ++i) y[i] = _mm512_reduce_add_ps(acc[i][j]);
+    }
+  }
+}
+
+template <int kBs, int R>
+ATP_AVX512 void tiles8_avx512(const Problem& p, int64_t r) {
+  int64_t m = 0;
+  for (; m + 4 <= p.m; m += 4) tile8_avx512<kBs, R, 4>(p, r, m);
+  switch (p.m - m) {
+    case 3: tile8_avx512<kBs, R, 3>(p, r, m); break;
+    case 2: tile8_avx512<kBs, R, 2>(p, r, m); break;
+    case 1: tile8_avx512<kBs, R, 1>(p, r, m); break;
+    default: break;
+  }
+}
+
+template <int kBs>
+ATP_AVX512 void rows8_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) tiles8_avx512<kBs, 4>(p, r);
+  for (; r < r1; ++r) tiles8_avx512<kBs, 1>(p, r);
+}
+
 void run_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  if (p.bits == 8) {
+    if (p.bs == 32) return rows8_avx512<32>(p, r0, r1);
+    return rows8_avx512<kLarge>(p, r0, r1);
+  }
   if (p.bs == 32) return rows_avx512<32>(p, r0, r1);
   if (p.bs == 64) return rows_avx512<64>(p, r0, r1);
   return rows_avx512<kLarge>(p, r0, r1);
@@ -449,6 +522,33 @@ ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
     }
   }
 }
+// int8 weights: codes as signed q = u - 128 (xor 0x80); maddubs(|q|, sign(x, q)) keeps every pair sum within int16
+ATP_AVX2 void gemm8_avx2(const Problem& p, int64_t r0, int64_t r1) {
+  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(int8_t(0x80));
+  const bool split = p.bs == 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = p.b + size_t(r) * p.stride;
+    const float* sw = p.sw + r * p.nblk;
+    for (int64_t m = 0; m < p.m; ++m) {
+      const int8_t* xq = p.xq + m * p.kp;
+      const float* sx = p.sx + m * p.nblk;
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t c = 0; c < p.nchunk; ++c) {
+        for (int h = 0; h < 2; ++h) {  // 32 codes = one block half of the chunk
+          const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 64 + 32 * h)), flip);
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * 64 + 32 * h));
+          const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q)), ones);
+          const int64_t b = split ? 2 * c + h : c >> p.shift;
+          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw[b] * sx[b]), acc);
+        }
+      }
+      __m128 hs = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      hs = _mm_add_ps(hs, _mm_movehl_ps(hs, hs));
+      hs = _mm_add_ss(hs, _mm_shuffle_ps(hs, hs, 1));
+      p.y[m * p.n + r] = _mm_cvtss_f32(hs);
+    }
+  }
+}
 #endif  // ATP_X86
 
 // ---------------------------------------------------------------------------------------------- SwiGLU epilogue
@@ -493,7 +593,7 @@ ATP_AVX512 void swiglu_avx512(const float* y, int64_t n, int64_t m, int64_t r0, 
 void run_rows(const Problem& p, int64_t r0, int64_t r1, Isa isa) {
 #if ATP_X86
   if (isa == Isa::kAvx512Vnni) return run_avx512(p, r0, r1);
-  if (isa == Isa::kAvx2) return gemm_avx2(p, r0, r1);
+  if (isa == Isa::kAvx2) return p.bits == 8 ? gemm8_avx2(p, r0, r1) : gemm_avx2(p, r0, r1);
 #endif
   (void)isa;
   rows_scalar(p, r0, r1);
@@ -550,7 +650,7 @@ int64_t optional_int(const Ort::ConstKernelInfo& ki, const char* name, int64_t f
   }
 }
 
-struct MatMulInt4Kernel {
+struct MatMulKernel {
   int64_t k = 0, n = 0, bs = 0, nblk = 0;
   bool swiglu = false;
   std::vector<float> yfull;  // [M, N] before the SwiGLU epilogue
@@ -560,23 +660,27 @@ struct MatMulInt4Kernel {
   std::vector<int32_t> ncx;
   int shift = 0;
 
-  explicit MatMulInt4Kernel(const OrtKernelInfo* info) {
+  int bits = 4;
+  std::string name;
+
+  MatMulKernel(const OrtKernelInfo* info, int op_bits) : bits(op_bits), name(op_bits == 8 ? "MatMulInt8" : "MatMulInt4") {
     Ort::ConstKernelInfo ki(info);
     k = ki.GetAttribute<int64_t>("K");
     n = ki.GetAttribute<int64_t>("N");
     bs = ki.GetAttribute<int64_t>("block_size");
-    const int64_t bits = ki.GetAttribute<int64_t>("bits");
+    const int64_t attr_bits = ki.GetAttribute<int64_t>("bits");
     swiglu = optional_int(ki, "swiglu", 0) != 0;
-    if (swiglu && n % 2) throw std::invalid_argument("MatMulInt4 swiglu = 1 needs an even N (gate rows, then up rows)");
-    if (bits != 4) throw std::invalid_argument("MatMulInt4 supports bits = 4 only, got " + std::to_string(bits));
-    if (k < 1 || n < 1) throw std::invalid_argument("MatMulInt4 needs K >= 1 and N >= 1");
+    if (swiglu && n % 2) throw std::invalid_argument(name + " swiglu = 1 needs an even N (gate rows, then up rows)");
+    if (attr_bits != bits)
+      throw std::invalid_argument(name + " supports bits = " + std::to_string(bits) + " only, got " + std::to_string(attr_bits));
+    if (k < 1 || n < 1) throw std::invalid_argument(name + " needs K >= 1 and N >= 1");
     if (!(bs == 32 || (bs >= 64 && bs % 64 == 0)))
-      throw std::invalid_argument("MatMulInt4 needs block_size 32 or a multiple of 64, got " + std::to_string(bs));
+      throw std::invalid_argument(name + " needs block_size 32 or a multiple of 64, got " + std::to_string(bs));
     nblk = (k + bs - 1) / bs;
     if ((nblk * bs) % kChunk)
-      throw std::invalid_argument("MatMulInt4 needs ceil(K / block_size) * block_size to be a multiple of 64");
+      throw std::invalid_argument(name + " needs ceil(K / block_size) * block_size to be a multiple of 64");
     if (bs != 32 && (bs & (bs - 1)))
-      throw std::invalid_argument("MatMulInt4 needs a power-of-two block_size, got " + std::to_string(bs));
+      throw std::invalid_argument(name + " needs a power-of-two block_size, got " + std::to_string(bs));
     while (bs > 32 && (kChunk << shift) < bs) ++shift;
     isa = detect_isa();  // per kernel: ATP_ORT_CPU_ISA applies to sessions created after it is set
   }
@@ -587,10 +691,10 @@ struct MatMulInt4Kernel {
       Ort::ConstValue a = ctx.GetInput(0), b = ctx.GetInput(1), s = ctx.GetInput(2);
       std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
       if (shape.empty() || shape.back() != k)
-        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, ("MatMulInt4: A's last dimension must be K = " + std::to_string(k)).c_str());
+        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (name + ": A's last dimension must be K = " + std::to_string(k)).c_str());
       const size_t b_elems = b.GetTensorTypeAndShapeInfo().GetElementCount(), s_elems = s.GetTensorTypeAndShapeInfo().GetElementCount();
-      if (b_elems != size_t(n * nblk * bs / 2) || s_elems != size_t(n * nblk))
-        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, "MatMulInt4: B or scales do not hold N x ceil(K / block_size) blocks");
+      if (b_elems != size_t(n * nblk * bs * bits / 8) || s_elems != size_t(n * nblk))
+        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (name + ": B or scales do not hold N x ceil(K / block_size) blocks").c_str());
       int64_t m = 1;
       for (size_t i = 0; i + 1 < shape.size(); ++i) m *= shape[i];
       shape.back() = swiglu ? n / 2 : n;
@@ -598,8 +702,9 @@ struct MatMulInt4Kernel {
       if (m == 0) return nullptr;
       Problem p;
       p.m = m, p.n = n, p.k = k, p.bs = bs, p.nblk = nblk, p.kp = nblk * bs, p.nchunk = nblk * bs / kChunk, p.shift = shift;
-      p.npairs = p.nchunk / 2, p.units = (p.nchunk + 1) / 2;
-      p.stride = size_t(nblk * bs / 2);
+      p.bits = bits;
+      p.npairs = bits == 8 ? 0 : p.nchunk / 2, p.units = bits == 8 ? p.nchunk : (p.nchunk + 1) / 2;
+      p.stride = size_t(nblk * bs * bits / 8);
       p.b = b.GetTensorData<uint8_t>();
       p.sw = s.GetTensorData<float>();
       if (swiglu) {
@@ -633,21 +738,23 @@ struct MatMulInt4Kernel {
     } catch (const Ort::Exception& e) {
       return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
     } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, (std::string("MatMulInt4: ") + e.what()).c_str());
+      return Ort::GetApi().CreateStatus(ORT_FAIL, (name + ": " + e.what()).c_str());
     }
   }
 };
 
-struct MatMulInt4Op : Ort::CustomOpBase<MatMulInt4Op, MatMulInt4Kernel, true> {
+// MatMulInt4 (bits 4) and MatMulInt8 (bits 8, MatMulNBits' int8 layout: one code q + 128 per byte): same contract
+template <int kBits>
+struct MatMulOp : Ort::CustomOpBase<MatMulOp<kBits>, MatMulKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
-      *kernel = new MatMulInt4Kernel(info);
+      *kernel = new MatMulKernel(info, kBits);
       return nullptr;
     } catch (const std::exception& e) {
       return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
     }
   }
-  const char* GetName() const { return kOpName; }
+  const char* GetName() const { return kBits == 8 ? "MatMulInt8" : "MatMulInt4"; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
@@ -658,7 +765,7 @@ struct MatMulInt4Op : Ort::CustomOpBase<MatMulInt4Op, MatMulInt4Kernel, true> {
 
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     Ort::ShapeInferContext::Shape shape = ctx.GetInputShape(0);
-    if (shape.empty()) return Ort::Status("MatMulInt4: A must have at least one dimension", ORT_INVALID_ARGUMENT);
+    if (shape.empty()) return Ort::Status("MatMulInt4/8: A must have at least one dimension", ORT_INVALID_ARGUMENT);
     int64_t swiglu = 0;
     try {
       swiglu = ctx.GetAttrInt("swiglu");
@@ -680,12 +787,14 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   const OrtApi* api = base->GetApi(ORT_API_VERSION);
   if (!api) return nullptr;  // an ONNX Runtime older than the headers: nothing we can report through
   Ort::InitApi(api);
-  static const MatMulInt4Op op;
+  static const MatMulOp<4> op4;
+  static const MatMulOp<8> op8;
   static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
   static std::mutex mu;
   try {
     Ort::CustomOpDomain domain{kDomain};
-    domain.Add(&op);
+    domain.Add(&op4);
+    domain.Add(&op8);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(mu);
     domains.push_back(std::move(domain));

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class _OrtBackend:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     extra = "gpu"
-    cpu_kernels = False  # swap int4 MatMulNBits for atp's MatMulInt4 CPU op where that is faster (plugins/ort_cpu)
+    cpu_kernels = False  # run the decoder's MatMulNBits on atp's MatMulInt4/8 CPU ops where that is faster (plugins/ort_cpu)
 
     def __init__(self, bundle: Path, manifest: dict, threads: int | None = None):
         ort = require("onnxruntime", self.extra)
@@ -32,7 +32,7 @@ class _OrtBackend:
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.kernels = _cpu_kernels(so) if self.cpu_kernels else None
-        self.swapped: dict[str, dict] = {}  # graph -> {"matmulint4": nodes swapped, "swiglu": MLP epilogues folded}
+        self.swapped: dict[str, dict] = {}  # graph -> {"matmulint4"/"matmulint8": nodes swapped, "swiglu": folded}
         self.sessions = {}
         for name in ("vision", "decoder"):
             self._session(name)
@@ -50,9 +50,11 @@ class _OrtBackend:
         return self.sessions[graph]
 
     def _swapped_model(self, graph: str, path: Path) -> bytes | None:
-        """The serialized graph with its int4 MatMulNBits nodes swapped for MatMulInt4, or None (nothing to swap)."""
+        """The serialized decoder with its MatMulNBits nodes on MatMulInt4/8 (:func:`atp.plugins.ort_cpu.rewrite_for_cpu`),
+        or None (nothing to swap)."""
         weights = self._graphs[graph].get("weights") or {}
-        if (weights.get("precision") if isinstance(weights, dict) else weights) not in ("int4", "mixed"):
+        # decoder only: the vision tower's int8 GEMMs (M = patches) are not measured on MatMulInt8 yet
+        if graph != "decoder" or (weights.get("precision") if isinstance(weights, dict) else weights) not in ("int4", "int8", "mixed"):
             return None
         import onnx
 
@@ -63,11 +65,11 @@ class _OrtBackend:
         except Exception as exc:  # onnx raises DecodeError/ValueError/OSError for bad files
             raise BundleError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         counts = rewrite_for_cpu(model)
-        if not counts["matmulint4"]:
+        if not counts["matmulint4"] + counts["matmulint8"]:
             return None
         self.swapped[graph] = counts
-        log.info("%s: %d int4 MatMulNBits nodes run by atp.cpu::MatMulInt4 (%s), %d SwiGLU epilogues folded in", graph,
-                 counts["matmulint4"], self.kernels.isa, counts["swiglu"])
+        log.info("%s: %d int4 / %d int8 MatMulNBits nodes run by atp.cpu::MatMulInt4 / MatMulInt8 (%s), %d SwiGLU "
+                 "epilogues folded in", graph, counts["matmulint4"], counts["matmulint8"], self.kernels.isa, counts["swiglu"])
         return model.SerializeToString()
 
     def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision",

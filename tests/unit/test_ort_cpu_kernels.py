@@ -1,5 +1,5 @@
-"""atp.cpu::MatMulInt4 (plugins/ort_cpu): every ISA path against ONNX Runtime's MatMulNBits (bits 4,
-accuracy_level 4) on the same initializers and against the numpy reference; the graph swap; clear errors.
+"""atp.cpu::MatMulInt4 / MatMulInt8 (plugins/ort_cpu): every ISA path against ONNX Runtime's MatMulNBits (bits 4 /
+8, accuracy_level 4) on the same initializers and against the numpy reference; the graph swap; clear errors.
 
 Tolerance: max |MatMulInt4 - other| <= 1e-5 * max |y| (measured ~6e-7: both sides quantize A to the same int8
 codes, so the difference is float32 accumulation order only).
@@ -46,18 +46,18 @@ def _isas() -> list[str]:
     return out
 
 
-def _matmulnbits(n: int, k: int, bs: int, lead: list, seed: int = 0, level: int = 4, zero_points: bool = False):
+def _matmulnbits(n: int, k: int, bs: int, lead: list, seed: int = 0, level: int = 4, zero_points: bool = False, bits: int = 4):
     """A one-node MatMulNBits model with random codes and scales (K need not be a multiple of the block)."""
     rng = np.random.default_rng(seed)
     nblk = -(-k // bs)
-    b = rng.integers(0, 256, (n, nblk, bs // 2), dtype=np.uint8)
+    b = rng.integers(0, 256, (n, nblk, bs * bits // 8), dtype=np.uint8)
     s = rng.uniform(0.001, 0.02, n * nblk).astype(np.float32)
     inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(s, "S")]
     ins = ["x", "B", "S"]
     if zero_points:
         inits.append(numpy_helper.from_array(rng.integers(0, 256, n * -(-nblk // 2), dtype=np.uint8), "Z"))
         ins.append("Z")
-    node = helper.make_node("MatMulNBits", ins, ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=bs,
+    node = helper.make_node("MatMulNBits", ins, ["y"], domain="com.microsoft", K=k, N=n, bits=bits, block_size=bs,
                             accuracy_level=level)
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, k])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, n])], initializer=inits)
@@ -86,22 +86,23 @@ CASES = [(576, 576, 64, [1, 1]), (960, 576, 32, [1]), (579, 640, 128, [1, 1]), (
          (77, 576, 64, [2, 7]), (577, 1536, 32, [1, 5]), (13, 320, 64, [9]), (130, 96, 64, [1, 4]), (4, 64, 32, [1])]
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("isa", _isas())
-def test_matches_matmulnbits_and_reference(kernels, isa, monkeypatch):
+def test_matches_matmulnbits_and_reference(kernels, isa, bits, monkeypatch):
     monkeypatch.setenv("ATP_ORT_CPU_ISA", isa)  # read when a kernel is created
     rng = np.random.default_rng(1)
     for i, (n, k, bs, lead) in enumerate(CASES):
-        model, b, s = _matmulnbits(n, k, bs, lead, seed=i)
+        model, b, s = _matmulnbits(n, k, bs, lead, seed=i, bits=bits)
         x = (rng.standard_normal([*lead, k]) * rng.uniform(0.1, 3)).astype(np.float32)
         x[..., rng.integers(0, k)] *= 40  # an outlier channel, as in real activations
         y_ref = _session(model).run(None, {"x": x})[0]
         y = _session(_swapped(model), kernels, threads=1 + i % 2).run(None, {"x": x})[0]
-        y_np = matmul_int4(x, b, s, k, n, bs)
+        y_np = matmul_int4(x, b, s, k, n, bs, bits)
         scale = float(np.abs(y_ref).max())
         assert y.shape == y_ref.shape == (*lead, n)
-        assert np.abs(y - y_ref).max() <= RTOL * scale, (isa, n, k, bs, lead)
-        assert np.abs(y - y_np).max() <= RTOL * scale, (isa, n, k, bs, lead)
-        assert np.abs(y_np - y_ref).max() <= RTOL * scale, (n, k, bs, lead)
+        assert np.abs(y - y_ref).max() <= RTOL * scale, (isa, bits, n, k, bs, lead)
+        assert np.abs(y - y_np).max() <= RTOL * scale, (isa, bits, n, k, bs, lead)
+        assert np.abs(y_np - y_ref).max() <= RTOL * scale, (bits, n, k, bs, lead)
 
 
 def test_isa_is_reported_and_can_be_lowered(kernels, monkeypatch):
@@ -121,6 +122,7 @@ def test_zero_rows_and_empty_batch(kernels):
 
 def test_swap_only_what_matmulint4_computes_identically():
     kept = {"zero points": _matmulnbits(64, 64, 32, [1], zero_points=True)[0],
+            "bits 8, accuracy_level 0": _matmulnbits(64, 64, 32, [1], level=0, bits=8)[0],
             "accuracy_level 0": _matmulnbits(64, 64, 32, [1], level=0)[0],
             "block 16": _matmulnbits(64, 64, 16, [1])[0],
             "odd block count": _matmulnbits(64, 96, 32, [1])[0]}
@@ -131,6 +133,8 @@ def test_swap_only_what_matmulint4_computes_identically():
     assert ort_cpu.swap_matmulnbits(model) == 1
     node = model.graph.node[0]
     assert (node.domain, node.op_type) == (ort_cpu.DOMAIN, ort_cpu.OP)
+    model8 = _matmulnbits(64, 64, 32, [1], bits=8)[0]
+    assert ort_cpu.swap_matmulnbits(model8) == 1 and model8.graph.node[0].op_type == "MatMulInt8"
     assert {a.name for a in node.attribute} == {"K", "N", "bits", "block_size"}
     assert any(o.domain == ort_cpu.DOMAIN for o in model.opset_import)
 
@@ -140,7 +144,7 @@ def test_bad_attributes_fail_session_creation_with_the_reason(kernels):
     for a in model.graph.node[0].attribute:
         if a.name == "bits":
             a.i = 8
-    with pytest.raises(Exception, match="bits = 4 only"):
+    with pytest.raises(Exception, match="MatMulInt4 supports bits = 4 only"):
         _session(model, kernels).run(None, {"x": np.ones((1, 64), np.float32)})
 
 
@@ -154,9 +158,9 @@ def test_load_errors_name_the_problem(tmp_path):
     assert ort_cpu.find("off") is None
 
 
-def _mlp(h: int, k: int, bs: int, lead: list, seed: int = 0):
+def _mlp(h: int, k: int, bs: int, lead: list, seed: int = 0, bits: int = 4):
     """MatMulNBits over [gate; up] rows -> Split -> Sigmoid -> Mul -> Mul (the fused decoder's MLP head) -> Identity."""
-    model, _, _ = _matmulnbits(2 * h, k, bs, lead, seed)
+    model, _, _ = _matmulnbits(2 * h, k, bs, lead, seed, bits=bits)
     g = model.graph
     g.node[0].output[0] = "gu"
     g.initializer.append(numpy_helper.from_array(np.array([h, h], np.int64), "sizes"))
@@ -167,17 +171,18 @@ def _mlp(h: int, k: int, bs: int, lead: list, seed: int = 0):
     return model
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("isa", _isas())
-def test_swiglu_fold_matches_the_unfused_graph(kernels, isa, monkeypatch):
+def test_swiglu_fold_matches_the_unfused_graph(kernels, isa, bits, monkeypatch):
     monkeypatch.setenv("ATP_ORT_CPU_ISA", isa)
     rng = np.random.default_rng(2)
     for i, (h, k, bs, lead) in enumerate([(1536, 576, 64, [1, 1]), (70, 128, 32, [2, 3]), (9, 256, 128, [5])]):
-        model = _mlp(h, k, bs, lead, seed=i)
+        model = _mlp(h, k, bs, lead, seed=i, bits=bits)
         x = rng.standard_normal([*lead, k]).astype(np.float32) * 2
         ref = _session(model).run(None, {"x": x})[0]
         counts = ort_cpu.rewrite_for_cpu(model)
-        assert counts == {"matmulint4": 1, "swiglu": 1}
-        assert [n.op_type for n in model.graph.node] == ["MatMulInt4", "Identity"]
+        assert counts == {"matmulint4": int(bits == 4), "matmulint8": int(bits == 8), "swiglu": 1}
+        assert [n.op_type for n in model.graph.node] == [ort_cpu.OPS[bits], "Identity"]
         assert "sizes" not in {t.name for t in model.graph.initializer}
         y = _session(model, kernels).run(None, {"x": x})[0]
         assert y.shape == ref.shape == (*lead, h)
@@ -187,7 +192,7 @@ def test_swiglu_fold_matches_the_unfused_graph(kernels, isa, monkeypatch):
 def test_swiglu_fold_leaves_other_patterns_alone():
     model = _mlp(64, 64, 32, [1])
     model.graph.output.append(helper.make_tensor_value_info("up", TensorProto.FLOAT, [1, 64]))  # up is also an output
-    assert ort_cpu.rewrite_for_cpu(model) == {"matmulint4": 1, "swiglu": 0}
+    assert ort_cpu.rewrite_for_cpu(model) == {"matmulint4": 1, "matmulint8": 0, "swiglu": 0}
     model = _mlp(64, 64, 32, [1])
     model.graph.node[3].input[:] = ["up", "sig"]  # Mul(up, sigmoid(gate)): not silu(gate)
-    assert ort_cpu.rewrite_for_cpu(model) == {"matmulint4": 1, "swiglu": 0}
+    assert ort_cpu.rewrite_for_cpu(model) == {"matmulint4": 1, "matmulint8": 0, "swiglu": 0}
