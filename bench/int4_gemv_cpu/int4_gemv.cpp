@@ -1,5 +1,5 @@
 // Prototype: how fast can an int4 x int8 GEMV (M = 1) stream SmolLM2-135M's decode weights on this CPU?
-// (Kept as the stand-alone measurement it was; the shipped op is plugins/ort_cpu/matmul_int4.cpp.)
+// (Kept as the stand-alone measurement it was; the shipped op is plugins/ort_cpu/ (ops.cpp, kernels*.h).)
 //
 // Issue 4 measured ONNX Runtime's MatMulNBits (int4, accuracy_level 4) reading its packed weights at
 // ~6.6 GB/s per thread, a third of fp32 MatMul's rate, which caps int4 decode at ~4.2x fp32 for the

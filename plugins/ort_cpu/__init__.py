@@ -33,7 +33,7 @@ from atp.errors import AtpError
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "matmul_int4.cpp"
+SOURCE = HERE / "ops.cpp"  # includes kernels.h and kernels_x86.h
 LIB_NAME = "libatp_ort_cpu.so"
 DOMAIN = "atp.cpu"
 OP = "MatMulInt4"
@@ -63,7 +63,11 @@ class OrtCpuKernels:
 
 
 def source_hash() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    """Hash of every source file of the library (the cache folder's name)."""
+    h = hashlib.sha256()
+    for f in sorted([*HERE.glob("*.cpp"), *HERE.glob("*.h")]):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def default_dir() -> Path:

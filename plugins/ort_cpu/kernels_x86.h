@@ -1,178 +1,13 @@
-// libatp_ort_cpu: ONNX Runtime CPU custom op `atp.cpu::MatMulInt4`, an int4 x int8 GEMM that reads
-// com.microsoft.MatMulNBits' own initializers (bits 4, symmetric: no zero points), so a graph rewrite swaps
-// the op type and keeps every tensor (atp.plugins.ort_cpu.swap_matmulnbits).
-//
-// Why: at decode (M = 1) MatMulNBits (accuracy_level 4) streams its packed weights at ~6.6 GB/s per thread on
-// the Xeon we measure on, a third of fp32 MatMul's rate, which kept int4 decode near 3x fp32. This op runs one
-// decode step's GEMVs 1.6-1.8x faster (bench/decode_gemv.py --atpcpu); the prototype is bench/int4_gemv_cpu/.
-//
-// Numerics = MatMulNBits accuracy_level 4: each row of A is quantized to int8 per block of `block_size`
-// (symmetric, scale = max|a| / 127, round half to even), y = sum_b sw[n,b] * sa[m,b] * dot(q_w, q_a), the block
-// dots exact in int32. Weights: B uint8 [N, nblk, block_size / 2] (byte j of a block: element 2j in the low
-// nibble, 2j + 1 in the high one, unsigned code = q + 8), scales fp32 [N * nblk]; K is padded to
-// nblk * block_size with zeros. A's codes are laid out to match B's packing (see Problem); reference.py is the
-// numpy reference. Optional `swiglu = 1`: rows are [gate; up] and the output is silu(gate) * up.
-//
-// Paths: AVX-512 VNNI (the fast one), AVX2 (maddubs) and portable scalar C++; the best the CPU has is picked at
-// kernel creation (ATP_ORT_CPU_ISA=scalar|avx2|avx512vnni picks a lower one, e.g. for tests). Threads: ORT's intra-op pool
-// (KernelContext_ParallelFor), so the op never competes with ORT's own spinning workers.
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_cxx_api.h>
-#undef ORT_API_MANUAL_INIT
+// atp.cpu::MatMulInt4 / MatMulInt8 on x86: the AVX-512 VNNI path (the fast one: int4 pairs of chunks, int8 chunks,
+// GEMV and prefill tiles, A quantization, SwiGLU epilogue) and the AVX2 path. Compiled with function target
+// attributes, so one library serves every x86-64 CPU; ops.cpp picks the path at kernel creation.
+#pragma once
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define ATP_X86 1
-#else
-#define ATP_X86 0
-#endif
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <mutex>
-#include <stdexcept>
-#include <string>
-#include <vector>
-
-namespace {
-
-constexpr const char* kDomain = "atp.cpu";
-constexpr const char* kVersion = "1";
-constexpr int64_t kChunk = 64;  // elements of A per 32-byte load of B
-
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
-const char* isa_name(Isa isa) {
-  return isa == Isa::kAvx512Vnni ? "avx512vnni" : isa == Isa::kAvx2 ? "avx2" : "scalar";
-}
-
-Isa detect_isa() {
-  Isa best = Isa::kScalar;
-#if ATP_X86 && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512vnni"))
-    best = Isa::kAvx512Vnni;
-#endif
-  const char* want = std::getenv("ATP_ORT_CPU_ISA");
-  if (want && *want) {
-    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
-      if (std::strcmp(want, isa_name(isa)) == 0 && int(isa) <= int(best)) return isa;
-  }
-  return best;
-}
-
-// One MatMulInt4 problem: y[M, N] = A[M, K] x W[N, K]^T.
-//
-// Layout of A's int8 codes (xq), chosen so that B needs no shuffles: K (padded to whole blocks) is cut into pairs
-// of 64-element chunks (128 elements = 64 packed bytes of B, one 512-bit load) and, when the chunk count is odd,
-// one trailing chunk. In a pair, bytes 0..63 hold its even elements and bytes 64..127 its odd ones: byte j of B
-// holds elements 2j (low nibble) and 2j + 1 (high nibble), so (B & 0x0F) lines up with the even codes and
-// (B & 0xF0) = 16 x high nibble with the odd ones. The trailing chunk holds its 32 even codes, then its 32 odd ones
-// (one 256-bit load of B, unpacked to low nibbles then high nibbles).
-struct Problem {
-  const uint8_t* b = nullptr;    // [N, nblk * bs / 2]
-  const float* sw = nullptr;     // [N, nblk]
-  const int8_t* xq = nullptr;    // [M, kp] (layout above)
-  const float* sx = nullptr;     // [M, nblk]
-  const float* corr = nullptr;   // [M, nblk]: 8 * sx * sum(q) (the unsigned-code correction, scalar/AVX2 paths)
-  const int32_t* ncx = nullptr;  // [M, units, 16]: -8 * (sum of the A codes under int32 lane l), AVX-512 path
-  float* y = nullptr;            // [M, N]
-  int64_t m = 0, n = 0, k = 0, bs = 0, nblk = 0, kp = 0, nchunk = 0, npairs = 0, units = 0;
-  int shift = 0;                 // log2(chunks per block) for block_size >= 64
-  int bits = 4;                  // 4: the layout above; 8: B one code per byte (q + 128), A codes in natural order
-  size_t stride = 0;             // bytes of B per row
-  int32_t offset() const { return bits == 8 ? 128 : 8; }  // the unsigned codes' zero point
-};
-
-// position of element i (of the padded row) in xq
-inline int64_t code_pos(const Problem& p, int64_t i) {
-  if (p.bits == 8) return i;
-  const int64_t pair = i / 128;
-  if (pair < p.npairs) {
-    const int64_t e = i % 128;
-    return pair * 128 + (e % 2) * 64 + e / 2;
-  }
-  const int64_t e = i - p.npairs * 128;  // the trailing chunk
-  return p.npairs * 128 + (e % 2) * 32 + e / 2;
-}
-
-// xq offsets of chunk c's even and odd codes (32 each)
-inline void chunk_offsets(const Problem& p, int64_t c, int64_t* even, int64_t* odd) {
-  if (c < 2 * p.npairs) {
-    *even = (c / 2) * 128 + (c % 2) * 32;
-    *odd = *even + 64;
-  } else {
-    *even = p.npairs * 128;
-    *odd = *even + 32;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------- A quantization
-void quantize_row(const float* a, const Problem& p, int8_t* xq, float* sx, float* corr, int32_t* ncx) {
-  std::memset(xq, 0, size_t(p.kp));
-  for (int64_t b = 0; b < p.nblk; ++b) {
-    const int64_t lo = b * p.bs, hi = std::min(p.k, lo + p.bs);
-    float amax = 0.f;
-    for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(a[i]));
-    const float s = amax / 127.f;
-    const float inv = s > 0.f ? 1.f / s : 0.f;  // as the AVX-512 path (and reference.py) compute it
-    int sum = 0;
-    for (int64_t i = lo; i < hi; ++i) {
-      const int q = std::clamp(int(std::nearbyint(a[i] * inv)), -127, 127);
-      xq[code_pos(p, i)] = int8_t(q);
-      sum += q;
-    }
-    sx[b] = s;
-    corr[b] = float(p.offset()) * s * float(sum);
-  }
-  // dpbusd lane l sums 4 (code x A) products per input; starting it from -offset * (sum of the A codes it meets)
-  // makes it the signed dot (codes are q + offset), so the AVX-512 path needs no correction pass. int4 pair lane l
-  // meets bytes 4l..4l+3 of the even and of the odd half, trailing-chunk and int8 lane l bytes 4l..4l+3 of the unit.
-  const int64_t unit = p.bits == 8 ? 64 : 128;
-  for (int64_t u = 0; u < p.units; ++u)
-    for (int l = 0; l < 16; ++l) {
-      int32_t sum = 0;
-      for (int j = 0; j < 4; ++j) sum += xq[u * unit + 4 * l + j];
-      if (p.bits == 4 && u < p.npairs)
-        for (int j = 0; j < 4; ++j) sum += xq[u * unit + 64 + 4 * l + j];
-      ncx[u * 16 + l] = -p.offset() * sum;
-    }
-}
-
-inline float correction(const float* sw, const float* corr, int64_t nblk) {
-  float c = 0.f;
-  for (int64_t b = 0; b < nblk; ++b) c += sw[b] * corr[b];
-  return c;
-}
-
-// ---------------------------------------------------------------------------------------------- scalar
-void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = p.b + size_t(r) * p.stride;
-    const float* sw = p.sw + r * p.nblk;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* xq = p.xq + m * p.kp;
-      const float* sx = p.sx + m * p.nblk;
-      float acc = 0.f;
-      for (int64_t b = 0; b < p.nblk; ++b) {
-        int32_t dot = 0;
-        for (int64_t i = b * p.bs; i < (b + 1) * p.bs; ++i) {
-          const uint8_t byte = p.bits == 8 ? row[i] : row[i / 2];
-          const int u = p.bits == 8 ? byte : (i % 2) ? (byte >> 4) : (byte & 15);
-          dot += u * xq[code_pos(p, i)];
-        }
-        acc += sw[b] * sx[b] * float(dot);
-      }
-      p.y[m * p.n + r] = acc - correction(sw, p.corr + m * p.nblk, p.nblk);
-    }
-  }
-}
+#include "kernels.h"
 
 #if ATP_X86
+namespace atp_cpu {
+
 // ---------------------------------------------------------------------------------------------- AVX-512 VNNI
 #define ATP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
 
@@ -234,7 +69,7 @@ ATP_AVX512 inline __m512 load16(const float* a, int64_t i, int64_t k) {  // 16 f
 // quantize_row for the AVX-512 path, same numbers (round half to even, scale = amax / 127): per block amax, then per
 // 32 elements: scale, round, split even/odd elements, narrow to int8, store at their layout positions; ncx from
 // dpbusd with all-ones bytes. Elements past K (the last block's padding) read as zero.
-ATP_AVX512 void quantize_row_avx512(const float* a, const Problem& p, int8_t* xq, float* sx, int32_t* ncx) {
+ATP_AVX512 inline void quantize_row_avx512(const float* a, const Problem& p, int8_t* xq, float* sx, int32_t* ncx) {
   for (int64_t b = 0; b < p.nblk; ++b) {
     __m512 m = _mm512_setzero_ps();
     for (int64_t i = b * p.bs; i < (b + 1) * p.bs; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(load16(a, i, p.k)));
@@ -466,7 +301,7 @@ ATP_AVX512 void rows8_avx512(const Problem& p, int64_t r0, int64_t r1) {
   for (; r < r1; ++r) tiles8_avx512<kBs, 1>(p, r);
 }
 
-void run_avx512(const Problem& p, int64_t r0, int64_t r1) {
+inline void run_avx512(const Problem& p, int64_t r0, int64_t r1) {
   if (p.bits == 8) {
     if (p.bs == 32) return rows8_avx512<32>(p, r0, r1);
     return rows8_avx512<kLarge>(p, r0, r1);
@@ -491,7 +326,7 @@ ATP_AVX2 inline __m256i dot_u4_s8(__m256i u, __m256i x, __m256i ones) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
 }
 
-ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
+ATP_AVX2 inline void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
   const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   const bool split = p.bs == 32;
@@ -523,7 +358,7 @@ ATP_AVX2 void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
   }
 }
 // int8 weights: codes as signed q = u - 128 (xor 0x80); maddubs(|q|, sign(x, q)) keeps every pair sum within int16
-ATP_AVX2 void gemm8_avx2(const Problem& p, int64_t r0, int64_t r1) {
+ATP_AVX2 inline void gemm8_avx2(const Problem& p, int64_t r0, int64_t r1) {
   const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(int8_t(0x80));
   const bool split = p.bs == 32;
   for (int64_t r = r0; r < r1; ++r) {
@@ -549,21 +384,7 @@ ATP_AVX2 void gemm8_avx2(const Problem& p, int64_t r0, int64_t r1) {
     }
   }
 }
-#endif  // ATP_X86
 
-// ---------------------------------------------------------------------------------------------- SwiGLU epilogue
-// swiglu = 1: the weight rows are [gate; up] (N = 2H) and the op returns silu(gate) * up, [.., H], the MLP's
-// Split + Sigmoid + Mul + Mul in one pass over rows the task just computed.
-void swiglu_scalar(const float* y, int64_t n, int64_t m, int64_t r0, int64_t r1, float* out) {
-  const int64_t h = n / 2;
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = r0; j < r1; ++j) {
-      const float g = y[i * n + j];
-      out[i * h + j] = g / (1.f + std::exp(-g)) * y[i * n + h + j];
-    }
-}
-
-#if ATP_X86
 // exp via 2^n * 2^f: n = round(x log2 e), |f| <= 0.5, 2^f = e^(f ln 2) by a degree-6 Taylor polynomial
 // (relative error < 2e-7 over the range; inputs clamped to +-88 so nothing overflows)
 ATP_AVX512 inline __m512 exp512(__m512 x) {
@@ -576,7 +397,7 @@ ATP_AVX512 inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(q, n);
 }
 
-ATP_AVX512 void swiglu_avx512(const float* y, int64_t n, int64_t m, int64_t r0, int64_t r1, float* out) {
+ATP_AVX512 inline void swiglu_avx512(const float* y, int64_t n, int64_t m, int64_t r0, int64_t r1, float* out) {
   const int64_t h = n / 2;
   const __m512 one = _mm512_set1_ps(1.f);
   for (int64_t i = 0; i < m; ++i)
@@ -588,220 +409,6 @@ ATP_AVX512 void swiglu_avx512(const float* y, int64_t n, int64_t m, int64_t r0, 
       _mm512_mask_storeu_ps(out + i * h + j, mask, _mm512_mul_ps(silu, u));
     }
 }
-#endif
 
-void run_rows(const Problem& p, int64_t r0, int64_t r1, Isa isa) {
-#if ATP_X86
-  if (isa == Isa::kAvx512Vnni) return run_avx512(p, r0, r1);
-  if (isa == Isa::kAvx2) return p.bits == 8 ? gemm8_avx2(p, r0, r1) : gemm_avx2(p, r0, r1);
-#endif
-  (void)isa;
-  rows_scalar(p, r0, r1);
-}
-
-// ---------------------------------------------------------------------------------------------- the ORT op
-constexpr size_t kTasks = 24;  // row ranges per GEMM: even shares for 1, 2, 3, 4, 6, 8 and 12 threads
-
-struct RowTask {
-  const Problem* p;
-  Isa isa;
-  int64_t rows, groups, per_task;  // rows: N, or H = N / 2 with the SwiGLU epilogue (gate row j pairs with up row H + j)
-  float* act = nullptr;            // the SwiGLU output [M, H], or null
-};
-
-void row_task(void* data, size_t i) {
-  const RowTask& t = *static_cast<const RowTask*>(data);
-  const int64_t g0 = int64_t(i) * t.per_task, g1 = std::min(t.groups, g0 + t.per_task);
-  if (g0 >= g1) return;
-  const int64_t r0 = 4 * g0, r1 = std::min(t.rows, 4 * g1);
-  run_rows(*t.p, r0, r1, t.isa);
-  if (!t.act) return;
-  run_rows(*t.p, t.rows + r0, t.rows + r1, t.isa);
-#if ATP_X86
-  if (t.isa == Isa::kAvx512Vnni) return swiglu_avx512(t.p->y, t.p->n, t.p->m, r0, r1, t.act);
-#endif
-  swiglu_scalar(t.p->y, t.p->n, t.p->m, r0, r1, t.act);
-}
-
-struct QuantTask {
-  const float* a;
-  Problem* p;
-  int8_t* xq;
-  float *sx, *corr;
-  int32_t* ncx;
-  Isa isa;
-};
-
-void quant_task(void* data, size_t m) {
-  const QuantTask& t = *static_cast<const QuantTask*>(data);
-#if ATP_X86
-  if (t.isa == Isa::kAvx512Vnni)
-    return quantize_row_avx512(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.ncx + m * t.p->units * 16);
-#endif
-  quantize_row(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.corr + m * t.p->nblk,
-               t.ncx + m * t.p->units * 16);
-}
-
-int64_t optional_int(const Ort::ConstKernelInfo& ki, const char* name, int64_t fallback) {
-  try {
-    return ki.GetAttribute<int64_t>(name);
-  } catch (const Ort::Exception&) {
-    return fallback;
-  }
-}
-
-struct MatMulKernel {
-  int64_t k = 0, n = 0, bs = 0, nblk = 0;
-  bool swiglu = false;
-  std::vector<float> yfull;  // [M, N] before the SwiGLU epilogue
-  Isa isa = Isa::kScalar;
-  std::vector<int8_t> xq;
-  std::vector<float> sx, corr;
-  std::vector<int32_t> ncx;
-  int shift = 0;
-
-  int bits = 4;
-  std::string name;
-
-  MatMulKernel(const OrtKernelInfo* info, int op_bits) : bits(op_bits), name(op_bits == 8 ? "MatMulInt8" : "MatMulInt4") {
-    Ort::ConstKernelInfo ki(info);
-    k = ki.GetAttribute<int64_t>("K");
-    n = ki.GetAttribute<int64_t>("N");
-    bs = ki.GetAttribute<int64_t>("block_size");
-    const int64_t attr_bits = ki.GetAttribute<int64_t>("bits");
-    swiglu = optional_int(ki, "swiglu", 0) != 0;
-    if (swiglu && n % 2) throw std::invalid_argument(name + " swiglu = 1 needs an even N (gate rows, then up rows)");
-    if (attr_bits != bits)
-      throw std::invalid_argument(name + " supports bits = " + std::to_string(bits) + " only, got " + std::to_string(attr_bits));
-    if (k < 1 || n < 1) throw std::invalid_argument(name + " needs K >= 1 and N >= 1");
-    if (!(bs == 32 || (bs >= 64 && bs % 64 == 0)))
-      throw std::invalid_argument(name + " needs block_size 32 or a multiple of 64, got " + std::to_string(bs));
-    nblk = (k + bs - 1) / bs;
-    if ((nblk * bs) % kChunk)
-      throw std::invalid_argument(name + " needs ceil(K / block_size) * block_size to be a multiple of 64");
-    if (bs != 32 && (bs & (bs - 1)))
-      throw std::invalid_argument(name + " needs a power-of-two block_size, got " + std::to_string(bs));
-    while (bs > 32 && (kChunk << shift) < bs) ++shift;
-    isa = detect_isa();  // per kernel: ATP_ORT_CPU_ISA applies to sessions created after it is set
-  }
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Ort::KernelContext ctx(context);
-      Ort::ConstValue a = ctx.GetInput(0), b = ctx.GetInput(1), s = ctx.GetInput(2);
-      std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
-      if (shape.empty() || shape.back() != k)
-        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (name + ": A's last dimension must be K = " + std::to_string(k)).c_str());
-      const size_t b_elems = b.GetTensorTypeAndShapeInfo().GetElementCount(), s_elems = s.GetTensorTypeAndShapeInfo().GetElementCount();
-      if (b_elems != size_t(n * nblk * bs * bits / 8) || s_elems != size_t(n * nblk))
-        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (name + ": B or scales do not hold N x ceil(K / block_size) blocks").c_str());
-      int64_t m = 1;
-      for (size_t i = 0; i + 1 < shape.size(); ++i) m *= shape[i];
-      shape.back() = swiglu ? n / 2 : n;
-      Ort::UnownedValue y = ctx.GetOutput(0, shape);
-      if (m == 0) return nullptr;
-      Problem p;
-      p.m = m, p.n = n, p.k = k, p.bs = bs, p.nblk = nblk, p.kp = nblk * bs, p.nchunk = nblk * bs / kChunk, p.shift = shift;
-      p.bits = bits;
-      p.npairs = bits == 8 ? 0 : p.nchunk / 2, p.units = bits == 8 ? p.nchunk : (p.nchunk + 1) / 2;
-      p.stride = size_t(nblk * bs * bits / 8);
-      p.b = b.GetTensorData<uint8_t>();
-      p.sw = s.GetTensorData<float>();
-      if (swiglu) {
-        yfull.resize(size_t(m * n));
-        p.y = yfull.data();
-      } else {
-        p.y = y.GetTensorMutableData<float>();
-      }
-      xq.resize(size_t(m * p.kp) + kChunk);  // + slack: no vector load ends past the buffer
-      sx.resize(size_t(m * nblk));
-      corr.resize(size_t(m * nblk));
-      ncx.resize(size_t(m * p.units * 16));
-      const float* ad = a.GetTensorData<float>();
-      QuantTask qt{ad, &p, xq.data(), sx.data(), corr.data(), ncx.data(), isa};
-      if (m == 1) {
-        quant_task(&qt, 0);
-      } else {
-        ctx.ParallelFor(quant_task, size_t(m), 0, &qt);
-      }
-      p.xq = xq.data(), p.sx = sx.data(), p.corr = corr.data(), p.ncx = ncx.data();
-      const int64_t rows = swiglu ? n / 2 : n;
-      RowTask rt{&p, isa, rows, (rows + 3) / 4, 0, swiglu ? y.GetTensorMutableData<float>() : nullptr};
-      rt.per_task = (rt.groups + kTasks - 1) / kTasks;
-      const size_t tasks = size_t((rt.groups + rt.per_task - 1) / rt.per_task);
-      if (tasks == 1) {
-        row_task(&rt, 0);
-      } else {
-        ctx.ParallelFor(row_task, tasks, 0, &rt);
-      }
-      return nullptr;
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, (name + ": " + e.what()).c_str());
-    }
-  }
-};
-
-// MatMulInt4 (bits 4) and MatMulInt8 (bits 8, MatMulNBits' int8 layout: one code q + 128 per byte): same contract
-template <int kBits>
-struct MatMulOp : Ort::CustomOpBase<MatMulOp<kBits>, MatMulKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new MatMulKernel(info, kBits);
-      return nullptr;
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
-    }
-  }
-  const char* GetName() const { return kBits == 8 ? "MatMulInt8" : "MatMulInt4"; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
-    Ort::ShapeInferContext::Shape shape = ctx.GetInputShape(0);
-    if (shape.empty()) return Ort::Status("MatMulInt4/8: A must have at least one dimension", ORT_INVALID_ARGUMENT);
-    int64_t swiglu = 0;
-    try {
-      swiglu = ctx.GetAttrInt("swiglu");
-    } catch (const Ort::Exception&) {
-    }
-    shape.back() = Ort::ShapeInferContext::SymbolicInteger(ctx.GetAttrInt("N") / (swiglu ? 2 : 1));
-    return ctx.SetOutputShape(0, shape);
-  }
-};
-
-}  // namespace
-
-extern "C" {
-
-__attribute__((visibility("default"))) const char* atp_ort_cpu_isa() { return isa_name(detect_isa()); }
-__attribute__((visibility("default"))) const char* atp_ort_cpu_version() { return kVersion; }
-
-__attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
-  const OrtApi* api = base->GetApi(ORT_API_VERSION);
-  if (!api) return nullptr;  // an ONNX Runtime older than the headers: nothing we can report through
-  Ort::InitApi(api);
-  static const MatMulOp<4> op4;
-  static const MatMulOp<8> op8;
-  static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
-  static std::mutex mu;
-  try {
-    Ort::CustomOpDomain domain{kDomain};
-    domain.Add(&op4);
-    domain.Add(&op8);
-    Ort::UnownedSessionOptions(options).Add(domain);
-    std::lock_guard<std::mutex> lock(mu);
-    domains.push_back(std::move(domain));
-  } catch (const Ort::Exception& e) {
-    return api->CreateStatus(e.GetOrtErrorCode(), e.what());
-  }
-  return nullptr;
-}
-
-}  // extern "C"
+}  // namespace atp_cpu
+#endif  // ATP_X86
