@@ -39,7 +39,9 @@ DOMAIN = "atp.cpu"
 OP = "MatMulInt4"
 OPS = {4: OP, 8: "MatMulInt8"}  # MatMulNBits bits -> our op (same inputs and attributes)
 MS_DOMAIN = "com.microsoft"
-FAST_ISAS = ("avx512vnni",)  # where MatMulInt4 beats MatMulNBits (measured); elsewhere the runtime keeps MatMulNBits
+# where MatMulInt4/8 beat MatMulNBits (measured); elsewhere `auto` keeps MatMulNBits. `neondot` (Arm sdot) is
+# checked under qemu but not yet timed on a device: name the library in ATP_ORT_CPU_KERNELS to use it.
+FAST_ISAS = ("avx512vnni",)
 ENV = "ATP_ORT_CPU_KERNELS"
 _FETCH_DEPS = HERE.parent.parent / "runtime" / "cpp" / "tools" / "fetch_deps.py"
 
@@ -98,6 +100,18 @@ def ort_headers(deps_dir: Path) -> Path:
     return inc
 
 
+def arch_flags() -> list[str]:
+    """Extra compiler flags for this host: on 64-bit Arm with the dot-product extension (Jetson Orin / Xavier:
+    ``asimddp`` in /proc/cpuinfo) the NEON sdot path; x86 paths need none (function target attributes)."""
+    import platform
+
+    if platform.machine() in ("aarch64", "arm64"):
+        info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        if " asimddp" in info:
+            return ["-march=armv8.2-a+dotprod"]
+    return []
+
+
 def build(out_dir: str | Path | None = None, cxx: str | None = None, deps_dir: str | Path | None = None) -> Path:
     """Compile ``libatp_ort_cpu.so`` into ``out_dir`` (default: :func:`default_dir`); returns its path.
 
@@ -118,7 +132,7 @@ def build(out_dir: str | Path | None = None, cxx: str | None = None, deps_dir: s
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_lib = Path(tmp) / LIB_NAME
         cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-uninitialized",
-               "-Wno-maybe-uninitialized", f"-I{inc}", str(SOURCE), "-o", str(tmp_lib)]
+               "-Wno-maybe-uninitialized", *arch_flags(), f"-I{inc}", str(SOURCE), "-o", str(tmp_lib)]
         log.info("building %s", lib)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:

@@ -9,6 +9,12 @@
 #else
 #define ATP_X86 0
 #endif
+#if defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#define ATP_NEON_DOT 1
+#else
+#define ATP_NEON_DOT 0
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -22,26 +28,34 @@ namespace atp_cpu {
 
 constexpr int64_t kChunk = 64;  // elements of A per 32-byte load of B
 
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2, kNeonDot = 3 };
 inline const char* isa_name(Isa isa) {
-  return isa == Isa::kAvx512Vnni ? "avx512vnni" : isa == Isa::kAvx2 ? "avx2" : "scalar";
+  switch (isa) {
+    case Isa::kAvx512Vnni: return "avx512vnni";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kNeonDot: return "neondot";
+    default: return "scalar";
+  }
 }
 
+// The best path this CPU runs; ATP_ORT_CPU_ISA=scalar|avx2|avx512vnni|neondot picks another one it also runs.
 inline Isa detect_isa() {
-  Isa best = Isa::kScalar;
+  std::vector<Isa> have = {Isa::kScalar};
 #if ATP_X86 && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) have.push_back(Isa::kAvx2);
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512vnni"))
-    best = Isa::kAvx512Vnni;
+    have.push_back(Isa::kAvx512Vnni);
+#endif
+#if ATP_NEON_DOT
+  have.push_back(Isa::kNeonDot);  // compiled for dot-product CPUs (Jetson Orin / Xavier): the builder checks the host
 #endif
   const char* want = std::getenv("ATP_ORT_CPU_ISA");
-  if (want && *want) {
-    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
-      if (std::strcmp(want, isa_name(isa)) == 0 && int(isa) <= int(best)) return isa;
-  }
-  return best;
+  if (want && *want)
+    for (Isa isa : have)
+      if (std::strcmp(want, isa_name(isa)) == 0) return isa;
+  return have.back();
 }
 
 // One MatMulInt4 problem: y[M, N] = A[M, K] x W[N, K]^T.

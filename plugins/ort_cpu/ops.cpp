@@ -27,22 +27,12 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "kernels.h"
-#include "kernels_x86.h"
+#include "dispatch.h"
 
 namespace atp_cpu {
 
 constexpr const char* kDomain = "atp.cpu";
 constexpr const char* kVersion = "1";
-
-void run_rows(const Problem& p, int64_t r0, int64_t r1, Isa isa) {
-#if ATP_X86
-  if (isa == Isa::kAvx512Vnni) return run_avx512(p, r0, r1);
-  if (isa == Isa::kAvx2) return p.bits == 8 ? gemm8_avx2(p, r0, r1) : gemm_avx2(p, r0, r1);
-#endif
-  (void)isa;
-  rows_scalar(p, r0, r1);
-}
 
 // ---------------------------------------------------------------------------------------------- the ORT op
 constexpr size_t kTasks = 24;  // row ranges per GEMM: even shares for 1, 2, 3, 4, 6, 8 and 12 threads
@@ -62,10 +52,7 @@ void row_task(void* data, size_t i) {
   run_rows(*t.p, r0, r1, t.isa);
   if (!t.act) return;
   run_rows(*t.p, t.rows + r0, t.rows + r1, t.isa);
-#if ATP_X86
-  if (t.isa == Isa::kAvx512Vnni) return swiglu_avx512(t.p->y, t.p->n, t.p->m, r0, r1, t.act);
-#endif
-  swiglu_scalar(t.p->y, t.p->n, t.p->m, r0, r1, t.act);
+  swiglu(t.p->y, t.p->n, t.p->m, r0, r1, t.act, t.isa);
 }
 
 struct QuantTask {
@@ -79,12 +66,8 @@ struct QuantTask {
 
 void quant_task(void* data, size_t m) {
   const QuantTask& t = *static_cast<const QuantTask*>(data);
-#if ATP_X86
-  if (t.isa == Isa::kAvx512Vnni)
-    return quantize_row_avx512(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.ncx + m * t.p->units * 16);
-#endif
-  quantize_row(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.corr + m * t.p->nblk,
-               t.ncx + m * t.p->units * 16);
+  quantize_a(t.a + m * t.p->k, *t.p, t.xq + m * t.p->kp, t.sx + m * t.p->nblk, t.corr + m * t.p->nblk,
+             t.ncx + m * t.p->units * 16, t.isa);
 }
 
 int64_t optional_int(const Ort::ConstKernelInfo& ki, const char* name, int64_t fallback) {
@@ -103,7 +86,6 @@ struct MatMulKernel {
   std::vector<int8_t> xq;
   std::vector<float> sx, corr;
   std::vector<int32_t> ncx;
-  int shift = 0;
 
   int bits = 4;
   std::string name;
@@ -126,7 +108,6 @@ struct MatMulKernel {
       throw std::invalid_argument(name + " needs ceil(K / block_size) * block_size to be a multiple of 64");
     if (bs != 32 && (bs & (bs - 1)))
       throw std::invalid_argument(name + " needs a power-of-two block_size, got " + std::to_string(bs));
-    while (bs > 32 && (kChunk << shift) < bs) ++shift;
     isa = detect_isa();  // per kernel: ATP_ORT_CPU_ISA applies to sessions created after it is set
   }
 
@@ -145,11 +126,7 @@ struct MatMulKernel {
       shape.back() = swiglu ? n / 2 : n;
       Ort::UnownedValue y = ctx.GetOutput(0, shape);
       if (m == 0) return nullptr;
-      Problem p;
-      p.m = m, p.n = n, p.k = k, p.bs = bs, p.nblk = nblk, p.kp = nblk * bs, p.nchunk = nblk * bs / kChunk, p.shift = shift;
-      p.bits = bits;
-      p.npairs = bits == 8 ? 0 : p.nchunk / 2, p.units = bits == 8 ? p.nchunk : (p.nchunk + 1) / 2;
-      p.stride = size_t(nblk * bs * bits / 8);
+      Problem p = make_problem(m, n, k, bs, bits);
       p.b = b.GetTensorData<uint8_t>();
       p.sw = s.GetTensorData<float>();
       if (swiglu) {

@@ -43,6 +43,8 @@ def _isas() -> list[str]:
         out.append("avx2")
     if all(f" {f} " in cpu for f in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")):
         out.append("avx512vnni")
+    if ort_cpu.arch_flags():  # 64-bit Arm with sdot: the library is built with the NEON path
+        out.append("neondot")
     return out
 
 
@@ -196,3 +198,60 @@ def test_swiglu_fold_leaves_other_patterns_alone():
     model = _mlp(64, 64, 32, [1])
     model.graph.node[3].input[:] = ["up", "sig"]  # Mul(up, sigmoid(gate)): not silu(gate)
     assert ort_cpu.rewrite_for_cpu(model) == {"matmulint4": 1, "matmulint8": 0, "swiglu": 0}
+
+
+def _standalone_cases():
+    rng = np.random.default_rng(3)
+    for n, k, bs, m, bits in [(64, 576, 64, 1, 4), (37, 640, 128, 3, 4), (13, 96, 64, 2, 4), (40, 576, 32, 2, 4),
+                              (33, 576, 64, 2, 8), (20, 320, 32, 1, 8), (9, 256, 256, 4, 4)]:
+        nblk = -(-k // bs)
+        b = rng.integers(0, 256, (n, nblk, bs * bits // 8), dtype=np.uint8)
+        s = rng.uniform(0.001, 0.02, n * nblk).astype(np.float32)
+        yield n, k, bs, m, bits, rng.standard_normal((m, k)).astype(np.float32), b, s
+
+
+def _run_check(cmd: list, isa: str, tmp_path) -> None:
+    """Run plugins/ort_cpu/check.cpp (built as ``cmd``) on every case, against the numpy reference."""
+    import subprocess
+
+    for i, (n, k, bs, m, bits, a, b, s) in enumerate(_standalone_cases()):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        a.tofile(d / "a.bin")
+        b.tofile(d / "b.bin")
+        s.tofile(d / "s.bin")
+        res = subprocess.run([*cmd, str(d), isa, str(m), str(n), str(k), str(bits), str(bs)], capture_output=True, text=True)
+        assert res.returncode == 0 and res.stdout.strip() == isa, (res.stdout, res.stderr)
+        y = np.fromfile(d / "y.bin", np.float32).reshape(m, n)
+        ref = matmul_int4(a, b, s, k, n, bs, bits)
+        assert np.abs(y - ref).max() <= RTOL * float(np.abs(ref).max()), (isa, n, k, bs, m, bits)
+
+
+def test_neon_dot_path_under_qemu(tmp_path):
+    """The Arm (Jetson) sdot path, cross-compiled and run under qemu-aarch64: correctness only, no timing."""
+    import shutil
+    import subprocess
+
+    cxx, qemu = shutil.which("aarch64-linux-gnu-g++"), shutil.which("qemu-aarch64")
+    if not (cxx and qemu):
+        pytest.skip("needs aarch64-linux-gnu-g++ and qemu-aarch64 (apt install g++-aarch64-linux-gnu qemu-user)")
+    exe = tmp_path / "check_arm"
+    res = subprocess.run([cxx, "-O2", "-std=c++17", "-march=armv8.2-a+dotprod", "-static",
+                          str(ort_cpu.HERE / "check.cpp"), "-o", str(exe)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _run_check([qemu, "-cpu", "max", str(exe)], "neondot", tmp_path)
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_standalone_check_matches_reference(isa, tmp_path):
+    """check.cpp (the kernels without ONNX Runtime) on this CPU's paths: the tool the qemu test relies on."""
+    import shutil
+    import subprocess
+
+    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = tmp_path / "check"
+    res = subprocess.run([cxx, "-O2", "-std=c++17", str(ort_cpu.HERE / "check.cpp"), "-o", str(exe)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _run_check([str(exe)], isa, tmp_path)
