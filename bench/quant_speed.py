@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 log = logging.getLogger("quant_speed")
-DEFAULT_VARIANTS = ["fp32", "fp32@traced", "int8", "int4-g32", "int4-g64", "mixed-4.4-g64", "int4-g32@traced", "mixed-4.4-g64+kv8"]
+DEFAULT_VARIANTS = ["fp32", "fp32@traced", "int8", "int8+atpcpu", "int4-g32", "int4-g32+atpcpu", "int4-g64", "int4-g64+atpcpu",
+                    "mixed-4.4-g64", "mixed-4.4-g64+atpcpu", "int4-g32@traced", "mixed-4.4-g64+kv8"]
 
 
 def parse(v: str) -> dict:
@@ -204,8 +205,14 @@ def main(argv=None) -> int:
     if any(s["atpcpu"] for s in specs):
         from atp.plugins import ort_cpu
 
-        kernels = ort_cpu.find("auto") or ort_cpu.load(ort_cpu.build())
-        log.info("atp CPU kernels: %s (ISA path %s)", kernels.path, kernels.isa)
+        try:
+            kernels = ort_cpu.find("auto") or ort_cpu.load(ort_cpu.build())
+            log.info("atp CPU kernels: %s (ISA path %s)", kernels.path, kernels.isa)
+        except ort_cpu.OrtCpuKernelError as exc:
+            if args.variants is not DEFAULT_VARIANTS:
+                raise SystemExit(f"error: {exc}") from None
+            log.warning("skipping the +atpcpu variants: %s", exc)
+            specs = [s for s in specs if not s["atpcpu"]]
     with tempfile.TemporaryDirectory() as tmp:
         exported = {}
         for spec in specs:
