@@ -1,10 +1,11 @@
 """Vision-tower GEMM speed on ONNX Runtime CPU: fp32 MatMul vs int8-weight MatMulNBits (bits=8, accuracy_level=4,
 what ``--vision-weights int8`` writes) vs DynamicQuantizeMatMul (per-tensor uint8 activations, per-channel int8
-weights), at ViT-B/14-336 shapes (577 tokens), side by side in one run.
+weights) vs, with ``--atpcpu``, the same MatMulNBits on atp's MatMulInt8 (plugins/ort_cpu), at ViT-B/14-336 shapes
+(577 tokens), side by side in one run (one live session at a time: idle sessions' spinning threads slow the next).
 
 Usage::
 
-    python bench/quant_vision_gemm.py --repeats 20
+    python bench/quant_vision_gemm.py --repeats 20 [--atpcpu]
 """
 
 from __future__ import annotations
@@ -50,29 +51,53 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=577)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--atpcpu", action="store_true", help="also atp's MatMulInt8 on the MatMulNBits graph (built on first use)")
     args = ap.parse_args(argv)
+    import onnx
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    so.log_severity_level = 3
-    x = {}
+    kernels = None
+    if args.atpcpu:
+        from atp.plugins import ort_cpu
+
+        kernels = ort_cpu.find("auto") or ort_cpu.load(ort_cpu.build())
+
+    def session(model: bytes, custom: bool):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.log_severity_level = 3
+        if custom:
+            from atp.plugins.ort_cpu import swap_matmulnbits
+
+            so.register_custom_ops_library(str(kernels.path))
+            m = onnx.ModelProto()
+            m.ParseFromString(model)
+            swap_matmulnbits(m)
+            model = m.SerializeToString()
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+    variants = [False, True, "dqmm"] + (["atp"] if kernels else [])
     print(f"# vision GEMMs, {args.tokens} tokens, ORT {ort.__version__} CPU, {args.threads} threads, "
-          f"load average {os.getloadavg()[0]:.1f}; medians of {args.repeats}, round-robin")
-    print("| GEMM (K -> N) | fp32 ms | int8 MatMulNBits ms | x | int8 DynamicQuantizeMatMul ms | x |\n|---|---:|---:|---:|---:|---:|")
+          f"load average {os.getloadavg()[0]:.1f}; medians of {args.repeats} per variant over 4 rounds, one live session at a time")
+    print("| GEMM (K -> N) | fp32 ms | int8 MatMulNBits ms | x | int8 DynamicQuantizeMatMul ms | x |"
+          + (" int8 MatMulInt8 (atp) ms | x |" if kernels else "") + "\n|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if kernels else ""))
     for k, n in ((768, 768), (768, 3072), (3072, 768)):
-        sess = {q: ort.InferenceSession(graph(k, n, q), so, providers=["CPUExecutionProvider"]) for q in (False, True, "dqmm")}
         x = np.random.default_rng(1).standard_normal((args.tokens, k)).astype(np.float32)
-        t = {q: [] for q in sess}
-        for s in sess.values():
-            s.run(None, {"x": x})
-        for _ in range(args.repeats):
-            for q, s in sess.items():
-                t0 = time.perf_counter()
-                s.run(None, {"x": x})
-                t[q].append(time.perf_counter() - t0)
-        a, b, c = (statistics.median(t[q]) * 1e3 for q in (False, True, "dqmm"))
-        print(f"| {k} -> {n} | {a:.2f} | {b:.2f} | {a / b:.2f} | {c:.2f} | {a / c:.2f} |")
+        t = {q: [] for q in variants}
+        for _ in range(4):
+            for q in variants:
+                sess = session(graph(k, n, True if q == "atp" else q), q == "atp")
+                sess.run(None, {"x": x})
+                for _ in range(max(1, args.repeats // 4)):
+                    t0 = time.perf_counter()
+                    sess.run(None, {"x": x})
+                    t[q].append(time.perf_counter() - t0)
+                del sess
+        ms = [statistics.median(t[q]) * 1e3 for q in variants]
+        row = f"| {k} -> {n} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[0] / ms[1]:.2f} | {ms[2]:.2f} | {ms[0] / ms[2]:.2f} |"
+        if kernels:
+            row += f" {ms[3]:.2f} | {ms[0] / ms[3]:.2f} |"
+        print(row, flush=True)
     return 0
 
 
