@@ -10,8 +10,8 @@ Build once (needs a C++17 compiler and ONNX Runtime's C/C++ headers, fetched fro
     python -m atp.plugins.ort_cpu build            # into the user cache, where the runtime finds it
     python -m atp.plugins.ort_cpu info             # path, ISA path in use, version
 
-The Python runtime (``ort`` backend) then swaps MatMulNBits for MatMulInt4 on CPUs with AVX-512 VNNI
-(``ATP_ORT_CPU_KERNELS=off`` disables it, ``=PATH`` names a library).
+The Python runtime (``ort`` backend) then runs quantized decoders' MatMulNBits on MatMulInt4 / MatMulInt8 on CPUs
+with AVX-512 VNNI (``ATP_ORT_CPU_KERNELS=off`` disables it, ``=PATH`` names a library).
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def fuse_swiglu(model) -> int:
     users = _consumers(graph)
     inits = {t.name: t for t in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
-    drop, count = set(), 0
+    drop, sizes_inits, count = set(), set(), 0
 
     def only(name, op_type):
         us = users.get(name, [])
@@ -266,13 +266,14 @@ def fuse_swiglu(model) -> int:
         node.output[0] = prod.output[0]
         node.attribute.append(helper.make_attribute("swiglu", 1))
         drop.update(id(x) for x in (split, sig, silu, prod))
+        sizes_inits.add(split.input[1])
         count += 1
     if count:
         keep = [n for n in graph.node if id(n) not in drop]
         del graph.node[:]
         graph.node.extend(keep)
         used = {i for n in graph.node for i in n.input}
-        keep_inits = [t for t in graph.initializer if t.name in used or t.name in graph_outputs]
+        keep_inits = [t for t in graph.initializer if t.name not in sizes_inits or t.name in used]  # the folded Splits' sizes
         del graph.initializer[:]
         graph.initializer.extend(keep_inits)
     return count
@@ -290,7 +291,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atp.plugins.ort_cpu", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="compile libatp_ort_cpu.so (default: into the user cache the runtime reads)")
-    b.add_argument("--out", help="output folder (default: %(default)s)", default=None)
+    b.add_argument("--out", default=None, help="output folder (default: the user cache folder the runtime reads)")
     sub.add_parser("info", help="where the library is and which ISA path it runs")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -53,7 +53,8 @@ class _OrtBackend:
         """The serialized decoder with its MatMulNBits nodes on MatMulInt4/8 (:func:`atp.plugins.ort_cpu.rewrite_for_cpu`),
         or None (nothing to swap)."""
         weights = self._graphs[graph].get("weights") or {}
-        # decoder only: the vision tower's int8 GEMMs (M = patches) are not measured on MatMulInt8 yet
+        # decoder only: at the vision tower's M = patches MatMulInt8 is slower than fp32 and MatMulNBits
+        # (bench/results/quant_vision_gemm_xeon_atpcpu.md)
         if graph != "decoder" or (weights.get("precision") if isinstance(weights, dict) else weights) not in ("int4", "int8", "mixed"):
             return None
         import onnx
@@ -66,6 +67,9 @@ class _OrtBackend:
             raise BundleError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         counts = rewrite_for_cpu(model)
         if not counts["matmulint4"] + counts["matmulint8"]:
+            return None
+        if model.ByteSize() > 2_000_000_000:  # protobuf's limit for an in-memory model
+            log.warning("%s: over 2 GB, kept on MatMulNBits (atp CPU kernels need an in-memory rewrite)", graph)
             return None
         self.swapped[graph] = counts
         log.info("%s: %d int4 / %d int8 MatMulNBits nodes run by atp.cpu::MatMulInt4 / MatMulInt8 (%s), %d SwiGLU "
@@ -92,7 +96,8 @@ class _OrtBackend:
 def _cpu_kernels(options):
     """Register atp's ORT CPU kernel library in ``options`` and return it, or None where it is not used:
     ``$ATP_ORT_CPU_KERNELS`` is ``off``; ``auto`` (default) and no cached build, no ``onnx`` to rewrite graphs with,
-    or a CPU where MatMulInt4 is not the faster op (no AVX-512 VNNI). A library named by path must load."""
+    or a CPU where MatMulInt4/8 are not measured faster (anything but AVX-512 VNNI). A library named by path must load
+    and is used on any CPU."""
     from atp.plugins import ort_cpu
 
     setting = os.environ.get(ort_cpu.ENV) or "auto"
@@ -106,7 +111,8 @@ def _cpu_kernels(options):
     if lib is None:
         return None
     if setting == "auto" and not lib.fast:
-        log.info("atp CPU kernels not used: this CPU runs their %s path, slower than MatMulNBits", lib.isa)
+        log.info("atp CPU kernels not used: they are measured faster than MatMulNBits on AVX-512 VNNI only, this CPU "
+                 "runs their %s path (set %s to the library's path to use it anyway)", lib.isa, ort_cpu.ENV)
         return None
     try:
         import onnx  # noqa: F401  (the op swap edits the graph)
@@ -119,7 +125,7 @@ def _cpu_kernels(options):
 
 @BACKENDS.register("ort")
 class OrtCpuBackend(_OrtBackend):
-    """ONNX Runtime on the CPU (int4 GEMMs on atp's MatMulInt4 op where it is built and faster: plugins/ort_cpu)."""
+    """ONNX Runtime on the CPU (quantized decoder GEMMs on atp's MatMulInt4/8 ops where built and faster: plugins/ort_cpu)."""
 
     cpu_kernels = True
 
