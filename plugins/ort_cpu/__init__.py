@@ -287,12 +287,54 @@ def rewrite_for_cpu(model) -> dict:
     return {"matmulint4": ops.count(OPS[4]), "matmulint8": ops.count(OPS[8]), "swiglu": fuse_swiglu(model) if swapped else 0}
 
 
+# ---------------------------------------------------------------------------------------------- specialized bundles
+def specialize_bundle(bundle: str | Path, out: str | Path, overwrite: bool = False) -> dict:
+    """Copy ``bundle`` to ``out`` with its decoder rewritten for atp's CPU ops (:func:`rewrite_for_cpu`) and the
+    manifest saying so (``graphs.decoder.custom_ops``), for runtimes that cannot rewrite graphs themselves: the
+    embedded C++ runtime registers the library named by ``$ATP_ORT_CPU_KERNELS``. The copy needs the library
+    wherever it runs; the original stays portable. Written to a temp dir and renamed; returns the new manifest.
+
+    Raises:
+        OrtCpuKernelError: nothing to swap, or the bundle is already specialized.
+        BundleError: the bundle is missing or fails verification, or ``out`` exists (without ``overwrite``).
+    """
+    import onnx
+
+    from atp.bundle import finalize_manifest, read_manifest, staged_bundle
+
+    bundle, out = Path(bundle), Path(out)
+    manifest = read_manifest(bundle)
+    dec = manifest["graphs"]["decoder"]
+    if dec.get("custom_ops"):
+        raise OrtCpuKernelError(f"{bundle}'s decoder already runs {dec['custom_ops'].get('domain')} ops")
+    with staged_bundle(out, overwrite) as staging:
+        for f in manifest["files"]:
+            (staging / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(bundle / f, staging / f)
+        model = onnx.load(str(staging / dec["file"]))
+        counts = rewrite_for_cpu(model)
+        if not counts["matmulint4"] + counts["matmulint8"]:
+            raise OrtCpuKernelError(f"{bundle}'s decoder has no MatMulNBits node atp's ops run (export it with "
+                                    f"--weights int4, int8 or mixed and the ort quantization target)")
+        for ext in dec.get("external_data") or []:
+            (staging / ext).unlink(missing_ok=True)
+        onnx.save_model(model, str(staging / dec["file"]), save_as_external_data=False)
+        new = {k: v for k, v in manifest.items() if k not in ("files", "format_version")}
+        new["graphs"] = {**manifest["graphs"], "decoder": {**dec, "external_data": [],
+                                                           "custom_ops": {"domain": DOMAIN, "library": LIB_NAME, "version": "1", **counts}}}
+        return finalize_manifest(staging, new)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atp.plugins.ort_cpu", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="compile libatp_ort_cpu.so (default: into the user cache the runtime reads)")
     b.add_argument("--out", default=None, help="output folder (default: the user cache folder the runtime reads)")
     sub.add_parser("info", help="where the library is and which ISA path it runs")
+    sp = sub.add_parser("specialize", help="copy a bundle with its decoder rewritten for these ops (for the C++ runtime)")
+    sp.add_argument("bundle")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -300,11 +342,14 @@ def main(argv=None) -> int:
             lib = load(build(args.out))
             log.info("built %s (ISA path: %s%s)", lib.path, lib.isa, "" if lib.fast else
                      "; the runtime keeps MatMulNBits on this CPU, MatMulInt4 is faster only with AVX-512 VNNI")
+        elif args.cmd == "specialize":
+            m = specialize_bundle(args.bundle, args.out, args.overwrite)
+            log.info("wrote %s: decoder on %s", args.out, m["graphs"]["decoder"]["custom_ops"])
         else:
             lib = find("auto")
             log.info("%s", f"{lib.path}: ISA path {lib.isa}, op version {lib.version}" if lib else
                      f"not built (expected at {default_dir() / LIB_NAME}); python -m atp.plugins.ort_cpu build")
-    except OrtCpuKernelError as exc:
+    except AtpError as exc:
         log.error("error: %s", exc)
         return 2
     return 0

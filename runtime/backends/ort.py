@@ -31,7 +31,8 @@ class _OrtBackend:
         so.log_severity_level = 3
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.kernels = _cpu_kernels(so) if self.cpu_kernels else None
+        required = sorted(g for g, info in self._graphs.items() if info.get("custom_ops"))
+        self.kernels = _required_kernels(so, bundle, required) if required else _cpu_kernels(so) if self.cpu_kernels else None
         self.swapped: dict[str, dict] = {}  # graph -> {"matmulint4"/"matmulint8": nodes swapped, "swiglu": folded}
         self.sessions = {}
         for name in ("vision", "decoder"):
@@ -52,6 +53,9 @@ class _OrtBackend:
     def _swapped_model(self, graph: str, path: Path) -> bytes | None:
         """The serialized decoder with its MatMulNBits nodes on MatMulInt4/8 (:func:`atp.plugins.ort_cpu.rewrite_for_cpu`),
         or None (nothing to swap)."""
+        if self._graphs[graph].get("custom_ops"):  # specialized on disk already
+            self.swapped[graph] = {k: v for k, v in self._graphs[graph]["custom_ops"].items() if k in ("matmulint4", "matmulint8", "swiglu")}
+            return None
         weights = self._graphs[graph].get("weights") or {}
         # decoder only: at the vision tower's M = patches MatMulInt8 is slower than fp32 and MatMulNBits
         # (bench/results/quant_vision_gemm_xeon_atpcpu.md)
@@ -91,6 +95,24 @@ class _OrtBackend:
 
     def run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.decoder_outputs, self.sessions["decoder"].run(None, feeds)))
+
+
+def _required_kernels(options, bundle: Path, graphs: list[str]):
+    """Register the kernel library a specialized bundle's graphs need (``python -m atp.plugins.ort_cpu specialize``)."""
+    from atp.plugins import ort_cpu
+
+    setting = os.environ.get(ort_cpu.ENV) or "auto"
+    why = f"{bundle}'s {', '.join(graphs)} graph runs atp.cpu ops from {ort_cpu.LIB_NAME}"
+    if setting == "off":
+        raise BundleError(f"{why}; {ort_cpu.ENV}=off cannot apply to it (use the bundle it was specialized from)")
+    try:
+        lib = ort_cpu.find(setting)
+    except ort_cpu.OrtCpuKernelError as exc:
+        raise BundleError(f"{why}: {exc}") from None
+    if lib is None:
+        raise BundleError(f"{why}; build it with: python -m atp.plugins.ort_cpu build (or set {ort_cpu.ENV} to its path)")
+    options.register_custom_ops_library(str(lib.path))
+    return lib
 
 
 def _cpu_kernels(options):

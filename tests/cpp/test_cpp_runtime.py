@@ -404,3 +404,35 @@ def test_installed_package_works_with_find_package(cpp_build, demo_bundle, tmp_p
     version, n_ids, n_kept = r.stdout.split()
     assert version == "0.1.0" and int(n_ids) >= 1 and int(n_kept) == 8
 
+
+
+def test_bundle_specialized_for_atp_cpu_ops(cpp_build, tiny_ckpt, tmp_path, monkeypatch):
+    """An int4 bundle specialized for atp's ORT CPU ops (decoder on atp.cpu::MatMulInt4): the C++ runtime registers
+    $ATP_ORT_CPU_KERNELS and returns the Python runtime's tokens; without it, ATP_ERR_BUNDLE naming the variable."""
+    from atp.config import ExportConfig, QuantConfig
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.plugins import ort_cpu
+    from atp.runtime import Session
+
+    try:
+        lib = ort_cpu.load(ort_cpu.build(tmp_path / "kernels", deps_dir=BUILD_ROOT / "deps"))
+    except ort_cpu.OrtCpuKernelError as exc:
+        pytest.skip(f"atp's ORT CPU ops cannot be built here: {str(exc).splitlines()[0]}")
+    int4 = tmp_path / "int4"
+    export_bundle(adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt), int4,
+                  ExportConfig(quantization=QuantConfig(weights="int4", group_size=32, decoder_graph="fused")))
+    spec = tmp_path / "int4-atpcpu"
+    ort_cpu.specialize_bundle(int4, spec)
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", str(lib.path))
+    sess = Session(spec)
+    images = _images(tmp_path, tuple(sess.manifest["preprocessing"]["image_size"]))[:2]
+    cases = [(img, "what colour is the circle", k) for img in images for k in (None, 2)]
+    results = _chat_batch(cpp_build, spec, cases, tmp_path, ignore_eos=True)
+    for (img, prompt, k), ours in zip(cases, results):
+        ref = sess.generate(img, prompt, keep=k, max_new_tokens=12, ignore_eos=True)
+        assert ours["token_ids"] == ref.token_ids, (img.name, k)
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", "off")
+    r = _run([cpp_build / "examples" / "atp_chat" / "atp_chat", spec, "--image", images[0], "--prompt", "what?",
+              "--ort-library", _ort_library(), "--no-verify"])
+    assert r.returncode == 1 and "ATP_ERR_BUNDLE" in r.stderr and "ATP_ORT_CPU_KERNELS" in r.stderr, r.stderr

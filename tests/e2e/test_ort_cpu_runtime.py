@@ -61,3 +61,42 @@ def test_named_library_must_exist(int4_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("ATP_ORT_CPU_KERNELS", str(tmp_path / "missing.so"))
     with pytest.raises(AtpError, match="does not exist"):
         Session(int4_bundle)
+
+
+def test_specialized_bundle(int4_bundle, kernels, tmp_path, monkeypatch):  # noqa: F811
+    """``python -m atp.plugins.ort_cpu specialize``: the decoder on disk runs atp.cpu ops, the manifest says so and
+    verifies; the Python runtime registers the library (same tokens as the original); without it, a clear error."""
+    from atp.bundle import read_manifest
+    from atp.plugins.ort_cpu import main as ort_cpu_main
+    from atp.runtime import Session
+
+    out = tmp_path / "int4-atpcpu"
+    assert ort_cpu_main(["specialize", str(int4_bundle), "--out", str(out)]) == 0
+    m = read_manifest(out)  # checksums of the rewritten decoder
+    assert m["graphs"]["decoder"]["custom_ops"] == {"domain": "atp.cpu", "library": "libatp_ort_cpu.so", "version": "1",
+                                                    "matmulint4": 9, "matmulint8": 0, "swiglu": 2}
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / m["graphs"]["decoder"]["file"])).graph.node}
+    assert "MatMulInt4" in ops and "MatMulNBits" not in ops and "Split" not in ops
+    assert ort_cpu_main(["specialize", str(out), "--out", str(tmp_path / "again")]) == 2  # already specialized
+
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", "off")
+    plain = Session(int4_bundle)
+    with pytest.raises(AtpError, match="runs atp.cpu ops.*off cannot apply"):
+        Session(out)
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", str(kernels.path))
+    ours = Session(out)
+    assert ours.backend.swapped["decoder"]["matmulint4"] == 9
+    image = random_image(3)
+    a = plain.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)
+    b = ours.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)
+    assert a.token_ids == b.token_ids
+
+
+def test_specialize_refuses_a_bundle_without_quantized_gemms(tiny_bundle, tmp_path):
+    from atp.plugins.ort_cpu import OrtCpuKernelError, specialize_bundle
+
+    with pytest.raises(OrtCpuKernelError, match="no MatMulNBits node"):
+        specialize_bundle(tiny_bundle, tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # nothing half-written

@@ -65,6 +65,11 @@ class OrtBackend : public Backend {
     opts_.SetIntraOpNumThreads(threads);
     opts_.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
     opts_.SetLogSeverityLevel(3);
+    for (auto& [name, g] : m_.graphs)
+      if (!g.custom_ops_library.empty()) {
+        register_custom_ops(name, g.custom_ops_library);
+        break;  // one library serves every graph
+      }
     session("vision");
     session("decoder");
     auto& dec = m_.graphs.at("decoder");
@@ -76,6 +81,22 @@ class OrtBackend : public Backend {
       std::string n = ds.GetInputNameAllocated(i, alloc).get();
       if (std::find(dec_inputs_.begin(), dec_inputs_.end(), n) == dec_inputs_.end())
         fail(ATP_ERR_BUNDLE, m_.graphs.at("decoder").file + " has input " + n + " the manifest does not list; re-export the bundle");
+    }
+  }
+
+  // A bundle specialized for atp's ORT CPU ops (python -m atp.plugins.ort_cpu specialize) needs their library:
+  // $ATP_ORT_CPU_KERNELS names it (python -m atp.plugins.ort_cpu build; `info` prints the path).
+  void register_custom_ops(const std::string& graph, const std::string& library) {
+    const char* env = std::getenv("ATP_ORT_CPU_KERNELS");
+    const std::string path = env ? env : "";
+    if (path.empty() || path == "auto" || path == "off")
+      fail(ATP_ERR_BUNDLE, "the bundle's " + graph + " graph runs atp.cpu ops from " + library +
+                               "; set $ATP_ORT_CPU_KERNELS to that library's path (build it with: python -m atp.plugins.ort_cpu "
+                               "build; `python -m atp.plugins.ort_cpu info` prints the path)");
+    try {
+      opts_.RegisterCustomOpsLibrary(path.c_str());
+    } catch (const Ort::Exception& e) {
+      fail(ATP_ERR_BACKEND, "cannot register the atp.cpu ops library " + path + ": " + e.what());
     }
   }
 

@@ -87,6 +87,8 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       gi.file = g.at("file").get<std::string>();
       gi.inputs = io_names(g.at("inputs"));
       gi.outputs = io_names(g.at("outputs"));
+      if (g.contains("custom_ops") && g.at("custom_ops").is_object())
+        gi.custom_ops_library = g.at("custom_ops").value("library", std::string());
       out.graphs[name] = gi;
     }
     if (!out.graphs.count("vision") || !out.graphs.count("decoder")) fail(ATP_ERR_BUNDLE, mpath + " lacks the vision or decoder graph");

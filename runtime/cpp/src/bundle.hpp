@@ -13,6 +13,7 @@ namespace atp_impl {
 struct GraphInfo {
   std::string file;
   std::vector<std::string> inputs, outputs;
+  std::string custom_ops_library;  // graphs.<g>.custom_ops.library: a bundle specialized for atp's CPU ops
   bool has_input(const std::string& name) const;
 };
 
