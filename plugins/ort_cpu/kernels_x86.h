@@ -3,6 +3,8 @@
 // attributes, so one library serves every x86-64 CPU; ops.cpp picks the path at kernel creation.
 #pragma once
 
+#include <type_traits>
+
 #include "kernels.h"
 
 #if ATP_X86
@@ -168,6 +170,19 @@ ATP_AVX512 void gemv_avx512(const Problem& p, int64_t r0, int64_t r1) {
   }
 }
 
+// y[m0 + j, r + i] = sum of acc[i][j]'s lanes
+template <int R, int MT>
+ATP_AVX512 inline void store_tile(const Problem& p, const __m512 (&acc)[R][MT], int64_t r, int64_t m0) {
+  for (int j = 0; j < MT; ++j) {
+    float* y = p.y + (m0 + j) * p.n + r;
+    if (R == 4) {
+      _mm_storeu_ps(y, hsum4(acc[0][j], acc[R > 1 ? 1 : 0][j], acc[R > 2 ? 2 : 0][j], acc[R > 3 ? 3 : 0][j]));
+    } else {
+      for (int i = 0; i < R; ++i) y[i] = _mm512_reduce_add_ps(acc[i][j]);
+    }
+  }
+}
+
 // M > 1 (prefill): a tile of R weight rows x MT rows of A; each loaded pair of B serves MT rows of A.
 template <int kBs, int R, int MT>
 ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
@@ -210,34 +225,7 @@ ATP_AVX512 void tile_avx512(const Problem& p, int64_t r, int64_t m0) {
       }
     }
   }
-  for (int j = 0; j < MT; ++j) {
-    float* y = p.y + (m0 + j) * p.n + r;
-    if (R == 4) {
-      _mm_storeu_ps(y, hsum4(acc[0][j], acc[R > 1 ? 1 : 0][j], acc[R > 2 ? 2 : 0][j], acc[R > 3 ? 3 : 0][j]));
-    } else {
-      for (int i = 0; i < R; ++i) y[i] = _mm512_reduce_add_ps(acc[i][j]);
-    }
-  }
-}
-
-template <int kBs, int R>
-ATP_AVX512 void tiles_avx512(const Problem& p, int64_t r) {
-  int64_t m = 0;
-  for (; m + 4 <= p.m; m += 4) tile_avx512<kBs, R, 4>(p, r, m);
-  switch (p.m - m) {
-    case 3: tile_avx512<kBs, R, 3>(p, r, m); break;
-    case 2: tile_avx512<kBs, R, 2>(p, r, m); break;
-    case 1: tile_avx512<kBs, R, 1>(p, r, m); break;
-    default: break;
-  }
-}
-
-template <int kBs>
-ATP_AVX512 void rows_avx512(const Problem& p, int64_t r0, int64_t r1) {
-  if (p.m == 1) return gemv_avx512<kBs>(p, r0, r1);
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) tiles_avx512<kBs, 4>(p, r);
-  for (; r < r1; ++r) tiles_avx512<kBs, 1>(p, r);
+  store_tile<R, MT>(p, acc, r, m0);
 }
 
 // ---- int8 weights (bits = 8): one 64-byte load of B = 64 codes of one chunk, A codes in natural order. Lane l
@@ -272,43 +260,45 @@ ATP_AVX512 void tile8_avx512(const Problem& p, int64_t r, int64_t m0) {
         acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, w[i], xv)), sx), sw[i], acc[i][j]);
     }
   }
-  for (int j = 0; j < MT; ++j) {
-    float* y = p.y + (m0 + j) * p.n + r;
-    if (R == 4) {
-      _mm_storeu_ps(y, hsum4(acc[0][j], acc[R > 1 ? 1 : 0][j], acc[R > 2 ? 2 : 0][j], acc[R > 3 ? 3 : 0][j]));
-    } else {
-      for (int i = 0; i < R; ++i) y[i] = _mm512_reduce_add_ps(acc[i][j]);
+  store_tile<R, MT>(p, acc, r, m0);
+}
+
+// One tile of rows r..r+R-1 x A rows m0..m0+MT-1, int4 or int8 weights.
+template <int kBs, int R, int MT, int kBits>
+ATP_AVX512 inline void tile(const Problem& p, int64_t r, int64_t m0) {
+  if (kBits == 8) return tile8_avx512<kBs, R, MT>(p, r, m0);
+  return tile_avx512<kBs, R, MT>(p, r, m0);
+}
+
+// Rows r0..r1-1 for every row of A: tiles of 4 weight rows x 4 A rows (then the remainders); int4 decode (M = 1)
+// runs the streaming GEMV instead (int8 decode is the 4 x 1 tile, which prefetches).
+template <int kBs, int kBits>
+ATP_AVX512 void rows_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  if (kBits == 4 && p.m == 1) return gemv_avx512<kBs>(p, r0, r1);
+  const auto rows = [&p](auto rr, int64_t r) {
+    constexpr int R = decltype(rr)::value;
+    int64_t m = 0;
+    for (; m + 4 <= p.m; m += 4) tile<kBs, R, 4, kBits>(p, r, m);
+    switch (p.m - m) {
+      case 3: tile<kBs, R, 3, kBits>(p, r, m); break;
+      case 2: tile<kBs, R, 2, kBits>(p, r, m); break;
+      case 1: tile<kBs, R, 1, kBits>(p, r, m); break;
+      default: break;
     }
-  }
-}
-
-template <int kBs, int R>
-ATP_AVX512 void tiles8_avx512(const Problem& p, int64_t r) {
-  int64_t m = 0;
-  for (; m + 4 <= p.m; m += 4) tile8_avx512<kBs, R, 4>(p, r, m);
-  switch (p.m - m) {
-    case 3: tile8_avx512<kBs, R, 3>(p, r, m); break;
-    case 2: tile8_avx512<kBs, R, 2>(p, r, m); break;
-    case 1: tile8_avx512<kBs, R, 1>(p, r, m); break;
-    default: break;
-  }
-}
-
-template <int kBs>
-ATP_AVX512 void rows8_avx512(const Problem& p, int64_t r0, int64_t r1) {
+  };
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) tiles8_avx512<kBs, 4>(p, r);
-  for (; r < r1; ++r) tiles8_avx512<kBs, 1>(p, r);
+  for (; r + 4 <= r1; r += 4) rows(std::integral_constant<int, 4>(), r);
+  for (; r < r1; ++r) rows(std::integral_constant<int, 1>(), r);
 }
 
 inline void run_avx512(const Problem& p, int64_t r0, int64_t r1) {
   if (p.bits == 8) {
-    if (p.bs == 32) return rows8_avx512<32>(p, r0, r1);
-    return rows8_avx512<kLarge>(p, r0, r1);
+    if (p.bs == 32) return rows_avx512<32, 8>(p, r0, r1);
+    return rows_avx512<kLarge, 8>(p, r0, r1);
   }
-  if (p.bs == 32) return rows_avx512<32>(p, r0, r1);
-  if (p.bs == 64) return rows_avx512<64>(p, r0, r1);
-  return rows_avx512<kLarge>(p, r0, r1);
+  if (p.bs == 32) return rows_avx512<32, 4>(p, r0, r1);
+  if (p.bs == 64) return rows_avx512<64, 4>(p, r0, r1);
+  return rows_avx512<kLarge, 4>(p, r0, r1);
 }
 
 // ---------------------------------------------------------------------------------------------- AVX2

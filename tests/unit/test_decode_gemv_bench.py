@@ -1,18 +1,12 @@
 """``bench/decode_gemv.py``: its int4 graphs compute the GEMV they claim to time (numbers, not timing)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmod import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("decode_gemv", ROOT / "bench" / "decode_gemv.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("decode_gemv")
 
 
 def test_int4_graph_matches_the_dequantized_reference():

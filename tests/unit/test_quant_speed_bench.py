@@ -1,18 +1,12 @@
 """``bench/quant_speed.py``'s variant names (numbers, not timing)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmod import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("quant_speed", ROOT / "bench" / "quant_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("quant_speed")
 
 
 def test_variant_names():
