@@ -19,7 +19,7 @@ inline void quantize_a(const float* a, const Problem& p, int8_t* xq, float* sx, 
 inline void run_rows(const Problem& p, int64_t r0, int64_t r1, Isa isa) {
 #if ATP_X86
   if (isa == Isa::kAvx512Vnni) return run_avx512(p, r0, r1);
-  if (isa == Isa::kAvx2) return p.bits == 8 ? gemm8_avx2(p, r0, r1) : gemm_avx2(p, r0, r1);
+  if (isa == Isa::kAvx2) return gemm_avx2(p, r0, r1);
 #endif
 #if ATP_NEON_DOT
   if (isa == Isa::kNeonDot) return rows_neon(p, r0, r1);

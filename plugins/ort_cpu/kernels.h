@@ -142,29 +142,34 @@ inline float correction(const float* sw, const float* corr, int64_t nblk) {
   return c;
 }
 
-// ---------------------------------------------------------------------------------------------- scalar
-inline void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
+// ---------------------------------------------------------------------------------------------- per-output driver
+// One output at a time, for the paths that compute y[m, r] as one dot over K (scalar, AVX2, NEON):
+// y[m, r] = dot(weight row r, its block scales, A row m's codes, its block scales, m).
+template <class Dot>
+inline void for_each_output(const Problem& p, int64_t r0, int64_t r1, const Dot& dot) {
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = p.b + size_t(r) * p.stride;
     const float* sw = p.sw + r * p.nblk;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* xq = p.xq + m * p.kp;
-      const float* sx = p.sx + m * p.nblk;
-      float acc = 0.f;
-      for (int64_t b = 0; b < p.nblk; ++b) {
-        int32_t dot = 0;
-        for (int64_t i = b * p.bs; i < (b + 1) * p.bs; ++i) {
-          const uint8_t byte = p.bits == 8 ? row[i] : row[i / 2];
-          const int u = p.bits == 8 ? byte : (i % 2) ? (byte >> 4) : (byte & 15);
-          dot += u * xq[code_pos(p, i)];
-        }
-        acc += sw[b] * sx[b] * float(dot);
-      }
-      p.y[m * p.n + r] = acc - correction(sw, p.corr + m * p.nblk, p.nblk);
-    }
+    for (int64_t m = 0; m < p.m; ++m) p.y[m * p.n + r] = dot(row, sw, p.xq + m * p.kp, p.sx + m * p.nblk, m);
   }
 }
 
+// ---------------------------------------------------------------------------------------------- scalar
+inline void rows_scalar(const Problem& p, int64_t r0, int64_t r1) {
+  for_each_output(p, r0, r1, [&p](const uint8_t* row, const float* sw, const int8_t* xq, const float* sx, int64_t m) {
+    float acc = 0.f;
+    for (int64_t b = 0; b < p.nblk; ++b) {
+      int32_t dot = 0;
+      for (int64_t i = b * p.bs; i < (b + 1) * p.bs; ++i) {
+        const uint8_t byte = p.bits == 8 ? row[i] : row[i / 2];
+        const int u = p.bits == 8 ? byte : (i % 2) ? (byte >> 4) : (byte & 15);
+        dot += u * xq[code_pos(p, i)];
+      }
+      acc += sw[b] * sx[b] * float(dot);
+    }
+    return acc - correction(sw, p.corr + m * p.nblk, p.nblk);
+  });
+}
 
 // ---------------------------------------------------------------------------------------------- SwiGLU epilogue
 // swiglu = 1: the weight rows are [gate; up] (N = 2H) and the op returns silu(gate) * up, [.., H], the MLP's

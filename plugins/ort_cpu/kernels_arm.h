@@ -11,8 +11,6 @@
 #if ATP_NEON_DOT
 namespace atp_cpu {
 
-inline float hsum(float32x4_t v) { return vaddvq_f32(v); }
-
 // int4: 16 bytes of B at `q` = elements e0..e0 + 31 of the padded row; xe / xo: their 16 even / odd A codes
 inline int32x4_t dot_int4(const uint8_t* q, const int8_t* xe, const int8_t* xo) {
   const uint8x16_t v = vld1q_u8(q);
@@ -22,31 +20,25 @@ inline int32x4_t dot_int4(const uint8_t* q, const int8_t* xe, const int8_t* xo) 
 }
 
 inline void rows_neon(const Problem& p, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = p.b + size_t(r) * p.stride;
-    const float* sw = p.sw + r * p.nblk;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* xq = p.xq + m * p.kp;
-      const float* sx = p.sx + m * p.nblk;
-      float32x4_t acc = vdupq_n_f32(0.f);
-      if (p.bits == 8) {
-        for (int64_t e = 0; e < p.kp; e += 16) {  // 16 codes q + 128 -> signed by flipping the top bit
-          const int8x16_t w = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(row + e), vdupq_n_u8(0x80)));
-          const int32x4_t d = vdotq_s32(vdupq_n_s32(0), w, vld1q_s8(xq + e));
-          const int64_t b = e / p.bs;
-          acc = vfmaq_n_f32(acc, vcvtq_f32_s32(d), sw[b] * sx[b]);
-        }
-      } else {
-        for (int64_t e = 0; e < p.kp; e += 32) {  // 32 weights per 16-byte load
-          const int64_t pos = code_pos(p, e), odd = e / 128 < p.npairs ? 64 : 32;
-          const int32x4_t d = dot_int4(row + e / 2, xq + pos, xq + pos + odd);
-          const int64_t b = e / p.bs;
-          acc = vfmaq_n_f32(acc, vcvtq_f32_s32(d), sw[b] * sx[b]);
-        }
+  for_each_output(p, r0, r1, [&p](const uint8_t* row, const float* sw, const int8_t* xq, const float* sx, int64_t) {
+    float32x4_t acc = vdupq_n_f32(0.f);
+    if (p.bits == 8) {
+      for (int64_t e = 0; e < p.kp; e += 16) {  // 16 codes q + 128 -> signed by flipping the top bit
+        const int8x16_t w = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(row + e), vdupq_n_u8(0x80)));
+        const int32x4_t d = vdotq_s32(vdupq_n_s32(0), w, vld1q_s8(xq + e));
+        const int64_t b = e / p.bs;
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(d), sw[b] * sx[b]);
       }
-      p.y[m * p.n + r] = hsum(acc);
+    } else {
+      for (int64_t e = 0; e < p.kp; e += 32) {  // 32 weights per 16-byte load
+        const int64_t pos = code_pos(p, e), odd = e / 128 < p.npairs ? 64 : 32;
+        const int32x4_t d = dot_int4(row + e / 2, xq + pos, xq + pos + odd);
+        const int64_t b = e / p.bs;
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(d), sw[b] * sx[b]);
+      }
     }
-  }
+    return vaddvq_f32(acc);
+  });
 }
 
 }  // namespace atp_cpu

@@ -316,63 +316,61 @@ ATP_AVX2 inline __m256i dot_u4_s8(__m256i u, __m256i x, __m256i ones) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
 }
 
-ATP_AVX2 inline void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  const __m256i ones = _mm256_set1_epi16(1);
-  const bool split = p.bs == 32;
-  std::vector<int64_t> off(size_t(2 * p.nchunk));
-  for (int64_t c = 0; c < p.nchunk; ++c) chunk_offsets(p, c, &off[2 * c], &off[2 * c + 1]);
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = p.b + size_t(r) * p.stride;
-    const float* sw = p.sw + r * p.nblk;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* xq = p.xq + m * p.kp;
-      const float* sx = p.sx + m * p.nblk;
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t c = 0; c < p.nchunk; ++c) {
-        const uint8_t* q = row + c * 32;
-        if (p.m == 1) _mm_prefetch(reinterpret_cast<const char*>(q + 4 * p.stride), _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + off[2 * c]));
-        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + off[2 * c + 1]));
-        const __m256 s = _mm256_mul_ps(lane_scale256(sw, c, split, p.shift), lane_scale256(sx, c, split, p.shift));
-        const __m256i d = _mm256_add_epi32(dot_u4_s8(lo, x0, ones), dot_u4_s8(hi, x1, ones));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc);
-      }
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-      p.y[m * p.n + r] = _mm_cvtss_f32(h) - correction(sw, p.corr + m * p.nblk, p.nblk);
-    }
-  }
+ATP_AVX2 inline float hsum8(__m256 acc) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
-// int8 weights: codes as signed q = u - 128 (xor 0x80); maddubs(|q|, sign(x, q)) keeps every pair sum within int16
-ATP_AVX2 inline void gemm8_avx2(const Problem& p, int64_t r0, int64_t r1) {
-  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(int8_t(0x80));
-  const bool split = p.bs == 32;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = p.b + size_t(r) * p.stride;
-    const float* sw = p.sw + r * p.nblk;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* xq = p.xq + m * p.kp;
-      const float* sx = p.sx + m * p.nblk;
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t c = 0; c < p.nchunk; ++c) {
-        for (int h = 0; h < 2; ++h) {  // 32 codes = one block half of the chunk
-          const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 64 + 32 * h)), flip);
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * 64 + 32 * h));
-          const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q)), ones);
-          const int64_t b = split ? 2 * c + h : c >> p.shift;
-          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw[b] * sx[b]), acc);
-        }
-      }
-      __m128 hs = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-      hs = _mm_add_ps(hs, _mm_movehl_ps(hs, hs));
-      hs = _mm_add_ss(hs, _mm_shuffle_ps(hs, hs, 1));
-      p.y[m * p.n + r] = _mm_cvtss_f32(hs);
-    }
+
+// One output of int4 weights (for_each_output's Dot; a functor, since lambdas do not take target attributes).
+struct Int4DotAvx2 {
+  const Problem& p;
+  std::vector<int64_t> off;  // xq offsets of each chunk's even and odd codes
+  explicit Int4DotAvx2(const Problem& prob) : p(prob), off(size_t(2 * prob.nchunk)) {
+    for (int64_t c = 0; c < p.nchunk; ++c) chunk_offsets(p, c, &off[2 * c], &off[2 * c + 1]);
   }
+  ATP_AVX2 float operator()(const uint8_t* row, const float* sw, const int8_t* xq, const float* sx, int64_t m) const {
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const bool split = p.bs == 32;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < p.nchunk; ++c) {
+      const uint8_t* q = row + c * 32;
+      if (p.m == 1) _mm_prefetch(reinterpret_cast<const char*>(q + 4 * p.stride), _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + off[2 * c]));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + off[2 * c + 1]));
+      const __m256 s = _mm256_mul_ps(lane_scale256(sw, c, split, p.shift), lane_scale256(sx, c, split, p.shift));
+      const __m256i d = _mm256_add_epi32(dot_u4_s8(lo, x0, ones), dot_u4_s8(hi, x1, ones));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc);
+    }
+    return hsum8(acc) - correction(sw, p.corr + m * p.nblk, p.nblk);
+  }
+};
+
+// One output of int8 weights: codes as signed q = u - 128 (xor 0x80); maddubs(|q|, sign(x, q)) keeps every pair
+// sum within int16.
+struct Int8DotAvx2 {
+  const Problem& p;
+  ATP_AVX2 float operator()(const uint8_t* row, const float* sw, const int8_t* xq, const float* sx, int64_t) const {
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(int8_t(0x80));
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < p.nchunk; ++c) {
+      for (int h = 0; h < 2; ++h) {  // 32 codes = one block half of the chunk
+        const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c * 64 + 32 * h)), flip);
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * 64 + 32 * h));
+        const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q)), ones);
+        const int64_t b = p.bs == 32 ? 2 * c + h : c >> p.shift;
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sw[b] * sx[b]), acc);
+      }
+    }
+    return hsum8(acc);
+  }
+};
+
+inline void gemm_avx2(const Problem& p, int64_t r0, int64_t r1) {
+  if (p.bits == 8) return for_each_output(p, r0, r1, Int8DotAvx2{p});
+  for_each_output(p, r0, r1, Int4DotAvx2(p));
 }
 
 // exp via 2^n * 2^f: n = round(x log2 e), |f| <= 0.5, 2^f = e^(f ln 2) by a degree-6 Taylor polynomial
