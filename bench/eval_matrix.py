@@ -37,7 +37,7 @@ def main() -> None:
 
     from atp import cli, datasets
     from atp.runtime import Session
-    from atp.runtime.evaluate import evaluate, markdown_table, plot
+    from atp.runtime.evaluate import comparison_table, evaluate, markdown_table, plot
 
     results: dict[str, list[dict]] = {d: [] for d in args.data}
     for precision in args.precisions:
@@ -69,6 +69,8 @@ def main() -> None:
     for data, rows in results.items():
         table = markdown_table(rows, data).split("\n", 2)[2]  # drop the table's own title
         lines += [f"## {data}", "", table, ""]
+        if "random" in args.scorers:
+            lines += [comparison_table(rows, "random"), ""]
         plot(rows, out / f"eval_matrix_demo_{data}.png", f"demo on {data}")
     (out / "eval_matrix_demo.md").write_text("\n".join(lines))
     (out / "eval_matrix_demo.json").write_text(json.dumps({"machine": mc, "results": results}, indent=1) + "\n")

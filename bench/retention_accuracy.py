@@ -66,7 +66,7 @@ def main() -> None:
     from atp import datasets
     from atp.runtime import Session
     from atp.runtime.benchmark import machine
-    from atp.runtime.evaluate import evaluate, markdown_table, plot
+    from atp.runtime.evaluate import evaluate, plot, report_markdown
 
     session = Session(args.bundle)
     mc = machine()
@@ -78,6 +78,7 @@ def main() -> None:
                 + (f" (calibrated: {args.calibration})" if args.calibration else " (defaults)"), ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    everything = {}
     for data in args.data:
         samples = datasets.subsample(datasets.load(data, "test"), args.limit, seed=0)
         for kind in args.corruptions:
@@ -85,11 +86,13 @@ def main() -> None:
             cases = samples if kind == "none" else [replace(s, image=corrupt(s.image, kind, rng)) for s in samples]
             results = evaluate(session, cases, args.ratios, session.scorers, max_new_tokens=4)
             title = f"{data}, {'clean' if kind == 'none' else kind}"
-            table = markdown_table(results, title).replace("# ", "## ", 1)
+            table = report_markdown(results, title).replace("# ", "## ", 1)
             print(table)
             sections.append(table)
             plot(results, out / f"retention_{data}_{kind}.png", title)
+            everything[f"{data}/{kind}"] = results
     (out / "retention_accuracy.md").write_text("\n".join(sections))
+    (out / "retention_accuracy.json").write_text(json.dumps(everything, indent=1) + "\n")
     print(f"written to {out / 'retention_accuracy.md'}", file=sys.stderr)
 
 

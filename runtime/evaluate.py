@@ -37,7 +37,8 @@ def evaluate(session, samples, keep_ratios=DEFAULT_RATIOS, scorers=None, max_new
         scorers: Scorers to compare (default: all the bundle has).
 
     Returns:
-        ``[{"scorer", "keep_ratio", "k", "precision", "accuracy", "agreement", "n"}, ...]``.
+        ``[{"scorer", "keep_ratio", "k", "precision", "accuracy", "agreement", "n", "hits"}, ...]``; ``hits`` is one
+        character per question, ``1`` where the answer was right (for paired comparisons: :func:`compare`).
     """
     from tqdm import tqdm
 
@@ -51,6 +52,7 @@ def evaluate(session, samples, keep_ratios=DEFAULT_RATIOS, scorers=None, max_new
     precision = precision_label(session.manifest)
     correct = {(s, r): 0 for s in scorers for r in keep_ratios}
     agree = dict.fromkeys(correct, 0)
+    hits: dict[tuple, list[str]] = {key: [] for key in correct}
     for sample in tqdm(samples, desc="eval", disable=not progress, mininterval=5):
         answer = normalize(sample.answer)
         dense = normalize(session.generate(sample.image, sample.question, keep=n_tokens, max_new_tokens=max_new_tokens).text)
@@ -60,9 +62,77 @@ def evaluate(session, samples, keep_ratios=DEFAULT_RATIOS, scorers=None, max_new
                     session.generate(sample.image, sample.question, keep=k, scorer=s, max_new_tokens=max_new_tokens).text)
                 correct[(s, r)] += pred == answer
                 agree[(s, r)] += pred == dense
+                hits[(s, r)].append("1" if pred == answer else "0")
     n = len(samples)
     return [{"scorer": s, "keep_ratio": r, "k": ks[r], "precision": precision, "accuracy": correct[(s, r)] / n,
-             "agreement": agree[(s, r)] / n, "n": n} for s in scorers for r in keep_ratios]
+             "agreement": agree[(s, r)] / n, "n": n, "hits": "".join(hits[(s, r)])} for s in scorers for r in keep_ratios]
+
+
+def compare(results: list[dict], baseline: str = "random", n_boot: int = 4000, seed: int = 0) -> list[dict]:
+    """Each scorer's accuracy against ``baseline``'s on the same questions, with a paired bootstrap 95% interval.
+
+    Both scorers answered the same questions, so the difference is judged per question (resampling
+    questions, not cells): ``above``/``below`` when the whole interval lies above/below zero, else ``level``.
+    ``headroom`` is what the baseline loses against all tokens kept (dense accuracy - baseline accuracy):
+    where it is within noise no scorer can be above the baseline, however good its choice of tokens.
+
+    Args:
+        results: :func:`evaluate` rows (with ``hits``) that include ``baseline``.
+        baseline: the scorer to compare against.
+        n_boot: bootstrap resamples.
+
+    Returns:
+        ``[{"scorer", "precision", "keep_ratio", "k", "diff", "low", "high", "verdict", "headroom", "n"}, ...]``
+        for every scorer other than the baseline.
+    """
+    import numpy as np
+
+    by = {(r["scorer"], r["precision"], r["keep_ratio"]): r for r in results}
+    if not any(s == baseline for s, _, _ in by):
+        raise ConfigError(f"no {baseline!r} rows to compare against (scorers: {sorted({s for s, _, _ in by})})")
+    rng = np.random.default_rng(seed)
+    out = []
+    for (s, p, ratio), row in sorted(by.items()):
+        base = by.get((baseline, p, ratio))
+        if s == baseline or base is None:
+            continue
+        if "hits" not in row or "hits" not in base or len(row["hits"]) != len(base["hits"]):
+            raise ConfigError(f"{s}/{baseline} at keep {ratio:g}: per-question hits missing or of different lengths "
+                              "(results from an older atp-export eval?)")
+        a = np.frombuffer(row["hits"].encode(), np.uint8) - ord("0")
+        b = np.frombuffer(base["hits"].encode(), np.uint8) - ord("0")
+        d = a.astype(np.float64) - b
+        boot = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+        low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
+        dense = max((r for r in results if r["scorer"] == baseline and r["precision"] == p), key=lambda r: r["keep_ratio"])
+        out.append({"scorer": s, "precision": p, "keep_ratio": ratio, "k": row["k"], "diff": float(d.mean()), "low": low,
+                    "high": high, "verdict": "above" if low > 0 else "below" if high < 0 else "level",
+                    "headroom": dense["accuracy"] - base["accuracy"], "n": len(d)})
+    return out
+
+
+def comparison_table(results: list[dict], baseline: str = "random") -> str:
+    """Markdown: accuracy difference to ``baseline`` per scorer and keep ratio, 95% interval and verdict."""
+    rows = compare(results, baseline)
+    ratios = sorted({r["keep_ratio"] for r in rows if r["keep_ratio"] < 1}, reverse=True)
+    by = {(r["scorer"], r["precision"], r["keep_ratio"]): r for r in rows}
+    keys = sorted({(r["scorer"], r["precision"]) for r in rows})
+    head = "| scorer | precision | " + " | ".join(f"keep {x:g} (K={by[(*keys[0], x)]['k']})" for x in ratios) + " |"
+    lines = [f"accuracy minus `{baseline}`'s on the same questions, paired bootstrap 95% interval: **above** / level / "
+             "*below* (the interval clears zero or not)", "", head, "|---|---|" + "---:|" * len(ratios)]
+    for s, p in keys:
+        cells = []
+        for x in ratios:
+            r = by[(s, p, x)]
+            mark = {"above": "**above**", "below": "*below*", "level": "level"}[r["verdict"]]
+            cells.append(f"{r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] {mark}")
+        lines.append(f"| {s} | {p} | " + " | ".join(cells) + " |")
+    heads = sorted({(r["precision"], r["keep_ratio"], r["headroom"]) for r in rows if r["keep_ratio"] < 1},
+                   key=lambda t: (t[0], -t[1]))
+    lines += ["", f"`{baseline}`'s headroom (dense accuracy minus `{baseline}`'s; where it is within noise, a scorer above "
+              f"`{baseline}` would have to beat the dense model): "
+              + ", ".join(f"keep {x:g} {h:+.3f}" + (f" ({p})" if len({q for q, _, _ in heads}) > 1 else "") for p, x, h in heads)]
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: list[dict], title: str) -> str:
@@ -78,6 +148,15 @@ def markdown_table(results: list[dict], title: str) -> str:
         lines.append(f"| {s} | {p} | " + " | ".join(cells) + " |")
     lines += ["", f"n = {results[0]['n']} questions per cell"]
     return "\n".join(lines) + "\n"
+
+
+def report_markdown(results: list[dict], title: str, baseline: str = "random") -> str:
+    """:func:`markdown_table`, followed by :func:`comparison_table` when ``baseline`` and another scorer were run."""
+    table = markdown_table(results, title)
+    scorers = {r["scorer"] for r in results}
+    if baseline in scorers and len(scorers) > 1:
+        table += "\n" + comparison_table(results, baseline)
+    return table
 
 
 def plot(results: list[dict], path: Path, title: str) -> bool:
@@ -107,6 +186,6 @@ def run_eval(bundle, data: str, out, split: str = "test", keep_ratios=DEFAULT_RA
     report = {"bundle": str(bundle), "source": session.manifest["source"]["checkpoint"], "data": data, "split": split,
               "results": results}
     (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "results.md").write_text(markdown_table(results, title))
+    (out / "results.md").write_text(report_markdown(results, title))
     plot(results, out / "accuracy.png", title)
     return report

@@ -56,9 +56,9 @@ def cmd_eval(args) -> int:
 
     report = run_eval(args.bundle, args.data, args.out, split=args.split, keep_ratios=args.keep_ratios, scorers=args.scorers,
                       limit=args.limit, backend=args.backend, max_new_tokens=args.max_new_tokens)
-    from atp.runtime.evaluate import markdown_table
+    from atp.runtime.evaluate import report_markdown
 
-    print(markdown_table(report["results"], f"{args.bundle} on {args.data} ({args.split})"))
+    print(report_markdown(report["results"], f"{args.bundle} on {args.data} ({args.split})"))
     print(f"written to {args.out}/results.json, results.md, accuracy.png", file=sys.stderr)
     return 0
 

@@ -30,6 +30,9 @@ def test_eval_numbers_and_files(tiny_bundle, vqa_folder, tmp_path, capsys):
     rows = {(r["scorer"], r["keep_ratio"]): r for r in report["results"]}
     dense = rows[("cls", 1.0)]
     assert dense["n"] == 6 and dense["k"] == 16 and dense["accuracy"] == pytest.approx(0.5) and dense["agreement"] == 1.0
+    assert dense["hits"] == "111000"  # per question, for paired comparisons
+    pruned = rows[("cls", 0.25)]
+    assert len(pruned["hits"]) == 6 and pruned["hits"].count("1") / 6 == pytest.approx(pruned["accuracy"])
     assert rows[("cls", 0.25)]["k"] == 4 and 0 <= rows[("cls", 0.25)]["agreement"] <= 1
     assert (out / "results.md").read_text().startswith("# ")
     assert (out / "accuracy.png").stat().st_size > 1000
