@@ -84,13 +84,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     @torch.no_grad()
-    def first_token(projected: torch.Tensor, question: str, keep: np.ndarray) -> int:
+    def first_tokens(projected: torch.Tensor, question: str, keeps: list[np.ndarray]) -> list[int]:
+        """The first answer token for each kept set (all of one length: one batched forward)."""
         before, after = LLAVA15_TEMPLATE.format(prompt=question).split("<image>")
-        ids = tok(before)["input_ids"] + [image_id] * len(keep) + tok(after, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([ids])
+        ids = tok(before)["input_ids"] + [image_id] * len(keeps[0]) + tok(after, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids] * len(keeps))
         x = embed(ids)
-        x[ids == image_id] = projected[torch.from_numpy(keep)]
-        return int(model(inputs_embeds=x).logits[0, -1].argmax())
+        x[ids == image_id] = torch.cat([projected[torch.from_numpy(k)] for k in keeps])
+        return model(inputs_embeds=x).logits[:, -1].argmax(-1).tolist()
 
     mc = machine()
     lines = ["# Token locality: accuracy from object-only, background-only and uniform token subsets", "",
@@ -115,15 +116,13 @@ def main() -> None:
                 hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
                 projected = model.model.multi_modal_projector(hidden[model.config.vision_feature_layer][:, 1:])[0]
             gold = tok(s.answer, add_special_tokens=False)["input_ids"][0]
-            dense += first_token(projected, s.question, np.arange(n_tokens)) == gold
+            dense += first_tokens(projected, s.question, [np.arange(n_tokens)])[0] == gold
             for k in args.ks:
-                for m in MODES:
-                    for _ in range(args.draws):
-                        keep = choose(mask, m, k, rng)
-                        if keep is None:
-                            break
-                        hits[(m, k)][0] += first_token(projected, s.question, keep) == gold
-                        hits[(m, k)][1] += 1
+                cells = [(m, keep) for m in MODES for _ in range(args.draws)
+                         if (keep := choose(mask, m, k, rng)) is not None]
+                for (m, _), pred in zip(cells, first_tokens(projected, s.question, [keep for _, keep in cells])):
+                    hits[(m, k)][0] += pred == gold
+                    hits[(m, k)][1] += 1
         n = len(samples)
         lines += [f"## {data}", "", f"all {n_tokens} tokens: {dense / n:.3f}; object patches per image: "
                   f"{np.mean(object_share):.1%} of tokens on average", "",

@@ -68,6 +68,24 @@ def evaluate(session, samples, keep_ratios=DEFAULT_RATIOS, scorers=None, max_new
              "agreement": agree[(s, r)] / n, "n": n, "hits": "".join(hits[(s, r)])} for s in scorers for r in keep_ratios]
 
 
+def merge(parts: list[list[dict]]) -> list[dict]:
+    """Combine :func:`evaluate` results over disjoint shards of questions (e.g. one per worker process) into one
+    result per cell: counts add up, ``hits`` concatenate in shard order (the same order for every scorer, so
+    paired comparisons stay aligned)."""
+    if not parts:
+        raise ConfigError("no results to merge")
+    keys = [(r["scorer"], r["keep_ratio"], r["precision"]) for r in parts[0]]
+    out = []
+    for i, key in enumerate(keys):
+        rows = [part[i] for part in parts]
+        if any((r["scorer"], r["keep_ratio"], r["precision"]) != key for r in rows):
+            raise ConfigError("shards were evaluated with different scorers, keep ratios or precisions")
+        n = sum(r["n"] for r in rows)
+        out.append({**rows[0], "n": n, "accuracy": sum(r["accuracy"] * r["n"] for r in rows) / n,
+                    "agreement": sum(r["agreement"] * r["n"] for r in rows) / n, "hits": "".join(r["hits"] for r in rows)})
+    return out
+
+
 def compare(results: list[dict], baseline: str = "random", n_boot: int = 4000, seed: int = 0) -> list[dict]:
     """Each scorer's accuracy against ``baseline``'s on the same questions, with a paired bootstrap 95% interval.
 

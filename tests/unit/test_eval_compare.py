@@ -113,3 +113,18 @@ def test_token_locality_object_patches_and_subsets():
     assert len(bg) == 14 and not {6, 12} & set(bg)
     assert tl.choose(mask, "background", 15, rng) is None
     assert len(set(tl.choose(mask, "random", 16, rng))) == 16
+
+
+def test_merge_adds_counts_and_keeps_hits_aligned():
+    from atp.runtime.evaluate import merge
+
+    a = [_row("random", 0.25, 16, [1, 0, 1]), _row("idp", 0.25, 16, [1, 1, 1])]
+    b = [_row("random", 0.25, 16, [0, 0]), _row("idp", 0.25, 16, [1, 0])]
+    a[0]["agreement"], b[0]["agreement"] = 1.0, 0.5
+    rows = {r["scorer"]: r for r in merge([a, b])}
+    assert rows["random"]["hits"] == "10100" and rows["idp"]["hits"] == "11110" and rows["idp"]["n"] == 5
+    assert rows["random"]["accuracy"] == pytest.approx(2 / 5) and rows["random"]["agreement"] == pytest.approx(4 / 5)
+    (r,) = compare(merge([a, b]), "random")
+    assert r["diff"] == pytest.approx(2 / 5)
+    with pytest.raises(ConfigError, match="different scorers"):
+        merge([a, b[::-1]])
