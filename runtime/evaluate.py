@@ -92,7 +92,7 @@ def compare(results: list[dict], baseline: str = "random", n_boot: int = 4000, s
     Both scorers answered the same questions, so the difference is judged per question (resampling
     questions, not cells): ``above``/``below`` when the whole interval lies above/below zero, else ``level``.
     ``headroom`` is what the baseline loses against all tokens kept (dense accuracy - baseline accuracy):
-    where it is within noise no scorer can be above the baseline, however good its choice of tokens.
+    where it is within noise, a scorer above the baseline would have to beat the dense model.
 
     Args:
         results: :func:`evaluate` rows (with ``hits``) that include ``baseline``.
@@ -119,8 +119,10 @@ def compare(results: list[dict], baseline: str = "random", n_boot: int = 4000, s
                               "(results from an older atp-export eval?)")
         a = np.frombuffer(row["hits"].encode(), np.uint8) - ord("0")
         b = np.frombuffer(base["hits"].encode(), np.uint8) - ord("0")
-        d = a.astype(np.float64) - b
-        boot = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+        d = a.astype(np.int64) - b
+        # Resampling questions with replacement, done exactly on the counts: d is -1, 0 or +1 per question.
+        counts = rng.multinomial(len(d), [np.mean(d > 0), np.mean(d < 0), np.mean(d == 0)], size=n_boot)
+        boot = (counts[:, 0] - counts[:, 1]) / len(d)
         low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
         dense = max((r for r in results if r["scorer"] == baseline and r["precision"] == p), key=lambda r: r["keep_ratio"])
         out.append({"scorer": s, "precision": p, "keep_ratio": ratio, "k": row["k"], "diff": float(d.mean()), "low": low,
@@ -133,6 +135,8 @@ def comparison_table(results: list[dict], baseline: str = "random") -> str:
     """Markdown: accuracy difference to ``baseline`` per scorer and keep ratio, 95% interval and verdict."""
     rows = compare(results, baseline)
     ratios = sorted({r["keep_ratio"] for r in rows if r["keep_ratio"] < 1}, reverse=True)
+    if not ratios:
+        return ""
     by = {(r["scorer"], r["precision"], r["keep_ratio"]): r for r in rows}
     keys = sorted({(r["scorer"], r["precision"]) for r in rows})
     head = "| scorer | precision | " + " | ".join(f"keep {x:g} (K={by[(*keys[0], x)]['k']})" for x in ratios) + " |"

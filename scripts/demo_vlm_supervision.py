@@ -98,11 +98,13 @@ def token_subsets(targets: torch.Tensor, rng: np.random.Generator, fraction: flo
     patches ahead of background with noise (what a good scorer keeps); otherwise the subset is uniform
     (what a poor one keeps). The language model then learns to answer from any shorter visual sequence,
     so retention is measured by which tokens a scorer keeps, not by the sequence length it was trained on.
+    ``object_bias >= 1`` never draws uniform subsets: samples without a class map keep every token (uniform
+    subsets reward copying the answer into background tokens, which makes every token subset equally good).
     """
     n = targets.shape[1]
     out: list[np.ndarray | None] = []
     for row in targets.numpy():
-        if rng.random() >= fraction:
+        if rng.random() >= fraction or (object_bias >= 1 and not (row >= 0).all()):
             out.append(None)
             continue
         k = int(np.clip(round(float(np.exp(rng.uniform(np.log(k_min), np.log(n))))), k_min, n - 1))
