@@ -37,7 +37,7 @@ def main() -> None:
 
     from atp import cli, datasets
     from atp.runtime import Session
-    from atp.runtime.evaluate import comparison_table, evaluate, markdown_table, plot
+    from atp.runtime.evaluate import evaluate, plot, report_markdown
 
     results: dict[str, list[dict]] = {d: [] for d in args.data}
     for precision in args.precisions:
@@ -67,10 +67,8 @@ def main() -> None:
              f"- command: `python bench/eval_matrix.py --precisions {' '.join(args.precisions)} --limit {args.limit}`",
              "- cell: accuracy (agreement with the same bundle's answer with all tokens kept)", ""]
     for data, rows in results.items():
-        table = markdown_table(rows, data).split("\n", 2)[2]  # drop the table's own title
+        table = report_markdown(rows, data).split("\n", 2)[2]  # drop the table's own title
         lines += [f"## {data}", "", table, ""]
-        if "random" in args.scorers:
-            lines += [comparison_table(rows, "random"), ""]
         plot(rows, out / f"eval_matrix_demo_{data}.png", f"demo on {data}")
     (out / "eval_matrix_demo.md").write_text("\n".join(lines))
     (out / "eval_matrix_demo.json").write_text(json.dumps({"machine": mc, "results": results}, indent=1) + "\n")
