@@ -94,7 +94,7 @@ def main() -> None:
         return model(inputs_embeds=x).logits[:, -1].argmax(-1).tolist()
 
     mc = machine()
-    lines = ["# Token locality: accuracy from object-only, background-only and uniform token subsets", "",
+    lines = ["# Token locality: accuracy from object-first, background-only and uniform token subsets", "",
              f"- model: `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` ({n_tokens} visual tokens); "
              f"machine: {mc['cpu']}, {mc['logical_cores']} cores, PyTorch CPU; date {dt.date.today().isoformat()}",
              f"- command: `python bench/token_locality.py {' '.join(sys.argv[1:])}`".rstrip(),
