@@ -20,8 +20,9 @@ Weights are normalised to unit L1 norm; calibration (``atp-export calibrate``) f
 (-0.25, 0.25, 0.5) was chosen for the demo VLM on the multi-object calibration split (1,500 questions;
 ``atp-export calibrate`` scores it within 0.002 agreement of its best grid point); the old CLS-only,
 positive-error default (0.25, 0.25, 0.5) was level with ``random`` there. The error term's useful sign
-depends on the deployment precision: on the demo, low-error tokens reconstruct best at W4A8 / W8A8 but
-high-error ones at W4A4 (``bench/results/qat_reconstruction_demo.md``).
+depends on the model and the deployment precision (``bench/results/qat_reconstruction_demo.md``): on the
+stage-7 demo low-error tokens reconstructed best at W4A8 / W8A8 and high-error ones at W4A4; on the stage-8
+demo high-error ones do at all three. Calibrate per deployment.
 """
 
 from __future__ import annotations
