@@ -51,7 +51,8 @@ def test_dense_accuracy_on_500_held_out_questions(demo_bundle, tmp_path, data, m
 def test_seed_scorers_above_random_on_multi_object(demo_bundle, tmp_path):
     """atp, idp and qat keep better tokens than `random` where the answer lives in some tokens only (multi-object:
     bench/results/token_locality.md), judged per question with a paired bootstrap interval. Measured on these 200
-    questions: K = 8: random 0.725, atp 0.840, idp 0.890, qat 0.860; K = 4: 0.710 / 0.860 / 0.925 / 0.835."""
+    questions (stage-8 weights): K = 8: random 0.730, atp 0.880, idp 0.890, qat 0.875; K = 4: 0.645 / 0.880 / 0.915 /
+    0.860."""
     from atp.runtime.evaluate import compare, run_eval
 
     report = run_eval(demo_bundle, "multi-object", tmp_path, limit=200, keep_ratios=[1.0, 0.125, 0.0625],
