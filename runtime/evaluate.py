@@ -91,7 +91,8 @@ def compare(results: list[dict], baseline: str = "random", n_boot: int = 4000, s
 
     Both scorers answered the same questions, so the difference is judged per question (resampling
     questions, not cells): ``above``/``below`` when the whole interval lies above/below zero, else ``level``.
-    ``headroom`` is what the baseline loses against all tokens kept (dense accuracy - baseline accuracy):
+    ``headroom`` is what the baseline loses against all tokens kept (dense accuracy - baseline accuracy; None
+    when keep ratio 1 was not evaluated):
     where it is within noise, a scorer above the baseline would have to beat the dense model.
 
     Args:
@@ -124,10 +125,10 @@ def compare(results: list[dict], baseline: str = "random", n_boot: int = 4000, s
         counts = rng.multinomial(len(d), [np.mean(d > 0), np.mean(d < 0), np.mean(d == 0)], size=n_boot)
         boot = (counts[:, 0] - counts[:, 1]) / len(d)
         low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
-        dense = max((r for r in results if r["scorer"] == baseline and r["precision"] == p), key=lambda r: r["keep_ratio"])
+        dense = by.get((baseline, p, 1.0))  # all tokens kept: headroom needs it
         out.append({"scorer": s, "precision": p, "keep_ratio": ratio, "k": row["k"], "diff": float(d.mean()), "low": low,
                     "high": high, "verdict": "above" if low > 0 else "below" if high < 0 else "level",
-                    "headroom": dense["accuracy"] - base["accuracy"], "n": len(d)})
+                    "headroom": None if dense is None else dense["accuracy"] - base["accuracy"], "n": len(d)})
     return out
 
 
@@ -149,11 +150,12 @@ def comparison_table(results: list[dict], baseline: str = "random") -> str:
             mark = {"above": "**above**", "below": "*below*", "level": "level"}[r["verdict"]]
             cells.append(f"{r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] {mark}")
         lines.append(f"| {s} | {p} | " + " | ".join(cells) + " |")
-    heads = sorted({(r["precision"], r["keep_ratio"], r["headroom"]) for r in rows if r["keep_ratio"] < 1},
-                   key=lambda t: (t[0], -t[1]))
-    lines += ["", f"`{baseline}`'s headroom (dense accuracy minus `{baseline}`'s; where it is within noise, a scorer above "
-              f"`{baseline}` would have to beat the dense model): "
-              + ", ".join(f"keep {x:g} {h:+.3f}" + (f" ({p})" if len({q for q, _, _ in heads}) > 1 else "") for p, x, h in heads)]
+    heads = sorted({(r["precision"], r["keep_ratio"], r["headroom"]) for r in rows
+                    if r["keep_ratio"] < 1 and r["headroom"] is not None}, key=lambda t: (t[0], -t[1]))
+    if heads:
+        lines += ["", f"`{baseline}`'s headroom (dense accuracy minus `{baseline}`'s; where it is within noise, a scorer above "
+                  f"`{baseline}` would have to beat the dense model): "
+                  + ", ".join(f"keep {x:g} {h:+.3f}" + (f" ({p})" if len({q for q, _, _ in heads}) > 1 else "") for p, x, h in heads)]
     return "\n".join(lines) + "\n"
 
 

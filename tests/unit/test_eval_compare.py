@@ -128,3 +128,10 @@ def test_merge_adds_counts_and_keeps_hits_aligned():
     assert r["diff"] == pytest.approx(2 / 5)
     with pytest.raises(ConfigError, match="different scorers"):
         merge([a, b[::-1]])
+
+
+def test_headroom_needs_the_dense_cell():
+    rows = [r for r in _cells()[0] if r["keep_ratio"] < 1]
+    assert all(r["headroom"] is None for r in compare(rows, "random"))
+    table = comparison_table(rows, "random")
+    assert "headroom" not in table and "| good | fp32 |" in table
