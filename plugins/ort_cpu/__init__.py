@@ -183,34 +183,81 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def swappable(node) -> bool:
-    """A MatMulNBits node MatMulInt4 / MatMulInt8 computes identically: bits 4 or 8, accuracy_level 4, no zero
-    points / g_idx / bias, block size 32 or a power of two >= 64 with the padded K a multiple of 64."""
+def _value_types(graph) -> dict[str, tuple[int, list]]:
+    """name -> (element type, dims: int, str for a named dimension, None for an unknown one) of every value the
+    graph types (inputs, value_info, outputs, initializers)."""
+    out: dict[str, tuple[int, list]] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            continue
+        dims = None
+        if t.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        out[vi.name] = (t.elem_type, dims)
+    for init in graph.initializer:
+        out[init.name] = (init.data_type, list(init.dims))
+    return out
+
+
+def why_not_swappable(node, types: dict | None = None) -> str | None:
+    """None when MatMulInt4 / MatMulInt8 compute ``node`` identically, else the reason it stays MatMulNBits.
+
+    The op covers: bits 4 or 8, accuracy_level 4, no zero points / g_idx / bias, block size 32 or a power of two
+    >= 64 with the padded K a multiple of 64, float32 A whose last dimension (where the graph states it) is K.
+    ``types`` (:func:`_value_types`) adds the A checks; without it only the attributes are checked."""
     if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN:
-        return False
+        return "not a com.microsoft MatMulNBits node"
     a = _attrs(node)
-    k, bs = a.get("K", 0), a.get("block_size", 0)
-    if a.get("bits", 4) not in OPS or a.get("accuracy_level", 0) != 4 or k < 1:
-        return False
+    k, bs, bits = a.get("K", 0), a.get("block_size", 0), a.get("bits", 4)
+    if bits not in OPS:
+        return f"bits = {bits} (the ops run 4 and 8)"
+    if a.get("accuracy_level", 0) != 4:
+        return f"accuracy_level = {a.get('accuracy_level', 0)} (the ops compute level 4's int8 activations)"
+    if k < 1:
+        return f"K = {k}"
     if not (bs == 32 or (bs >= 64 and bs & (bs - 1) == 0)) or (-(-k // bs) * bs) % 64:
-        return False
-    return len([i for i in node.input if i]) == 3 and len(node.input) <= 3
+        return f"block_size = {bs} with K = {k} (needs 32 or a power of two >= 64, padded K a multiple of 64)"
+    if len([i for i in node.input if i]) != 3 or len(node.input) > 3:
+        return "zero points, g_idx or bias inputs"
+    if types and node.input[0] in types:
+        from onnx import TensorProto
+
+        elem, dims = types[node.input[0]]
+        if elem and elem != TensorProto.FLOAT:
+            return f"A is {TensorProto.DataType.Name(elem)} (the ops take float32)"
+        if dims is not None and (not dims or (isinstance(dims[-1], int) and dims[-1] not in (0, k))):
+            return f"A's shape {dims} does not end in K = {k}"
+    return None
+
+
+def swappable(node, types: dict | None = None) -> bool:
+    """A MatMulNBits node MatMulInt4 / MatMulInt8 computes identically (:func:`why_not_swappable` is None)."""
+    return why_not_swappable(node, types) is None
 
 
 def swap_matmulnbits(model) -> int:
     """Turn every :func:`swappable` MatMulNBits node of ``model`` (in place) into ``atp.cpu::MatMulInt4`` (bits 4)
-    or ``MatMulInt8`` (bits 8) with the same inputs and K / N / bits / block_size; returns how many were swapped."""
+    or ``MatMulInt8`` (bits 8) with the same inputs and K / N / bits / block_size; returns how many were swapped.
+    A MatMulNBits node the ops do not cover stays as it is, and the reason is logged."""
     from onnx import helper
 
-    count = 0
+    types = _value_types(model.graph)
+    count, kept = 0, {}
     for node in model.graph.node:
-        if not swappable(node):
+        if node.op_type != "MatMulNBits":
+            continue
+        why = why_not_swappable(node, types)
+        if why is not None:
+            kept.setdefault(why, []).append(node.name or node.output[0])
             continue
         keep = [a for a in node.attribute if a.name in ("K", "N", "bits", "block_size")]
         node.op_type, node.domain = OPS[_attrs(node).get("bits", 4)], DOMAIN
         del node.attribute[:]
         node.attribute.extend(keep)
         count += 1
+    for why, names in kept.items():
+        log.info("%d MatMulNBits node(s) kept (%s): %s", len(names), why, ", ".join(names[:3]) + (" ..." if len(names) > 3 else ""))
     if count and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return count

@@ -24,7 +24,9 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <atomic>
 #include <mutex>
+#include <string>
 #include <stdexcept>
 
 #include "dispatch.h"
@@ -185,14 +187,26 @@ struct MatMulOp : Ort::CustomOpBase<MatMulOp<kBits>, MatMulKernel, true> {
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
+  // Y = A's shape with the last dimension N (N / 2 with swiglu). ORT hands an unknown dimension (no value, no
+  // name: common in traced graphs) over as the integer -1 and would write a -1 back as a *known* size, which
+  // later shape inference (Slice, Gather: std::clamp(x, 0, dim - 1)) trips over and aborts the process. Unknown
+  // dimensions therefore go out as fresh symbols; a rank-unknown A leaves Y's shape unknown.
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    static std::atomic<uint64_t> fresh{0};
     Ort::ShapeInferContext::Shape shape = ctx.GetInputShape(0);
-    if (shape.empty()) return Ort::Status("MatMulInt4/8: A must have at least one dimension", ORT_INVALID_ARGUMENT);
+    if (shape.empty()) return Ort::Status(nullptr);
     int64_t swiglu = 0;
     try {
       swiglu = ctx.GetAttrInt("swiglu");
     } catch (const Ort::Exception&) {
     }
+    std::vector<std::string> names;  // own the symbol strings until SetOutputShape has copied them
+    names.reserve(shape.size());
+    for (auto& dim : shape)
+      if (dim.IsInt() && dim.AsInt() < 0) {
+        names.push_back("atp_cpu_unk_" + std::to_string(fresh.fetch_add(1)));
+        dim = Ort::ShapeInferContext::SymbolicInteger(names.back().c_str());
+      }
     shape.back() = Ort::ShapeInferContext::SymbolicInteger(ctx.GetAttrInt("N") / (swiglu ? 2 : 1));
     return ctx.SetOutputShape(0, shape);
   }

@@ -55,6 +55,47 @@ def test_int4_bundle_runs_on_matmulint4_with_equal_tokens(int4_bundle, kernels, 
         assert np.abs(la - lb).max() <= 1e-5 * np.abs(la).max() + 1e-6, isa
 
 
+@pytest.fixture(scope="module")
+def mixed_plan(tiny_ckpt, tmp_path_factory):
+    from atp.calibration.quant_calibrate import calibrate_quantization, save_plan
+    from atp.export.adapters import adapter_for_checkpoint
+
+    adapter = adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt)
+    tokens = np.random.default_rng(0).integers(4, 290, 600).tolist()
+    plan = calibrate_quantization(adapter.model, tokens, bits=5.0, group_size=32, method="fisher", seq_len=128)
+    return save_plan(tmp_path_factory.mktemp("calib") / "art", plan, adapter.model, "tiny")
+
+
+@pytest.mark.parametrize("graph", ["traced", "fused"])
+@pytest.mark.parametrize("weights", ["int4", "int8", "mixed"])
+def test_every_graph_form_and_precision_runs_on_the_kernels(tiny_ckpt, tmp_path, kernels, mixed_plan, monkeypatch,  # noqa: F811
+                                                            graph, weights):
+    """Traced and fused decoders at int4 / int8 / mixed: the session is created (the traced graphs used to abort the
+    process in shape inference), MatMulNBits nodes are swapped, and greedy tokens equal the MatMulNBits session's."""
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    quant = {"int4": {"weights": "int4", "group_size": 32}, "int8": {"weights": "int8"},
+             "mixed": {"weights": "mixed", "calibration": str(mixed_plan)}}[weights]
+    out = tmp_path / f"{weights}-{graph}"
+    adapter = adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt)
+    export_bundle(adapter, out, ExportConfig(quantization=QuantConfig(decoder_graph=graph, **quant)), validate=False)
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", "off")
+    plain = Session(out)
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", str(kernels.path))
+    ours = Session(out)
+    counts = ours.backend.swapped["decoder"]
+    assert counts["matmulint4" if weights != "int8" else "matmulint8"] > 0, counts
+    if weights == "mixed":
+        assert counts["matmulint8"] > 0, counts  # the int8 part of the mixed layers
+    for seed in range(2):
+        image = random_image(seed)
+        a = plain.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)
+        b = ours.generate(image, "what colour is the circle", max_new_tokens=8, ignore_eos=True)
+        assert a.token_ids == b.token_ids, seed
+
+
 def test_named_library_must_exist(int4_bundle, tmp_path, monkeypatch):
     from atp.runtime import Session
 

@@ -255,3 +255,59 @@ def test_standalone_check_matches_reference(isa, tmp_path):
     res = subprocess.run([cxx, "-O2", "-std=c++17", str(ort_cpu.HERE / "check.cpp"), "-o", str(exe)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     _run_check([str(exe)], isa, tmp_path)
+
+
+_UNKNOWN_DIMS_SCRIPT = """
+import sys
+import numpy as np, onnxruntime as ort
+from onnx import helper, numpy_helper
+sys.path.insert(0, sys.argv[2])
+from tests.unit.test_ort_cpu_kernels import _matmulnbits
+from atp.plugins import ort_cpu
+model = _matmulnbits(64, 64, 32, [1, 1])[0]
+g = model.graph
+for d in g.input[0].type.tensor_type.shape.dim[:2]:
+    d.Clear()  # unknown: neither a value nor a name, as torch's traced export leaves them
+g.output[0].type.tensor_type.shape.Clear()
+g.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("st", 0), ("en", 1), ("ax", 1))])
+g.node[0].output[0] = "y0"
+g.node.append(helper.make_node("Slice", ["y0", "st", "en", "ax"], ["y"]))
+x = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
+so = ort.SessionOptions()
+so.log_severity_level = 3
+ref = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+assert ort_cpu.swap_matmulnbits(model) == 1
+so.register_custom_ops_library(sys.argv[1])
+got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+print(got.shape, float(np.abs(got - ref).max() / np.abs(ref).max()))
+"""
+
+
+def test_unknown_dimensions_do_not_abort_shape_inference(kernels, tmp_path):
+    """The traced-decoder abort: ORT hands an unknown dimension to the op's shape inference as -1, and writing it back
+    as a known size made Slice's inference run std::clamp(x, 0, -1) (SIGABRT). Run in a child so a regression fails
+    this test instead of killing the test process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unknown_dims.py"
+    script.write_text(_UNKNOWN_DIMS_SCRIPT)
+    res = subprocess.run([sys.executable, str(script), str(kernels.path), str(ROOT)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shape, rel = res.stdout.split(")")
+    assert shape.strip() == "(2, 1, 64"
+    assert float(rel) <= RTOL
+
+
+def test_swap_checks_the_activation_type_and_shape():
+    """MatMulNBits over float16 activations, or one whose A (where the graph states it) does not end in K, stays."""
+    model = _matmulnbits(64, 64, 32, [1])[0]
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    types = ort_cpu._value_types(model.graph)
+    assert "FLOAT16" in ort_cpu.why_not_swappable(model.graph.node[0], types)
+    assert ort_cpu.swap_matmulnbits(model) == 0 and model.graph.node[0].op_type == "MatMulNBits"
+    model = _matmulnbits(64, 64, 32, [1])[0]
+    model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value = 32
+    assert "does not end in K" in ort_cpu.why_not_swappable(model.graph.node[0], ort_cpu._value_types(model.graph))
+    assert ort_cpu.swap_matmulnbits(model) == 0
