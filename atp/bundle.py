@@ -16,10 +16,10 @@ from typing import Iterator
 
 from atp.atomic import staged_directory
 from atp.errors import BundleError
+from atp.manifest import FORMAT_VERSION, READABLE_VERSIONS, parse
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 
@@ -65,12 +65,14 @@ def finalize_manifest(staging: Path, manifest: dict) -> dict:
     return manifest
 
 
-def read_manifest(bundle: Path, verify: bool = True) -> dict:
+def read_manifest(bundle: Path, verify: bool = True, schema: bool = True) -> dict:
     """Read and check a bundle's manifest.
 
     Args:
         bundle: Bundle directory.
         verify: Also check every file's size and sha256 against the manifest.
+        schema: Also check the fields runtimes read (:func:`atp.manifest.parse`); off only for tools that handle
+            the file layer alone.
 
     Raises:
         BundleError: missing bundle or manifest, unparsable JSON, unknown format version,
@@ -89,11 +91,16 @@ def read_manifest(bundle: Path, verify: bool = True) -> dict:
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath} does not hold a JSON object; re-export the bundle")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise BundleError(
-            f"bundle {bundle} has manifest format version {version!r}; this atp reads version "
-            f"{FORMAT_VERSION} only: re-export it with this atp, or use the atp release that wrote it"
+            f"bundle {bundle} has manifest format version {version!r}; this atp reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: re-export it with this atp, or use the atp release that wrote it"
         )
+    if schema:
+        try:
+            parse(manifest)
+        except BundleError as exc:
+            raise BundleError(f"bundle {bundle}: {exc}") from None
     if verify:
         verify_files(bundle, manifest)
     return manifest

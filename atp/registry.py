@@ -15,6 +15,17 @@ from atp.errors import AtpError, ConfigError
 T = TypeVar("T")
 
 
+def import_submodules(package: str, path, skip: Iterable[str] = ()) -> list[str]:
+    """Import every module of ``package`` (its ``__path__``) except ``skip``, in name order: the modules register
+    their entries by decorator, so adding one is adding a file. Returns the imported module names."""
+    import pkgutil
+
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if m.name not in set(skip) and not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
+
+
 class Registry(Generic[T]):
     """A named registry with lazy provider imports.
 
@@ -67,5 +78,6 @@ class Registry(Generic[T]):
 
 
 ARCHITECTURES: Registry = Registry("architecture", ["atp.export.adapters"])
+TOWERS: Registry = Registry("vision tower", ["atp.export.towers"])
 SCORERS: Registry = Registry("scorer", ["atp.calibration.retention"])
 BACKENDS: Registry = Registry("backend", ["atp.runtime.backends"])

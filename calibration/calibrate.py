@@ -95,7 +95,7 @@ class RetentionCalibConfig:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for name in self.scorers:
-            if getattr(SCORERS.get(name), "merges_tokens", False):
+            if SCORERS.get(name).merges_tokens:
                 raise ConfigError(f"scorer {name!r} merges tokens; calibration measures kept token subsets: leave it out")
         object.__setattr__(self, "fractions", tuple(sorted({float(f) for f in self.fractions})))
         for f in self.fractions:
@@ -154,7 +154,7 @@ class TorchVlm:
         self.template = adapter.prompt_template()
         self.tok = adapter.tokenizer
         self.eos = set(adapter.eos_token_ids())
-        self.image_token_id = adapter.image_token_id
+        self.layout = adapter.token_layout()
         self.pre = adapter.preprocessing()
 
     def pixels(self, image) -> torch.Tensor:
@@ -183,18 +183,25 @@ class TorchVlm:
     def make_scorer(self, name: str, params: dict):
         """A scorer as the bundle would hold it: in CLIP text space when this model has open_clip and it supports it."""
         cls = SCORERS.get(name)
-        extra = {"text_space": "clip"} if self.clip is not None and getattr(cls, "supports_clip", False) else {}
+        extra = {"text_space": "clip"} if self.clip is not None and cls.supports_clip else {}
         return cls(**params, **extra).eval()
 
     def prompt_sequence(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prefix [1, P, D], suffix [1, S, D]) token embeddings around the image token."""
-        pos = ids.index(self.image_token_id)
-        return self.table[ids[:pos]][None], self.table[ids[pos + 1:]][None]
+        """(prefix [1, P, D], suffix [1, S, D]) token embeddings around the image (as the runtime feeds them)."""
+        from atp.runtime.prompt import plan, text_around_image
+
+        before, after = text_around_image(plan(ids, self.layout))
+        return self.table[before][None], self.table[after][None]
 
     def prompt_ids(self, prompt: str) -> list[int]:
+        from atp.errors import InputError
+        from atp.runtime.prompt import plan
+
         ids = list(self.tok(self.template.replace("{prompt}", prompt), add_special_tokens=True)["input_ids"])
-        if ids.count(self.image_token_id) != 1:
-            raise CalibrationError(f"prompt template does not hold exactly one image token for {prompt!r}")
+        try:
+            plan(ids, self.layout, f"the templated prompt for {prompt!r}")
+        except InputError as exc:
+            raise CalibrationError(str(exc)) from None
         return ids
 
     @torch.no_grad()
@@ -204,10 +211,11 @@ class TorchVlm:
         Rows have the same length, so they run as one batch (no padding); each answer is cut after
         its first end-of-sequence token.
         """
-        pos = ids.index(self.image_token_id)
+        from atp.runtime.prompt import plan
+
         m = image_embeds.shape[0]
-        before, after = self.table[ids[:pos]], self.table[ids[pos + 1:]]
-        e = torch.cat([before.expand(m, -1, -1), image_embeds, after.expand(m, -1, -1)], dim=1)
+        e = torch.cat([image_embeds if seg.is_image else self.table[list(seg.ids)].expand(m, -1, -1)
+                       for seg in plan(ids, self.layout)], dim=1)  # the runtime's splice, batched
         out = self.lm(inputs_embeds=e, use_cache=True)
         steps = []
         for step in range(max_new_tokens):
@@ -235,8 +243,8 @@ def _sample_context(vlm: TorchVlm, sample, n: int):
     texts = {"lm": vlm.text_embeds(sample.question)}
     ctx = vlm.gate.context(px, torch.tensor(n), texts["lm"], *vlm.prompt_sequence(ids))
     ctx.lm_attention = vlm.probe.attention_probe
-    cls_row = ctx.cls_attention()
-    ctx.cls_attention = lambda: cls_row  # computed once, shared by every setting
+    cls_row = ctx.saliency()
+    ctx.saliency = lambda: cls_row  # computed once, shared by every setting
     if vlm.clip is not None:
         texts["clip"] = vlm.clip_text_embeds(sample.question)
         patches = vlm.clip_patches(px)
@@ -246,7 +254,7 @@ def _sample_context(vlm: TorchVlm, sample, n: int):
 
 def _score(ctx, scorer, texts: dict) -> torch.Tensor:
     """``scorer``'s scores with the prompt embedding of its text space."""
-    ctx.text_embeds = texts[getattr(scorer, "text_space", "lm")]
+    ctx.text_embeds = texts[scorer.text_space]
     return scorer(ctx)
 
 
@@ -391,7 +399,7 @@ def calibrate_retention(adapter, cfg: RetentionCalibConfig, partial_dir: Path | 
     section["text_space"] = {nm: getattr(sc, "text_space", "lm") for nm, sc in
                              ((nm, vlm.make_scorer(nm, {})) for nm in cfg.scorers) if sc.needs_text}
     section["clip_model"] = clip.name if clip is not None else None
-    names = [nm for nm in cfg.scorers if getattr(SCORERS.get(nm), "auto_keep_supported", True)] if cfg.auto_keep else []
+    names = [nm for nm in cfg.scorers if SCORERS.get(nm).auto_keep_supported] if cfg.auto_keep else []
     if names:
         from atp.calibration.auto_keep_fit import sample_auto_keep, fit_auto_keep
 
@@ -477,10 +485,10 @@ def check_text_space(art: CalibrationArtifact, scorers, clip=None) -> None:
         if name not in (sec.get("scorers") or {}):
             continue
         cls = SCORERS.get(name)
-        if not getattr(cls, "needs_text", False):
+        if not cls.needs_text:
             continue
         want = fitted.get(name, "lm")
-        have = "clip" if clip is not None and getattr(cls, "supports_clip", False) else "lm"
+        have = "clip" if clip is not None and cls.supports_clip else "lm"
         if want != have:
             how = (f"export with the same --clip-model ({sec.get('clip_model')})" if want == "clip"
                    else "calibrate with --clip-model too")

@@ -20,6 +20,7 @@ from atp.bundle import finalize_manifest, staged_bundle
 from atp.config import ExportConfig, resolve_keep
 from atp.errors import AtpError, ConfigError
 from atp.export.onnx_utils import describe_io, export_module, external_files
+from atp.export.towers.base import SALIENCY_KINDS
 from atp.registry import SCORERS
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,14 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def _vision_example(adapter, scorer=None, batch: int = 2, clip=None, keep: int | None = None):
-    g = torch.Generator().manual_seed(0)
-    px = torch.randn(batch, 3, adapter.image_size, adapter.image_size, generator=g)
+    g = torch.Generator().manual_seed(1)
     keep = torch.tensor(keep or max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
     d = adapter.model_info()["hidden_size"]
-    out = [px, keep]
+    out = [*adapter.vision_inputs(batch).example, keep]
     if scorer is not None and scorer.needs_text:
-        clip_space = getattr(scorer, "text_space", "lm") == "clip"
+        clip_space = scorer.text_space == "clip"
         out.append(torch.randn(batch, clip.embed_dim if clip_space else d, generator=g) * (1.0 if clip_space else 0.02))
-    if scorer is not None and getattr(scorer, "needs_prompt", False):  # sizes >= 2 so the exporter keeps them dynamic
+    if scorer is not None and scorer.needs_prompt:  # sizes >= 2 so the exporter keeps them dynamic
         out += [torch.randn(batch, 3, d, generator=g) * 0.02, torch.randn(batch, 4, d, generator=g) * 0.02]
     return tuple(out)
 
@@ -72,7 +72,7 @@ def vision_graph_key(scorer: str, default: str) -> str:
 
 
 def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None, auto=None) -> dict:
-    if getattr(scorer, "text_space", "lm") == "clip":
+    if scorer.text_space == "clip":
         from atp.export.clip import no_mha_fastpath
 
         with no_mha_fastpath():
@@ -82,9 +82,10 @@ def _export_vision(adapter, scorer, staging: Path, cfg: ExportConfig, file: str,
 
 def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file: str, clip=None, auto=None) -> dict:
     module = adapter.vision_module(scorer, clip=clip, auto_keep=auto)
-    merging = getattr(scorer, "merges_tokens", False)
-    needs_prompt = getattr(scorer, "needs_prompt", False)
-    inputs = ["pixel_values", "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
+    merging = scorer.merges_tokens
+    needs_prompt = scorer.needs_prompt
+    vin = adapter.vision_inputs()
+    inputs = [*vin.names, "keep"] + (["text_embeds"] if scorer.needs_text else []) + \
         (["prompt_prefix", "prompt_suffix"] if needs_prompt else [])
     io = export_module(
         module,
@@ -92,21 +93,24 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
         staging / file,
         input_names=inputs,
         output_names=["image_embeds", "kept_index"] + (["kept_count"] if auto is not None else []),
-        dynamic_axes={"pixel_values": {0: "batch"}, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
+        dynamic_axes={**vin.dynamic_axes, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
                       "prompt_prefix": {0: "batch", 1: "prefix_length"}, "prompt_suffix": {0: "batch", 1: "suffix_length"},
                       "kept_index": {0: "batch", 1: "dominant" if merging else "keep"}, "kept_count": {0: "batch"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
         fixed_output_dims={"image_embeds": {2: int(adapter.model_info()["hidden_size"])}},  # the padding mask hides it
     )
-    graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending"}
+    graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending",
+             "tower": {"type": type(module.tower).__name__, "saliency": module.saliency_kind,
+                       "saliency_definition": SALIENCY_KINDS[module.saliency_kind]},
+             "gate_position": module.gate_position}
     if auto is not None:
         graph["keep_input"] = "keep (upper bound on K for the request; the runtime passes k_max unless told otherwise)"
         graph["auto_keep"] = {**auto.to_dict(), "output": "kept_count",
                               "padding": "rows padded to the batch's largest K: kept_index -1, image_embeds zero rows; "
                                          "row b's tokens are its first kept_count[b]",
                               "tensorrt_plugin": "not rewritten (the TopKGate plugin covers the fixed-K gate); standard ops"}
-    if scorer.needs_text and getattr(scorer, "text_space", "lm") == "clip":
+    if scorer.needs_text and scorer.text_space == "clip":
         graph["text_embeds"] = {"space": "clip", "text_graph": "text", "clip_model": clip.name,
                                 "definition": "L2-normalised CLIP text embedding of the prompt (text graph, clip tokenizer)",
                                 "image_side": "separate open_clip image tower on the same pixels; patch tokens ln_post @ proj, "
@@ -298,8 +302,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         autos = {}
         for name in config.pruning.scorers:
             cls = SCORERS.get(name)
-            if not getattr(cls, "auto_keep_supported", True):
-                why = ("merges tokens (its K is dominant + contextual tokens)" if getattr(cls, "merges_tokens", False)
+            if not cls.auto_keep_supported:
+                why = ("merges tokens (its K is dominant + contextual tokens)" if cls.merges_tokens
                        else "returns a pick order, not a score distribution")
                 raise ConfigError(f"scorer {name!r} {why}: it cannot pick K per image (--keep auto); use cls, atp, qat, "
                                   "visionzip, fastv or random, or a fixed --keep")
@@ -313,7 +317,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
     params = {name: dict(scorer_params.get(name, {})) for name in config.pruning.scorers}
     if clip is not None:
         for name in config.pruning.scorers:
-            if getattr(SCORERS.get(name), "supports_clip", False):
+            if SCORERS.get(name).supports_clip:
                 params[name]["text_space"] = "clip"
     try:
         scorers = {vision_graph_key(name, default): SCORERS.get(name)(**params[name]).eval() for name in config.pruning.scorers}
@@ -355,7 +359,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         manifest = {
             "atp_version": atp.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"checkpoint": adapter.source, "architecture": "llava"},
+            "source": {"checkpoint": adapter.source, "architecture": adapter.name},
             "model": adapter.model_info(),
             "graphs": {**graphs, "decoder": decoder},
             "embeddings": {"file": EMBED_FILE, "dtype": str(table.dtype), "shape": list(table.shape)},
@@ -364,6 +368,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
                         "scorer_params": params,
                         "gate": "in-graph TopK; keep is a runtime input (1..N)",
                         "keep_mode": "fixed"},
+            "token_layout": adapter.token_layout().to_dict(),
+            "positions": adapter.positions().to_dict(),
             "preprocessing": adapter.preprocessing(),
             "prompt": {"template": adapter.prompt_template(), "image_token": adapter.image_token,
                        "image_token_id": adapter.image_token_id},

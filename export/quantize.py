@@ -352,8 +352,7 @@ def vision_linears(module) -> dict:
     from torch import nn
 
     out = {}
-    for prefix in ("layers", "projector"):
-        sub = getattr(module, prefix, None)
+    for prefix, sub in (("layers", getattr(module.tower, "layers", None)), ("projector", module.projector)):
         if sub is None:
             continue
         out.update({f"{prefix}.{n}": m for n, m in sub.named_modules() if isinstance(m, nn.Linear)})

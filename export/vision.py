@@ -1,8 +1,9 @@
-"""Vision graph: pixel_values -> vision tower -> scorer -> top-K gate -> projector.
+"""Vision graph: pixel_values -> tower -> scorer -> top-K gate -> connector.
 
-Only the encoder layers up to the feature layer run (LLaVA reads the penultimate
-layer, so the last layer is dead weight for it). The gate sits before the projector,
-so the projector runs on K tokens, not N.
+Architecture-neutral: the tower (``atp.export.towers``: CLIP, SigLIP, ...) runs only the encoder layers up to the
+feature layer the architecture reads and hands over a :class:`~atp.export.towers.base.TowerOutput` (features, grid,
+saliency, key metric). The gate sits before a per-token connector (LLaVA's projector), so the connector runs on K
+tokens, not N.
 """
 
 from __future__ import annotations
@@ -12,54 +13,19 @@ from torch import nn
 
 from atp.calibration.retention.base import Scorer, VisionContext
 from atp.export.gate import auto_topk_ascending, gather_padded, gather_tokens, slice_rows, topk_ascending
+from atp.export.towers.base import Tower
+
+#: Where the gate sits relative to the connector (recorded in the manifest as ``graphs.vision.gate_position``).
+#: ``before_connector``: a per-token connector (LLaVA's MLP projector) runs on the K kept tokens only.
+GATE_POSITIONS = ("before_connector",)
 
 
-def _layer_out(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def clip_cls_attention(layer: nn.Module, hidden: torch.Tensor, drop_cls: bool) -> torch.Tensor:
-    """CLS-query attention row of a CLIP encoder layer, mean over heads.
-
-    Computes only the CLS query against all keys (O(N) memory), as the layer itself would
-    inside its attention: ``softmax(q_cls . k^T * scale)``.
+class VisionGate(nn.Module):
+    """The vision path with the in-graph gate, for any registered tower.
 
     Args:
-        layer: A ``CLIPEncoderLayer`` (``layer_norm1``, ``self_attn.{q,k}_proj``).
-        hidden: ``[B, 1 + N, D]`` input of that layer.
-        drop_cls: Drop the CLS -> CLS entry (when the projector does not read the CLS token).
-
-    Returns:
-        ``[B, N]`` (or ``[B, 1 + N]`` when ``drop_cls`` is False) attention weights.
-    """
-    attn = layer.self_attn
-    x = layer.layer_norm1(hidden)
-    b, t, _ = x.shape
-    heads, hd = attn.num_heads, attn.head_dim
-    q = attn.q_proj(x[:, :1]).view(b, 1, heads, hd).transpose(1, 2)  # [B,H,1,hd]
-    k = attn.k_proj(x).view(b, t, heads, hd).transpose(1, 2)  # [B,H,T,hd]
-    probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)  # [B,H,1,T]
-    row = probs.mean(dim=1)[:, 0]  # [B,T]
-    return row[:, 1:] if drop_cls else row
-
-
-def clip_key_metric(layer: nn.Module, hidden: torch.Tensor, drop_cls: bool) -> torch.Tensor:
-    """``[B, N, head_dim]`` keys of a CLIP encoder layer, mean over heads (VisionZip's merge metric)."""
-    attn = layer.self_attn
-    x = layer.layer_norm1(hidden)
-    b, t, _ = x.shape
-    k = attn.k_proj(x).view(b, t, attn.num_heads, attn.head_dim).mean(dim=2)
-    return k[:, 1:] if drop_cls else k
-
-
-class ClipVisionGate(nn.Module):
-    """LLaVA vision path with the in-graph gate, for CLIP-style towers (CLS token first).
-
-    Args:
-        vision_model: ``CLIPVisionTransformer`` (``embeddings``, ``pre_layrnorm``, ``encoder.layers``).
-        feature_layer: LLaVA's ``vision_feature_layer`` (index into hidden_states; -2 = penultimate).
-        drop_cls: True for LLaVA's ``"default"`` feature select strategy.
-        projector: The multimodal projector (per-token MLP).
+        tower: A :class:`~atp.export.towers.base.Tower` (features up to the architecture's feature layer).
+        connector: The multimodal projector (per-token: ``[..., Dv] -> [..., D]``).
         scorer: Retention scorer module.
         lm_probe: Module with ``attention_probe(seq, layer, n_queries)`` (the decoder), for scorers with
             ``needs_prompt`` (``fastv``).
@@ -72,50 +38,39 @@ class ClipVisionGate(nn.Module):
     ``prompt_prefix`` and ``prompt_suffix`` if it ``needs_prompt``.
     """
 
-    def __init__(self, vision_model: nn.Module, feature_layer: int, drop_cls: bool, projector: nn.Module, scorer: Scorer,
-                 lm_probe: nn.Module | None = None, clip_patches: nn.Module | None = None, auto_keep=None):
+    gate_position = "before_connector"
+
+    def __init__(self, tower: Tower, connector: nn.Module, scorer: Scorer, lm_probe: nn.Module | None = None,
+                 clip_patches: nn.Module | None = None, auto_keep=None):
         super().__init__()
-        if auto_keep is not None and not getattr(scorer, "auto_keep_supported", True):
+        if auto_keep is not None and not scorer.auto_keep_supported:
             raise ValueError(f"scorer {type(scorer).__name__} returns pick order, not a score distribution: "
                              "it does not support --keep auto")
         self.auto_keep = auto_keep
-        layers = vision_model.encoder.layers
-        n_hidden = len(layers) + 1  # hidden_states = [embeddings, layer_0 out, ..., layer_{L-1} out]
-        idx = feature_layer if feature_layer >= 0 else n_hidden + feature_layer
-        if not 1 <= idx < n_hidden:
-            raise ValueError(f"vision_feature_layer {feature_layer} selects no encoder layer output")
-        self.embeddings = vision_model.embeddings
-        self.pre_layrnorm = vision_model.pre_layrnorm
-        self.layers = nn.ModuleList(list(layers)[:idx])
-        self.drop_cls = drop_cls
-        self.projector = projector
+        self.tower = tower
+        self.projector = connector
         self.scorer = scorer
-        if getattr(scorer, "needs_prompt", False) and lm_probe is None:
+        if scorer.needs_prompt and lm_probe is None:
             raise ValueError(f"scorer {type(scorer).__name__} needs the language model (lm_probe)")
-        self.lm_probe = lm_probe if getattr(scorer, "needs_prompt", False) else None
-        if getattr(scorer, "text_space", "lm") == "clip" and clip_patches is None:
+        self.lm_probe = lm_probe if scorer.needs_prompt else None
+        if scorer.text_space == "clip" and clip_patches is None:
             raise ValueError("a scorer in CLIP text space needs the open_clip patch embedder")
-        self.clip_patches = clip_patches if getattr(scorer, "text_space", "lm") == "clip" else None
+        self.clip_patches = clip_patches if scorer.text_space == "clip" else None
 
-    def features(self, pixel_values: torch.Tensor):
-        """(feature-layer tokens [B, N, Dv], lazy CLS attention [B, N], lazy key metric [B, N, head_dim])."""
-        h = self.pre_layrnorm(self.embeddings(pixel_values))
-        for layer in self.layers[:-1]:
-            h = _layer_out(layer(h, None))
-        last = self.layers[-1]
-        h_in = h
-        h = _layer_out(last(h_in, None))
-        feats = h[:, 1:] if self.drop_cls else h
-        return feats, (lambda: clip_cls_attention(last, h_in, self.drop_cls)), (lambda: clip_key_metric(last, h_in, self.drop_cls))
+    @property
+    def saliency_kind(self) -> str:
+        """What ``ctx.saliency`` is for this tower (``cls_attention`` or ``attention_received``)."""
+        return self.tower.saliency_kind
 
     def context(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None,
                 prompt_prefix: torch.Tensor | None = None, prompt_suffix: torch.Tensor | None = None) -> VisionContext:
-        feats, cls_attn, keys = self.features(pixel_values)
+        out = self.tower(pixel_values)
         probe = self.lm_probe.attention_probe if self.lm_probe is not None else None
         clip = (lambda: self.clip_patches(pixel_values)) if self.clip_patches is not None else None
-        return VisionContext(features=feats, cls_attention=cls_attn, project=self.projector, keep=keep, text_embeds=text_embeds,
-                             prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix, lm_attention=probe, clip_patches=clip,
-                             key_metric=keys)
+        return VisionContext(features=out.features, saliency=out.saliency, project=self.projector, keep=keep,
+                             text_embeds=text_embeds, prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix,
+                             lm_attention=probe, clip_patches=clip, key_metric=out.key_metric,
+                             saliency_kind=out.saliency_kind)
 
     def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor, *extra: torch.Tensor):
         extra = list(extra)
@@ -128,7 +83,7 @@ class ClipVisionGate(nn.Module):
                 return gather_padded(ctx._projected, index), index, count
             mask = (index >= 0).unsqueeze(-1).to(ctx.features.dtype)
             return self.projector(gather_tokens(ctx.features, torch.clamp(index, min=0))) * mask, index, count
-        if getattr(self.scorer, "merges_tokens", False):  # VisionZip merge: K - c dominant + c contextual tokens
+        if self.scorer.merges_tokens:  # VisionZip merge: K - c dominant + c contextual tokens
             dominant, c = self.scorer.split(keep)
             index = topk_ascending(self.scorer(ctx), dominant)
             merged = slice_rows(self.scorer.merge(ctx, index, c), c)

@@ -12,8 +12,11 @@ import numpy as np
 from atp.bundle import read_manifest
 from atp.config import resolve_keep
 from atp.errors import ConfigError, InputError
+from atp.manifest import parse
 from atp.registry import BACKENDS
+from atp.runtime import positions
 from atp.runtime.preprocess import preprocess
+from atp.runtime.prompt import plan, splice, text_around_image
 from atp.runtime.sampling import Sampler, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -65,16 +68,16 @@ class Session:
 
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path, verify=verify)
-        m = self.manifest
-        self.backend = BACKENDS.get(backend)(self.path, m, threads=threads)
-        self.embeddings = np.load(self.path / m["embeddings"]["file"], mmap_mode="r")
-        self.tokenizer = Tokenizer.from_file(str(self.path / m["tokenizer"]["file"]))
-        self.num_visual_tokens = int(m["pruning"]["num_visual_tokens"])
-        self.default_keep = int(m["pruning"]["default_keep"])
-        self.image_token_id = int(m["prompt"]["image_token_id"])
-        self.eos_ids = set(m["model"]["eos_token_ids"])
-        info = m["model"]
-        self._n_layers, self._n_kv, self._head_dim = info["num_layers"], info["num_kv_heads"], info["head_dim"]
+        self.spec = spec = parse(self.manifest)  # the typed, checked view (atp.manifest)
+        self.backend = BACKENDS.get(backend)(self.path, self.manifest, threads=threads)
+        self.embeddings = np.load(self.path / spec.embeddings_file, mmap_mode="r")
+        self.tokenizer = Tokenizer.from_file(str(self.path / spec.tokenizer_file))
+        self.layout, self.positions = spec.token_layout, spec.positions
+        self.num_visual_tokens = spec.num_visual_tokens
+        self.default_keep = spec.default_keep
+        self.image_token_id = spec.token_layout.placeholder_id
+        self.eos_ids = set(spec.eos_token_ids)
+        self._n_layers, self._n_kv, self._head_dim = spec.num_layers, spec.num_kv_heads, spec.head_dim
 
     # ------------------------------------------------------------------ pieces
     def resolve_keep(self, keep: int | None = None, keep_ratio: float | None = None) -> int:
@@ -87,16 +90,9 @@ class Session:
         """Token ids of the full prompt, with one image token where the visual tokens go."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("prompt must be a non-empty string")
-        image_token = self.manifest["prompt"]["image_token"]
-        if raw_prompt:
-            text = prompt
-        else:
-            text = self.manifest["prompt"]["template"].replace("{prompt}", prompt)
+        text = prompt if raw_prompt else self.spec.template.replace("{prompt}", prompt)
         ids = self.tokenizer.encode(text, add_special_tokens=True).ids
-        count = ids.count(self.image_token_id)
-        if count != 1:
-            where = "the raw prompt" if raw_prompt else "the prompt"
-            raise InputError(f"{where} must contain the image placeholder {image_token!r} exactly once (found {count})")
+        plan(ids, self.layout, "the raw prompt" if raw_prompt else "the prompt")  # raises unless the placeholders fit
         return ids
 
     def needs_text(self, graph: str) -> bool:
@@ -139,13 +135,12 @@ class Session:
     def prompt_sequence(self, prompt: str, raw_prompt: bool = False) -> dict[str, np.ndarray]:
         """``prompt_prefix [1, P, D]`` and ``prompt_suffix [1, S, D]``: embeddings of the templated prompt's
         tokens before and after the image placeholder."""
-        ids = self.prompt_ids(prompt, raw_prompt)
-        pos = ids.index(self.image_token_id)
-        if pos == len(ids) - 1:
+        before, after = text_around_image(plan(self.prompt_ids(prompt, raw_prompt), self.layout))
+        if not after:
             raise InputError("this scorer needs prompt text after the image placeholder")
         table = self.embeddings
-        return {"prompt_prefix": np.asarray(table[ids[:pos]], np.float32)[None],
-                "prompt_suffix": np.asarray(table[ids[pos + 1:]], np.float32)[None]}
+        return {"prompt_prefix": np.asarray(table[before], np.float32)[None],
+                "prompt_suffix": np.asarray(table[after], np.float32)[None]}
 
     def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None, raw_prompt: bool = False):
         """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it.
@@ -162,10 +157,9 @@ class Session:
         return self.backend.run_vision(pixels, keep, graph, text, extra)
 
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
-        """``[1, L - 1 + K, D]``: text token embeddings with the K visual tokens where the image token was."""
-        pos = ids.index(self.image_token_id)
-        table = self.embeddings
-        return np.concatenate([table[ids[:pos]], image_embeds, table[ids[pos + 1:]]])[None].astype(np.float32)
+        """``[1, L, D]``: the prompt's token embeddings with the K visual tokens spliced in per the bundle's token
+        layout (:mod:`atp.runtime.prompt`)."""
+        return splice(plan(ids, self.layout), [image_embeds], self.embeddings)
 
     @property
     def scorers(self) -> list[str]:
@@ -261,7 +255,7 @@ class Session:
         embeds = self.inputs_embeds(ids, image_embeds[0])
         length = embeds.shape[1]
         mask = np.ones((1, length), np.int64)
-        logits, past = self._step(embeds, mask, np.arange(length, dtype=np.int64)[None], self._empty_past(1))
+        logits, past = self._step(embeds, mask, positions.prefill(self.positions, length), self._empty_past(1))
         t3 = time.perf_counter()
         out: list[int] = []
         decode_times = []
@@ -272,8 +266,8 @@ class Session:
                 break
             s = time.perf_counter()
             mask = np.ones((1, length + len(out)), np.int64)
-            positions = np.array([[length + len(out) - 1]], np.int64)
-            logits, past = self._step(self.embeddings[[token]][None].astype(np.float32), mask, positions, past)
+            logits, past = self._step(self.embeddings[[token]][None].astype(np.float32), mask,
+                                      positions.step(self.positions, length + len(out) - 1), past)
             decode_times.append(time.perf_counter() - s)
         t4 = time.perf_counter()
         ms = 1000.0

@@ -12,15 +12,15 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(out: Path):
-    """Byte-level BPE trained on a fixed corpus (deterministic), with an <image> token."""
+def build_tokenizer(out: Path, extra_special: tuple[str, ...] = ()):
+    """Byte-level BPE trained on a fixed corpus (deterministic), with an <image> token (and ``extra_special``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>", *extra_special],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
@@ -62,5 +62,49 @@ def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 32, patch: int 
     ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
                           num_additional_image_tokens=1)
+    proc.save_pretrained(out)
+    return out
+
+
+# llava-interleave-qwen's template (Qwen2 ChatML turns, images first in a turn)
+CHATML_IMAGE_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tiny_llava_siglip(out: Path, seed: int = 0, image_size: int = 32, patch: int = 8) -> Path:
+    """A seeded random llava-interleave-shaped checkpoint: ``LlavaForConditionalGeneration`` with a SigLIP tower (no
+    CLS token; feature layer -1, select strategy ``"full"``), a Qwen2 LM, ``SiglipImageProcessorPil`` (plain resize
+    to a square, mean/std 0.5) and a ChatML chat template, saved to ``out``."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config, SiglipVisionConfig
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>"))
+    tok.eos_token = "<|im_end|>"
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=image_size, patch_size=patch)
+    tc = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id, vision_feature_layer=-1,
+                      vision_feature_select_strategy="full", projector_hidden_act="gelu")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    ip = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="full",
+                          num_additional_image_tokens=0, chat_template=CHATML_IMAGE_TEMPLATE)
     proc.save_pretrained(out)
     return out

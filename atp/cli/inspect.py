@@ -51,6 +51,13 @@ def cmd_inspect(args) -> int:
             return ", ".join(f"{v['name']}{v['shape']}" for v in vs[:4]) + (f", ... ({len(vs)} in all)" if len(vs) > 4 else "")
         print(f"graph       {name}: {g['file']}\n              in:  {sig(g['inputs'])}\n              out: {sig(g['outputs'])}")
     print(f"prompt      {json.dumps(m['prompt']['template'])}")
+    tower = m["graphs"]["vision"].get("tower")
+    if tower:
+        print(f"tower       {tower['type']}, saliency {tower['saliency']}; gate {m['graphs']['vision'].get('gate_position')}")
+    layout = m.get("token_layout")
+    if layout:
+        print(f"layout      {layout['images']} image(s) x {layout['tiles']} view(s) x {layout['tokens_per_tile']} tokens at "
+              f"{json.dumps(layout['placeholder'])}; kept: {layout['kept_policy']}; positions {m['positions']['scheme']}")
     print(f"files       {len(m['files'])}, {sum(f['bytes'] for f in m['files'].values()) / 1e6:.1f} MB, "
           f"{'sha256 verified' if not args.no_verify else 'not verified'}")
     return 0
@@ -59,6 +66,17 @@ def cmd_inspect(args) -> int:
 def cmd_list(args) -> int:
     from atp.registry import ARCHITECTURES, BACKENDS, SCORERS
 
-    for reg in (ARCHITECTURES, SCORERS, BACKENDS):
+    from atp.registry import TOWERS
+
+    print("architectures (config.json model_type -> adapter):")
+    for name in ARCHITECTURES.names():
+        a = ARCHITECTURES.get(name)
+        print(f"  {name:<12} model_type {', '.join(a.model_types)}; gate {a.gate_position}; {a.summary}")
+    print("vision towers (vision_config.model_type -> tower):")
+    for name in TOWERS.names():
+        t = TOWERS.get(name)
+        print(f"  {name:<12} {', '.join(t.model_types)}; {'CLS token' if t.has_cls else 'no CLS token'}; "
+              f"saliency {t.saliency_kind}")
+    for reg in (SCORERS, BACKENDS):
         print(f"{reg.kind}s: {', '.join(reg.names())}")
     return 0

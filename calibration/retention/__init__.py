@@ -1,11 +1,9 @@
 """Token-retention scorers, one per file, registered in ``atp.registry.SCORERS``.
 
-Importing this package registers every scorer module listed in ``_MODULES``.
+Importing this package registers every scorer module in it (``base`` and ``selection`` hold shared code): a new
+scorer is a new file.
 """
 
-import importlib
+from atp.registry import import_submodules
 
-_MODULES = ("cls_attention", "random_baseline", "atp_hybrid", "idp_mmr", "divprune", "quant_aware", "visionzip", "fastv")
-
-for _m in _MODULES:
-    importlib.import_module(f"{__name__}.{_m}")
+import_submodules(__name__, __path__, skip=("base", "selection"))

@@ -26,6 +26,7 @@ class AtpHybridScorer(Scorer):
     """a * CLS attention + (1 - a) * text relevance, each min-max normalised per image."""
 
     summary = "ATP: a*CLS attention + (1-a)*text relevance (CLIP space with open_clip, else LM embedding space)"
+    uses_saliency = True
     needs_text = True
     supports_clip = True
 

@@ -25,8 +25,9 @@ class VisionContext:
 
     Attributes:
         features: ``[B, N, Dv]`` the tokens the projector reads (feature layer output).
-        cls_attention: Callable returning ``[B, N]``: attention from the CLS token to each
-            token at the feature layer, mean over heads, from the CLS query row only.
+        saliency: Callable returning ``[B, N]`` token saliency from the tower: CLS attention at the feature layer
+            (mean over heads, CLS query row only) where the tower has a CLS token, else the attention each token
+            receives (mean over queries and heads); ``saliency_kind`` says which (the manifest records it).
         project: The multimodal projector (``[..., Dv] -> [..., D]``).
         keep: int64 scalar K (for selection scorers that stop after K picks).
         text_embeds: ``[B, D]`` prompt embedding in LM space, for scorers with ``needs_text``.
@@ -42,7 +43,7 @@ class VisionContext:
     """
 
     features: torch.Tensor
-    cls_attention: Callable[[], torch.Tensor]
+    saliency: Callable[[], torch.Tensor]
     project: Callable[[torch.Tensor], torch.Tensor]
     keep: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
@@ -51,6 +52,7 @@ class VisionContext:
     lm_attention: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
     clip_patches: Callable[[], torch.Tensor] | None = None
     key_metric: Callable[[], torch.Tensor] | None = None
+    saliency_kind: str = "cls_attention"
     _projected: torch.Tensor | None = field(default=None, repr=False)
 
     def projected(self) -> torch.Tensor:
@@ -61,7 +63,10 @@ class VisionContext:
 
 
 class Scorer(torch.nn.Module):
-    """Base class: subclasses implement ``forward(ctx) -> [B, N]`` scores."""
+    """Base class: subclasses implement ``forward(ctx) -> [B, N]`` scores.
+
+    Capabilities are typed class attributes (read as ``scorer.needs_text``, or on the class before it is built);
+    the exporter, calibration and the CLI read them, never ``getattr`` with a default."""
 
     #: Short description shown by ``atp-export list``.
     summary: str = ""
@@ -71,6 +76,14 @@ class Scorer(torch.nn.Module):
     needs_prompt: bool = False
     #: False for scorers whose scores are a pick order (``idp``, ``divprune``): no ``--keep auto``.
     auto_keep_supported: bool = True
+    #: True when the outputs are not a token subset (VisionZip's contextual merge): calibration refuses it.
+    merges_tokens: bool = False
+    #: True when text relevance can be measured in CLIP space (``text_space="clip"`` with an open_clip model).
+    supports_clip: bool = False
+    #: True when the score reads the tower's saliency (CLS attention, or its CLS-free stand-in: the manifest names it).
+    uses_saliency: bool = False
+    #: Where text relevance is measured: ``"lm"`` (LM embedding space) or ``"clip"``; set per instance.
+    text_space: str = "lm"
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -120,5 +133,5 @@ def check_text_space(text_space: str) -> str:
 
 
 def hybrid_relevance(ctx: VisionContext, alpha: float, text_space: str = "lm") -> torch.Tensor:
-    """``alpha * minmax(CLS attention) + (1 - alpha) * minmax(text relevance)``: ``atp``'s score, ``qat``'s semantic term."""
-    return alpha * minmax(ctx.cls_attention()) + (1.0 - alpha) * minmax(text_relevance(ctx, text_space))
+    """``alpha * minmax(saliency) + (1 - alpha) * minmax(text relevance)``: ``atp``'s score, ``qat``'s semantic term."""
+    return alpha * minmax(ctx.saliency()) + (1.0 - alpha) * minmax(text_relevance(ctx, text_space))

@@ -1,4 +1,5 @@
-"""``cls``: keep the tokens the CLS token attends to most at the feature layer."""
+"""``cls``: keep the tokens the CLS token attends to most at the feature layer (CLS-free towers: the tokens
+that receive the most attention, the tower's saliency; the manifest names which)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ class ClsAttentionScorer(Scorer):
     """CLS-to-patch attention (mean over heads) of the layer the projector reads from."""
 
     summary = "CLS attention of the feature (penultimate) layer, mean over heads"
+    uses_saliency = True
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
-        return ctx.cls_attention()
+        return ctx.saliency()

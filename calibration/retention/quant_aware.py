@@ -107,6 +107,7 @@ class QuantAwareScorer(Scorer):
     """Quantization error + outlier intensity + text-conditioned relevance, min-max normalised and blended."""
 
     summary = "quantization-aware: group-quant error + outlier intensity + (CLS attention + text relevance)"
+    uses_saliency = True
     needs_text = True
     supports_clip = True
 
@@ -137,5 +138,5 @@ class QuantAwareScorer(Scorer):
         if self.needs_text:
             score = score + w_sem * hybrid_relevance(ctx, self.alpha, self.text_space)
         elif w_sem:
-            score = score + w_sem * minmax(ctx.cls_attention())
+            score = score + w_sem * minmax(ctx.saliency())
         return score

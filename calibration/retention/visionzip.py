@@ -24,11 +24,12 @@ class VisionZipScorer(Scorer):
     """Dominant-token selection of VisionZip (sum over heads of the CLS attention row)."""
 
     summary = "VisionZip (peer): dominant tokens by CLS attention (no contextual merge)"
+    uses_saliency = True
     contextual_tokens = 0
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
         # the context offers the mean over heads; VisionZip sums, which ranks identically
-        return ctx.cls_attention()
+        return ctx.saliency()
 
 
 def contextual_merge(features: torch.Tensor, metric: torch.Tensor, dominant: torch.Tensor, n_contextual: torch.Tensor,

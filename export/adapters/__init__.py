@@ -1,22 +1,19 @@
 """Architecture adapters, one file each, registered in ``atp.registry.ARCHITECTURES``.
 
-:func:`adapter_for_checkpoint` reads ``config.json`` and picks the adapter whose
-``model_types`` lists the checkpoint's ``model_type``.
+Every module of this package (but ``base``) is imported, so a new architecture is a new file: no list to edit.
+:func:`adapter_for_checkpoint` reads ``config.json`` and picks the adapter whose ``model_types`` lists the
+checkpoint's ``model_type``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 from atp.errors import CheckpointError
-from atp.registry import ARCHITECTURES
+from atp.registry import ARCHITECTURES, import_submodules
 
-_MODULES = ("llava",)
-
-for _m in _MODULES:
-    importlib.import_module(f"{__name__}.{_m}")
+import_submodules(__name__, __path__, skip=("base",))
 
 
 def adapter_for_checkpoint(path: str | Path):

@@ -1,5 +1,5 @@
-"""LLaVA-1.5 / llava-hf ``LlavaForConditionalGeneration`` with a CLIP tower and a
-Llama, Mistral or Qwen2 language model."""
+"""LLaVA-1.5 / llava-hf ``LlavaForConditionalGeneration`` with a CLIP tower (CLS token) or a SigLIP tower (no CLS:
+llava-interleave-style checkpoints) and a Llama, Mistral or Qwen2 language model."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from atp.errors import CheckpointError
+from atp.export.adapters.base import Adapter, VisionInputs
 from atp.export.decoder import LlamaLikeDecoder
-from atp.export.vision import ClipVisionGate
+from atp.export.towers import tower_class, tower_for
 from atp.registry import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _plain_size(size) -> dict | None:
 
 
 @ARCHITECTURES.register("llava")
-class LlavaAdapter:
+class LlavaAdapter(Adapter):
     """Adapter for ``model_type == "llava"`` checkpoints.
 
     Args:
@@ -43,9 +44,10 @@ class LlavaAdapter:
         source: Where the model came from, recorded in the manifest.
     """
 
+    name = "llava"
     model_types = ("llava",)
+    summary = "LLaVA-1.5 / llava-interleave: one fixed-size view, CLIP (CLS) or SigLIP tower, MLP projector"
     text_model_types = ("llama", "mistral", "qwen2")
-    vision_model_types = ("clip_vision_model",)
 
     def __init__(self, model, processor, source: str):
         self.model = model.eval().float()
@@ -66,11 +68,16 @@ class LlavaAdapter:
             CheckpointError: the folder cannot be loaded as a LLaVA model with its processor.
         """
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
+            config = AutoConfig.from_pretrained(str(path))
         except Exception as exc:  # transformers raises many kinds here
+            raise CheckpointError(f"cannot load {path} as a LLaVA model: {exc}") from exc
+        cls.check_config(config)  # refuse unsupported variants before reading any weight
+        try:
+            model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
+        except Exception as exc:
             raise CheckpointError(f"cannot load {path} as a LLaVA model: {exc}") from exc
         try:
             processor = AutoProcessor.from_pretrained(str(path))
@@ -78,25 +85,44 @@ class LlavaAdapter:
             raise CheckpointError(f"cannot load the processor (tokenizer + image processor) of {path}: {exc}") from exc
         return cls(model, processor, source=str(Path(path).resolve()))
 
-    def _check_supported(self) -> None:
-        tt, vt = self.text_config.model_type, self.vision_config.model_type
-        if tt not in self.text_model_types:
-            raise CheckpointError(f"unsupported LLaVA language model {tt!r}; supported: {', '.join(self.text_model_types)}")
-        if vt not in self.vision_model_types:
-            raise CheckpointError(f"unsupported LLaVA vision tower {vt!r}; supported: {', '.join(self.vision_model_types)}")
-        if not isinstance(self.config.vision_feature_layer, int):
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse LLaVA variants atp does not export, naming what is supported.
+
+        Raises:
+            CheckpointError: language model, tower, feature layer or select strategy outside what is supported.
+        """
+        tc, vc = config.text_config, config.vision_config
+        tt, vt = tc.model_type, vc.model_type
+        if tt not in cls.text_model_types:
+            raise CheckpointError(f"unsupported LLaVA language model {tt!r}; supported: {', '.join(cls.text_model_types)}")
+        tower_class(vc)  # raises for a tower no file reads
+        if not isinstance(config.vision_feature_layer, int):
             raise CheckpointError("multi-layer vision_feature_layer (a list) is not supported yet; use a single layer")
-        if self.config.vision_feature_select_strategy not in ("default", "full"):
-            raise CheckpointError(f"unknown vision_feature_select_strategy {self.config.vision_feature_select_strategy!r}")
-        attn = self.model.model.language_model.layers[0].self_attn
-        if hasattr(attn, "q_norm") or getattr(self.text_config, "use_sliding_window", False):
-            raise CheckpointError(f"{tt} with q/k norms or sliding-window attention is not supported yet")
+        if config.vision_feature_select_strategy not in ("default", "full"):
+            raise CheckpointError(f"unknown vision_feature_select_strategy {config.vision_feature_select_strategy!r}; "
+                                  "supported: default, full")
+        if vt == "siglip_vision_model" and config.vision_feature_select_strategy != "full":
+            raise CheckpointError("a SigLIP tower has no CLS token: LLaVA with SigLIP needs vision_feature_select_strategy "
+                                  "'full' (llava-interleave and OneVision checkpoints use it)")
+        if getattr(tc, "use_sliding_window", False):
+            raise CheckpointError(f"{tt} with sliding-window attention is not supported yet")
+
+    def _check_supported(self) -> None:
+        self.check_config(self.config)
+        if hasattr(self.model.model.language_model.layers[0].self_attn, "q_norm"):
+            raise CheckpointError(f"{self.text_config.model_type} with q/k norms is not supported yet")
 
     # ------------------------------------------------------------------ facts
     @property
+    def has_cls(self) -> bool:
+        """Whether the tower puts a CLS token first (CLIP) or has none (SigLIP)."""
+        return tower_class(self.vision_config).has_cls
+
+    @property
     def num_visual_tokens(self) -> int:
         patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
-        return patches if self.config.vision_feature_select_strategy == "default" else patches + 1
+        return patches + (1 if self.has_cls and self.config.vision_feature_select_strategy == "full" else 0)
 
     @property
     def image_size(self) -> int:
@@ -146,7 +172,7 @@ class LlavaAdapter:
         linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
         return {
             "vision_layers_used": int(used),
-            "vision_tokens": int((vc.image_size // vc.patch_size) ** 2 + 1),
+            "vision_tokens": int((vc.image_size // vc.patch_size) ** 2 + (1 if self.has_cls else 0)),
             "vision_hidden": int(vc.hidden_size),
             "vision_intermediate": int(vc.intermediate_size),
             "patch_size": int(vc.patch_size),
@@ -207,31 +233,31 @@ class LlavaAdapter:
         tower = self.model.model.vision_tower
         return getattr(tower, "vision_model", tower)  # transformers 4.x nests it
 
-    def vision_module(self, scorer: torch.nn.Module, clip=None, auto_keep=None) -> ClipVisionGate:
-        """The vision graph's module for ``scorer``; ``clip`` (:class:`atp.export.clip.OpenClip`) for CLIP text space;
-        ``auto_keep`` (:class:`atp.calibration.auto_keep.AutoKeep`) for K per image."""
-        m = self.model.model
-        clip_patches = None
-        if getattr(scorer, "text_space", "lm") == "clip":
-            from atp.export.clip import ClipPatchEmbedder
+    def tower(self):
+        """The vision tower up to LLaVA's feature layer (:func:`atp.export.towers.tower_for`)."""
+        return tower_for(self._vision_model(), self.vision_config, self.config.vision_feature_layer,
+                         drop_cls=self.config.vision_feature_select_strategy == "default")
 
-            if clip is None:
-                raise CheckpointError("this scorer is in CLIP text space: give an open_clip model")
-            if self.config.vision_feature_select_strategy != "default":
-                raise CheckpointError("CLIP text space needs vision_feature_select_strategy 'default' (patch tokens only)")
-            pre = self.preprocessing()
-            clip_patches = ClipPatchEmbedder(clip, pre["mean"] or (0, 0, 0), pre["std"] or (1, 1, 1),
-                                             self.vision_config.image_size // self.vision_config.patch_size)
-        return ClipVisionGate(
-            self._vision_model(),
-            feature_layer=self.config.vision_feature_layer,
-            drop_cls=self.config.vision_feature_select_strategy == "default",
-            projector=m.multi_modal_projector,
-            scorer=scorer,
-            lm_probe=self.decoder_module() if getattr(scorer, "needs_prompt", False) else None,
-            clip_patches=clip_patches,
-            auto_keep=auto_keep,
-        ).eval()
+    @property
+    def connector(self) -> torch.nn.Module:
+        return self.model.model.multi_modal_projector
+
+    def vision_inputs(self, batch: int = 2) -> VisionInputs:
+        """``pixel_values [B, 3, S, S]``: one fixed-size view per image (batch axis dynamic)."""
+        g = torch.Generator().manual_seed(0)
+        px = torch.randn(batch, 3, self.image_size, self.image_size, generator=g)
+        return VisionInputs(("pixel_values",), {"pixel_values": {0: "batch"}}, (px,))
+
+    def clip_patch_embedder(self, clip):
+        from atp.export.clip import ClipPatchEmbedder
+
+        if clip is None:
+            raise CheckpointError("this scorer is in CLIP text space: give an open_clip model")
+        if self.config.vision_feature_select_strategy != "default":
+            raise CheckpointError("CLIP text space needs vision_feature_select_strategy 'default' (patch tokens only)")
+        pre = self.preprocessing()
+        return ClipPatchEmbedder(clip, pre["mean"] or (0, 0, 0), pre["std"] or (1, 1, 1),
+                                 self.vision_config.image_size // self.vision_config.patch_size)
 
     def decoder_module(self, kv_dtype: str = "float32", all_logits: bool = False) -> LlamaLikeDecoder:
         return LlamaLikeDecoder(self.model.model.language_model, self.model.lm_head, self.text_config, kv_dtype=kv_dtype,

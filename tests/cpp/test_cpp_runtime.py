@@ -268,6 +268,53 @@ def test_visionzip_merge_bundle_matches_python(cpp_build, tiny_ckpt, tmp_path):
         assert len(ref.kept_index) == k - min(3, k - 1)
 
 
+def test_siglip_bundle_matches_python(cpp_build, tmp_path):
+    """A CLS-free tower (LLaVA + SigLIP, llava-interleave's shape, ChatML template, plain square resize): the C++
+    runtime splices per the manifest's token layout and answers with the Python runtime's tokens."""
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+    from tests.tiny import build_tiny_llava_siglip
+
+    ckpt = build_tiny_llava_siglip(tmp_path / "ckpt")
+    bundle = tmp_path / "siglip"
+    export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)
+    sess = Session(bundle)
+    assert sess.manifest["graphs"]["vision"]["tower"]["saliency"] == "attention_received"
+    images = _images(tmp_path, (32, 32))[:3]
+    cases = [(img, "what colour is the circle", k) for img in images for k in (None, 4, 1)]
+    for (img, prompt, k), ours in zip(cases, _chat_batch(cpp_build, bundle, cases, tmp_path, max_new=8, ignore_eos=True)):
+        ref = sess.generate(img, prompt, keep=k, max_new_tokens=8, ignore_eos=True)
+        assert ours["token_ids"] == ref.token_ids and ours["kept_index"] == ref.kept_index, (img.name, k)
+        assert ours["prompt_tokens"] == ref.prompt_tokens
+
+
+def test_format_version_1_bundle_still_runs(cpp_build, tiny_bundle, tmp_path):
+    """A bundle from before the token layout (format 1: no token_layout / positions) reads as one image with one run
+    of N tokens in both runtimes, with the same tokens as the current format."""
+    from atp.bundle import finalize_manifest
+    from atp.runtime import Session
+
+    old = tmp_path / "v1"
+    shutil.copytree(tiny_bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    for key in ("token_layout", "positions", "files", "format_version"):
+        m.pop(key)
+    (old / "manifest.json").unlink()
+    finalize_manifest(old, m)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(m))
+    img = _images(tmp_path, (32, 32))[1]
+    cases = [(img, "what colour is the circle", 4), (img, "how many shapes are in the image", None)]
+    new_sess, old_sess = Session(tiny_bundle), Session(old)
+    assert old_sess.spec.format_version == 1 and old_sess.layout == new_sess.layout
+    for (_, prompt, k), ours in zip(cases, _chat_batch(cpp_build, old, cases, tmp_path, max_new=6, ignore_eos=True)):
+        ref = new_sess.generate(img, prompt, keep=k, max_new_tokens=6, ignore_eos=True)
+        assert old_sess.generate(img, prompt, keep=k, max_new_tokens=6, ignore_eos=True).token_ids == ref.token_ids
+        assert ours["token_ids"] == ref.token_ids
+
+
 def _manifest_copy(bundle: Path, dst: Path, **pre) -> Path:
     shutil.copytree(bundle, dst)
     m = json.loads((dst / "manifest.json").read_text())

@@ -72,7 +72,7 @@ def test_torch_answers_equal_the_bundle(tiny_ckpt, tiny_session):
         with torch.no_grad():
             ctx = vlm.gate.context(vlm.pixels(sample.image), torch.tensor(4), vlm.text_embeds(sample.question))
             proj = ctx.projected()[0]
-            idx = topk_ascending(ctx.cls_attention(), torch.tensor(4))[0]
+            idx = topk_ascending(ctx.saliency(), torch.tensor(4))[0]
             dense, pruned = vlm.answers(vlm.prompt_ids(sample.question), proj[None], 5)[0], \
                 vlm.answers(vlm.prompt_ids(sample.question), proj[idx][None], 5)[0]
         assert list(dense) == tiny_session.generate(sample.image, sample.question, keep=16, max_new_tokens=5).token_ids

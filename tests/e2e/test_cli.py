@@ -54,7 +54,7 @@ def test_run_ratio_and_raw_prompt(tiny_bundle, image_file, capsys):
 def test_inspect(tiny_bundle, capsys):
     rc, out, _ = run_cli(["inspect", tiny_bundle, "--json"], capsys)
     m = json.loads(out)
-    assert rc == 0 and m["format_version"] == 1 and m["pruning"]["num_visual_tokens"] == N
+    assert rc == 0 and m["format_version"] == 2 and m["pruning"]["num_visual_tokens"] == N
     assert m["graphs"]["decoder"]["mode"] == "prefill+decode" and "tokenizer/tokenizer.json" in m["files"]
     rc, out, _ = run_cli(["inspect", tiny_bundle], capsys)
     assert rc == 0 and "sha256 verified" in out and "keep[]" in out

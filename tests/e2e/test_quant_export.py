@@ -387,7 +387,7 @@ def test_int8_vision_graph(adapter, tmp_path_factory, tiny_bundle):
     # the gate's CLS-attention score path re-reads the last layer's q_proj weight: it stays fp32 (the score path's
     # keys are the layer's own k_proj output, which the exporter shares)
     shared = [n for n, why in report["kept_fp32"].items() if why.startswith("shared")]
-    assert shared == [f"layers.{len(adapter.vision_module(SCORERS.get('cls')()).layers) - 1}"
+    assert shared == [f"layers.{len(adapter.vision_module(SCORERS.get('cls')()).tower.layers) - 1}"
                       ".self_attn.q_proj"], report["kept_fp32"]
     model = onnx.load(str(bundle / "vision.onnx"), load_external_data=False)
     assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == report["quantized_layers"]

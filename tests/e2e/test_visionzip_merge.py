@@ -52,7 +52,7 @@ def test_ort_equals_pytorch_and_the_definition(vz_bundle):
             with torch.no_grad():
                 ref_embeds, ref_index = module(torch.from_numpy(px), torch.tensor(k))
                 ctx = module.context(torch.from_numpy(px), torch.tensor(k))
-                cls, feats, keys = ctx.cls_attention().numpy(), ctx.features.numpy(), ctx.key_metric().numpy()
+                cls, feats, keys = ctx.saliency().numpy(), ctx.features.numpy(), ctx.key_metric().numpy()
             assert embeds.shape == (batch, k, ref_embeds.shape[-1]) and index.shape == (batch, k - c)
             assert [set(r) for r in index.tolist()] == [set(r) for r in ref_index.tolist()], (case, k)
             np.testing.assert_allclose(embeds, ref_embeds.numpy(), atol=1e-5, rtol=0)

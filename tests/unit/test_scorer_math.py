@@ -18,7 +18,7 @@ def _ctx(seed=0, b=2, n=24, d=64, dl=32):
     feats[:, 3, :2] *= 20  # a token with outlier channels
     cls = torch.rand(b, n, generator=g)
     proj = torch.nn.Linear(d, dl)
-    return VisionContext(features=feats, cls_attention=lambda: cls, project=proj, keep=torch.tensor(5),
+    return VisionContext(features=feats, saliency=lambda: cls, project=proj, keep=torch.tensor(5),
                          text_embeds=torch.randn(b, dl, generator=g))
 
 
@@ -31,7 +31,7 @@ def test_atp_alpha_extremes_are_its_parts():
     assert _topk(AtpHybridScorer(alpha=1.0)(ctx), 6) == _topk(ClsAttentionScorer()(ctx), 6)
     assert _topk(AtpHybridScorer(alpha=0.0)(ctx), 6) == _topk(text_similarity(ctx), 6)
     mixed = AtpHybridScorer(alpha=0.5)(ctx)
-    torch.testing.assert_close(mixed, 0.5 * minmax(ctx.cls_attention()) + 0.5 * minmax(text_similarity(ctx)))
+    torch.testing.assert_close(mixed, 0.5 * minmax(ctx.saliency()) + 0.5 * minmax(text_similarity(ctx)))
     with pytest.raises(ValueError):
         AtpHybridScorer(alpha=1.5)
 
@@ -88,14 +88,14 @@ def test_qat_blend_is_the_signed_weighted_sum():
     ctx = _ctx()
     w = (-0.25, 0.25, 0.5)
     err, out = token_terms(ctx.features, 4, 32, "tensor")
-    ref = w[0] * minmax(err) + w[1] * minmax(out) + w[2] * (0.5 * minmax(ctx.cls_attention()) + 0.5 * minmax(text_similarity(ctx)))
+    ref = w[0] * minmax(err) + w[1] * minmax(out) + w[2] * (0.5 * minmax(ctx.saliency()) + 0.5 * minmax(text_similarity(ctx)))
     torch.testing.assert_close(QuantAwareScorer(weights=w)(ctx), ref)
     torch.testing.assert_close(QuantAwareScorer(weights=(-1, 1, 2))(ctx), ref)  # L1-normalised
     # a blend without a text term takes no prompt (the vision graph gets no text_embeds input)
     assert QuantAwareScorer().needs_text and not QuantAwareScorer(weights=(0.5, 0.5, 0)).needs_text
     no_text = replace(ctx, text_embeds=None)
     torch.testing.assert_close(QuantAwareScorer(weights=(0.25, 0.25, 0.5), alpha=1.0)(no_text),
-                               0.25 * minmax(err) + 0.25 * minmax(out) + 0.5 * minmax(ctx.cls_attention()))
+                               0.25 * minmax(err) + 0.25 * minmax(out) + 0.5 * minmax(ctx.saliency()))
     tok = QuantAwareScorer(weights=w, granularity="token")(ctx)
     err_t, _ = token_terms(ctx.features, 4, 32, "token")
     torch.testing.assert_close(tok, ref + w[0] * (minmax(err_t) - minmax(err)))

@@ -13,6 +13,7 @@
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
 
+#include "positions.hpp"
 #include "backend.hpp"
 #include "common.hpp"
 
@@ -179,8 +180,7 @@ class OrtDecoder : public DecoderState {
     auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     int64_t total = past_len_ + n;
     mask_.assign(size_t(total), 1);
-    pos_.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) pos_[size_t(i)] = past_len_ + i;
+    positions_1d(past_len_, n, pos_);
     int64_t eshape[3] = {1, n, m.hidden_size}, mshape[2] = {1, total}, pshape[2] = {1, n};
     std::vector<Ort::Value> feeds;
     std::vector<const char*> names;

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "positions.hpp"
 #include "backend.hpp"
 #include "common.hpp"
 
@@ -231,8 +232,8 @@ void TrtDecoder::step(const float* embeds, int64_t n, std::vector<float>& logits
   embeds_.reserve(size_t(n * D) * 4);
   mask_.reserve(size_t(total) * 8);
   pos_.reserve(size_t(n) * 8);
-  std::vector<int64_t> mask(static_cast<size_t>(total), 1), pos(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = past_ + i;
+  std::vector<int64_t> mask(static_cast<size_t>(total), 1), pos;
+  positions_1d(past_, n, pos);
   cuda_check(cudaMemcpyAsync(embeds_.ptr, embeds, size_t(n * D) * 4, cudaMemcpyHostToDevice, stream_), "copy embeds");
   cuda_check(cudaMemcpyAsync(mask_.ptr, mask.data(), mask.size() * 8, cudaMemcpyHostToDevice, stream_), "copy mask");
   cuda_check(cudaMemcpyAsync(pos_.ptr, pos.data(), pos.size() * 8, cudaMemcpyHostToDevice, stream_), "copy positions");

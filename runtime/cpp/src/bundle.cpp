@@ -71,9 +71,10 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
   }
   if (!m.is_object()) fail(ATP_ERR_BUNDLE, mpath + " does not hold a JSON object; re-export the bundle");
   auto ver = m.find("format_version");
-  if (ver == m.end() || !ver->is_number_integer() || ver->get<int>() != 1)
+  if (ver == m.end() || !ver->is_number_integer() || ver->get<int>() < 1 || ver->get<int>() > 2)
     fail(ATP_ERR_BUNDLE, "bundle " + dir + " has manifest format version " + (ver == m.end() ? std::string("None") : ver->dump()) +
-                             "; this atp reads version 1 only: re-export it with this atp, or use the atp release that wrote it");
+                             "; this atp reads versions 1, 2: re-export it with this atp, or use the atp release that wrote it");
+  const int version = ver->get<int>();
   if (verify) verify_files(dir, m);
   try {
     const json& model = m.at("model");
@@ -101,6 +102,32 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
     out.chat_template = p.at("template").get<std::string>();
     out.image_token = p.at("image_token").get<std::string>();
     out.image_token_id = p.at("image_token_id").get<int32_t>();
+    TokenLayout& tl = out.layout;
+    tl.placeholder = out.image_token;
+    tl.placeholder_id = out.image_token_id;
+    tl.tokens_per_tile = out.num_visual_tokens;
+    if (version >= 2) {  // atp.manifest._layout / _positions: the same checks, the same wording
+      const json& t = m.at("token_layout");
+      tl.placeholder = t.at("placeholder").get<std::string>();
+      tl.placeholder_id = t.at("placeholder_id").get<int32_t>();
+      tl.images = t.at("images").get<int>();
+      tl.tiles = t.at("tiles").get<int>();
+      tl.tokens_per_tile = t.at("tokens_per_tile").get<int>();
+      tl.prefix_ids = t.value("prefix_ids", std::vector<int32_t>());
+      tl.suffix_ids = t.value("suffix_ids", std::vector<int32_t>());
+      tl.kept_policy = t.at("kept_policy").get<std::string>();
+      if (tl.kept_policy != "global_topk_ascending")
+        fail(ATP_ERR_BUNDLE, "manifest: token_layout.kept_policy '" + tl.kept_policy +
+                                 "' is not one this atp knows (global_topk_ascending); use the atp release that wrote the bundle");
+      if (tl.placeholder != out.image_token || tl.placeholder_id != out.image_token_id)
+        fail(ATP_ERR_BUNDLE, "manifest: token_layout's placeholder differs from prompt.image_token / image_token_id");
+      if (tl.images < 1 || tl.tiles < 1 || int64_t(tl.tiles) * tl.tokens_per_tile != out.num_visual_tokens)
+        fail(ATP_ERR_BUNDLE, "manifest: token_layout holds " + std::to_string(int64_t(tl.tiles) * tl.tokens_per_tile) +
+                                 " visual tokens, pruning.num_visual_tokens says " + std::to_string(out.num_visual_tokens));
+      out.position_scheme = m.at("positions").at("scheme").get<std::string>();
+      if (out.position_scheme != "1d")
+        fail(ATP_ERR_BUNDLE, "manifest: positions.scheme '" + out.position_scheme + "' is not one this atp runs (1d)");
+    }
     out.embeddings_file = m.at("embeddings").at("file").get<std::string>();
     out.tokenizer_file = m.at("tokenizer").at("file").get<std::string>();
     const json& s = m.at("preprocessing");

@@ -1,4 +1,4 @@
-// Bundle manifest (atp.bundle format version 1): parsed fields the C++ runtime needs, with verification.
+// Bundle manifest (atp.manifest format versions 1 and 2): parsed fields the C++ runtime needs, with verification.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "image.hpp"
+#include "prompt.hpp"
 
 namespace atp_impl {
 
@@ -27,6 +28,8 @@ struct Manifest {
   std::map<std::string, GraphInfo> graphs;
   std::string image_token, chat_template;
   int32_t image_token_id = -1;
+  TokenLayout layout;                  // token_layout (v1: one image, one run of N tokens at the placeholder)
+  std::string position_scheme = "1d";  // positions.scheme
   std::string embeddings_file, tokenizer_file;
   PreprocessSpec pre;
   int max_sequence = 0;  // from manifest "limits.max_sequence" when present, else 0 (unlimited)

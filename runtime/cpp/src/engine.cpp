@@ -100,10 +100,7 @@ void Context::set_prompt(const std::string& text, bool raw) {
 }
 
 void Context::set_prompt_ids(std::vector<int32_t> ids) {
-  long count = std::count(ids.begin(), ids.end(), b_.manifest().image_token_id);
-  if (count != 1)
-    fail(ATP_ERR_INPUT, "prompt ids must contain the image token id " + std::to_string(b_.manifest().image_token_id) +
-                            " exactly once (found " + std::to_string(count) + ")");
+  plan(ids, b_.manifest().layout, "prompt ids");  // placeholder count per the token layout
   for (int32_t id : ids)  // the image token is replaced by the visual tokens: it may lie beyond the table
     if (id != b_.manifest().image_token_id && (id < 0 || id >= b_.embeddings().rows))
       fail(ATP_ERR_INPUT, "prompt token id " + std::to_string(id) + " is outside the vocabulary (0.." + std::to_string(b_.embeddings().rows - 1) + ")");
@@ -126,10 +123,7 @@ std::vector<int32_t> Context::prompt_ids() const {
     text += t.substr(pos);
   }
   std::vector<int32_t> ids = b_.tokenizer().encode(text, true);
-  long count = std::count(ids.begin(), ids.end(), m.image_token_id);
-  if (count != 1)
-    fail(ATP_ERR_INPUT, std::string(prompt_raw_ ? "the raw prompt" : "the prompt") + " must contain the image placeholder '" +
-                            m.image_token + "' exactly once (found " + std::to_string(count) + ")");
+  plan(ids, m.layout, prompt_raw_ ? "the raw prompt" : "the prompt");
   for (int32_t id : ids)  // the image token is replaced by the visual tokens: it may lie beyond the table
     if (id != m.image_token_id && (id < 0 || id >= b_.embeddings().rows))
       fail(ATP_ERR_BUNDLE, "tokenizer produced id " + std::to_string(id) + " beyond the embedding table's " +
@@ -161,7 +155,8 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   const NpyMatrix& table = b_.embeddings();
   const int k = resolve_keep();  // for a graph with K per image (kept_count output): the upper bound
   std::vector<int32_t> ids = prompt_ids();
-  int64_t length = int64_t(ids.size()) - 1 + k;
+  const std::vector<Segment> segments = plan(ids, m.layout, "the prompt");
+  int64_t length = spliced_length(segments, {int64_t(k)});
   const int limit = b_.max_sequence();
   if (limit > 0 && length >= limit)
     fail(ATP_ERR_OUT_OF_RANGE, "prompt is " + std::to_string(length) + " tokens with " + std::to_string(k) +
@@ -180,14 +175,8 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   if ((auto_k ? (v.k < 1 || v.k > k) : v.k != k) || v.dim != m.hidden_size)
     fail(ATP_ERR_BACKEND, "vision graph returned " + std::to_string(v.k) + "x" + std::to_string(v.dim) + " embeddings, expected " +
                               (auto_k ? "at most " : "") + std::to_string(k) + "x" + std::to_string(m.hidden_size));
-  length = int64_t(ids.size()) - 1 + v.k;
-  const size_t D = size_t(m.hidden_size);
-  std::vector<float> embeds;
-  embeds.reserve(size_t(length) * D);
-  size_t pos = size_t(std::find(ids.begin(), ids.end(), m.image_token_id) - ids.begin());
-  for (size_t i = 0; i < pos; ++i) embeds.insert(embeds.end(), table.row(ids[i]), table.row(ids[i]) + D);
-  embeds.insert(embeds.end(), v.embeds.begin(), v.embeds.end());
-  for (size_t i = pos + 1; i < ids.size(); ++i) embeds.insert(embeds.end(), table.row(ids[i]), table.row(ids[i]) + D);
+  length = spliced_length(segments, {int64_t(v.k)});
+  std::vector<float> embeds = splice(segments, {&v.embeds}, table, size_t(m.hidden_size));
 
   std::vector<float> logits;
   dec_->reset();

@@ -97,7 +97,7 @@ static void corrupt_bundle_checks(const fs::path& bundle, const fs::path& tmp) {
   {  // wrong format version
     std::ifstream in(d / "manifest.json");
     std::string s((std::istreambuf_iterator<char>(in)), {});
-    size_t p = s.find("\"format_version\": 1");
+    size_t p = s.find("\"format_version\": 2");
     CHECK(p != std::string::npos);
     if (p != std::string::npos) s.replace(p, 19, "\"format_version\": 99");
     std::ofstream(d / "manifest.json") << s;

@@ -1,0 +1,206 @@
+"""The architecture contract, one suite over the tiny model of every supported architecture.
+
+Each row builds a seeded random checkpoint in code with its own processor and chat template (``tests/tiny.py``) and
+checks, through the exported bundle on ONNX Runtime:
+
+- greedy ids equal transformers ``generate`` with every visual token kept, through the checkpoint's own chat template
+  (``processor.apply_chat_template``), for three image sizes / aspect ratios;
+- a pruned run keeps exactly K tokens, the ones a PyTorch reference scorer picks (saliency from transformers' own eager
+  attention maps: CLS attention for CLIP, attention received for SigLIP; index sets compared), and answers with the
+  ids of the HF language model fed the same pruned sequence (``inputs_embeds``, 1-D positions);
+- vision embeddings vs PyTorch (atol 1e-5) for every K;
+- bad K and a prompt with two images are refused with the reason; the manifest round-trips through the typed schema
+  (token layout, positions, tower saliency, architecture name).
+
+The reference image processor is the PIL backend (``backend="pil"``): atp's numpy preprocessing mirrors it. (transformers
+defaults to its torchvision backend when torchvision is installed, whose antialiased bicubic differs by a few levels.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atp.errors import ConfigError, InputError
+from tests.conftest import random_image
+
+VISION_ATOL = 1e-5
+SIZES = [(32, 32), (40, 24), (24, 56)]  # (H, W): square, portrait, landscape; resized by each processor
+PROMPTS = ["what colour is the circle", "how many shapes are in the image"]
+
+
+def _llava(tmp):
+    from tests.tiny import build_tiny_llava
+
+    return build_tiny_llava(tmp)
+
+
+def _llava_siglip(tmp):
+    from tests.tiny import build_tiny_llava_siglip
+
+    return build_tiny_llava_siglip(tmp)
+
+
+# name -> (builder, architecture in the manifest, N, saliency kind, what the row checks)
+ARCHS = {
+    "llava-clip": (_llava, "llava", 16, "cls_attention", "CLIP tower with CLS, Llama LM, LLaVA-1.5 template fallback"),
+    "llava-siglip": (_llava_siglip, "llava", 16, "attention_received",
+                     "SigLIP tower without CLS (llava-interleave), Qwen2 LM, ChatML template"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def arch(request, tmp_path_factory):
+    """(name, checkpoint, bundle, session, hf model (eager), processor (PIL backend))."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    name = request.param
+    build = ARCHS[name][0]
+    ckpt = build(tmp_path_factory.mktemp(name) / "ckpt")
+    bundle = tmp_path_factory.mktemp(name) / "bundle"
+    export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle)
+    model = LlavaForConditionalGeneration.from_pretrained(ckpt, attn_implementation="eager").eval()
+    return name, ckpt, bundle, Session(bundle), model, AutoProcessor.from_pretrained(ckpt, backend="pil")
+
+
+def _chat(processor, prompt):
+    if processor.chat_template:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return processor.apply_chat_template(msgs, add_generation_prompt=True)
+    return f"USER: <image>\n{prompt} ASSISTANT:"  # the tiny CLIP LLaVA has no chat template: LLaVA-1.5's format
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_greedy_ids_equal_transformers_generate(arch, size):
+    name, _, _, session, model, processor = arch
+    for seed, prompt in enumerate(PROMPTS):
+        img = random_image(seed, size)
+        inputs = processor(images=img, text=_chat(processor, prompt), return_tensors="pt")
+        with torch.no_grad():
+            ref = model.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+        ours = session.generate(img, prompt, max_new_tokens=10)
+        n = ARCHS[name][2]
+        assert ours.kept == n and ours.kept_index == list(range(n))
+        assert len(ours.token_ids) >= 5 and ours.token_ids == ref, (name, size, prompt)
+        np.testing.assert_allclose(_pixels(session, img), inputs["pixel_values"].numpy(), atol=1e-5, rtol=0)
+
+
+def _pixels(session, img):
+    from atp.runtime.preprocess import preprocess
+
+    return preprocess(img, session.manifest["preprocessing"])
+
+
+def _reference_saliency_and_features(model, px: torch.Tensor, kind: str):
+    """Saliency from transformers' eager attention maps at the feature layer, and the projected features."""
+    cfg = model.config
+    with torch.no_grad():
+        out = model.model.vision_tower(px, output_attentions=True, output_hidden_states=True)
+        fl = cfg.vision_feature_layer
+        layer = (fl if fl >= 0 else len(out.hidden_states) + fl) - 1  # the layer whose output is read
+        attn = out.attentions[layer]  # [B, H, T, T]
+        feats = out.hidden_states[fl]
+        if kind == "cls_attention":
+            sal, feats = attn[:, :, 0, 1:].mean(dim=1), feats[:, 1:]
+        else:
+            sal = attn.mean(dim=(1, 2))
+        return sal, model.model.multi_modal_projector(feats)
+
+
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_vision_graph_keeps_the_reference_top_k(arch, k):
+    name, _, _, session, model, _ = arch
+    px = np.concatenate([_pixels(session, random_image(s, SIZES[s % 3])) for s in (7, 8)])
+    sal, feats = _reference_saliency_and_features(model, torch.from_numpy(px), ARCHS[name][3])
+    embeds, index = session.backend.run_vision(px, k)
+    ref = torch.topk(sal, k, dim=-1).indices.sort(dim=-1).values
+    assert [set(r) for r in index.tolist()] == [set(r) for r in ref.tolist()]
+    np.testing.assert_allclose(embeds, torch.gather(feats, 1, ref[..., None].expand(-1, -1, feats.shape[-1])).numpy(),
+                               atol=VISION_ATOL, rtol=0)
+
+
+def test_pruned_answer_equals_the_hf_lm_on_the_same_pruned_sequence(arch):
+    """K honoured; the answer is the HF language model's on the pruned sequence (kept tokens at the placeholder,
+    positions 0..L-1): the pruned semantics written in atp.runtime.positions, tested against PyTorch."""
+    name, _, _, session, model, _ = arch
+    n = ARCHS[name][2]
+    for k in (1, n // 4):
+        img, prompt = random_image(11, SIZES[1]), PROMPTS[0]
+        ours = session.generate(img, prompt, keep=k, max_new_tokens=8, ignore_eos=True)
+        assert ours.kept == k and len(ours.kept_index) == k and ours.kept_index == sorted(ours.kept_index)
+        ids = session.prompt_ids(prompt)
+        assert ours.prompt_tokens == len(ids) - 1 + k
+        embeds, _ = session.backend.run_vision(_pixels(session, img), k)
+        seq = torch.from_numpy(session.inputs_embeds(ids, embeds[0]))
+        out = []
+        with torch.no_grad():
+            for _ in range(8):
+                logits = model(inputs_embeds=seq, position_ids=torch.arange(seq.shape[1])[None]).logits[0, -1]
+                out.append(int(logits.argmax()))
+                seq = torch.cat([seq, model.get_input_embeddings().weight[out[-1]][None, None]], dim=1)
+        assert ours.token_ids == out, (name, k)
+
+
+def test_bad_k_and_two_images_are_refused(arch):
+    name, _, _, session, _, _ = arch
+    n = ARCHS[name][2]
+    img = random_image(0)
+    for bad in (0, n + 1, -3):
+        with pytest.raises(ConfigError, match="keep"):
+            session.generate(img, "hi", keep=bad)
+    with pytest.raises(InputError, match=r"image placeholder .* exactly once \(found 2\)"):
+        session.generate(img, f"{session.layout.placeholder} and {session.layout.placeholder} compare", raw_prompt=True)
+
+
+def test_manifest_round_trips_through_the_schema(arch):
+    from atp.bundle import read_manifest
+    from atp.manifest import FORMAT_VERSION, parse
+
+    name, _, bundle, _, _, _ = arch
+    raw = read_manifest(bundle)
+    spec = parse(raw)
+    assert raw["format_version"] == spec.format_version == FORMAT_VERSION
+    assert spec.architecture == ARCHS[name][1]
+    assert spec.token_layout.to_dict() == raw["token_layout"] and spec.token_layout.num_visual_tokens == ARCHS[name][2]
+    assert spec.positions.to_dict() == raw["positions"] and spec.positions.scheme == "1d"
+    assert raw["graphs"]["vision"]["tower"]["saliency"] == ARCHS[name][3]
+    assert raw["graphs"]["vision"]["gate_position"] == "before_connector"
+
+
+def _edited_checkpoint(src, dst, **edit):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for key, value in edit.items():
+        if key.startswith("vision_config."):
+            cfg["vision_config"][key.split(".", 1)[1]] = value
+        else:
+            cfg[key] = value
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ({"vision_feature_select_strategy": "default"}, "SigLIP tower has no CLS token"),
+    ({"vision_feature_layer": [-2, -1]}, "multi-layer vision_feature_layer"),
+    ({"vision_config.model_type": "pixtral"}, "unsupported vision tower 'pixtral'"),
+])
+def test_unsupported_variants_are_refused(tmp_path, capsys, edit, needle):
+    """Exit 2 with a message naming what is supported; nothing written."""
+    from atp.cli import main
+    from tests.tiny import build_tiny_llava_siglip
+
+    src = build_tiny_llava_siglip(tmp_path / "src")
+    ckpt = _edited_checkpoint(src, tmp_path / "edited", **edit)
+    out = tmp_path / "out"
+    rc = main(["onnx", str(ckpt), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err, err
+    assert not out.exists()
