@@ -138,6 +138,7 @@ def build(out_dir: str | Path | None = None, cxx: str | None = None, deps_dir: s
         if res.returncode != 0:
             raise OrtCpuKernelError(f"compiling {SOURCE.name} failed:\n{(res.stdout + res.stderr)[-3000:]}")
         os.replace(tmp_lib, lib)
+    (out_dir / FAILED_MARKER).unlink(missing_ok=True)
     return lib
 
 
@@ -161,13 +162,61 @@ def load(path: str | Path) -> OrtCpuKernels:
     return OrtCpuKernels(path, handle.atp_ort_cpu_isa().decode(), handle.atp_ort_cpu_version().decode())
 
 
+FAILED_MARKER = "build-failed.txt"  # in the cache folder: a first-use build failed; `build` retries
+
+
+def host_is_fast() -> bool:
+    """Whether this CPU runs the measured-faster path (AVX-512 VNNI), read from /proc/cpuinfo (no build needed)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return all(f in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"))
+
+
+def ensure_built() -> OrtCpuKernels | None:
+    """The cached library, built on first use where it would be used (AVX-512 VNNI CPUs); None elsewhere.
+
+    The first build (~20-40 s: compiler, plus ONNX Runtime's headers fetched from Debian when missing) is logged;
+    a failed one is logged once as a warning, recorded in the cache folder (later runs fall back at once and say so
+    at debug level), and retried only by ``python -m atp.plugins.ort_cpu build``.
+    """
+    lib = default_dir() / LIB_NAME
+    if lib.is_file():
+        return load(lib)
+    if not host_is_fast():
+        log.debug("atp CPU kernels not built: this CPU has no AVX-512 VNNI (MatMulNBits is as fast here)")
+        return None
+    marker = default_dir() / FAILED_MARKER
+    if marker.is_file():
+        log.debug("atp CPU kernels not built (an earlier build failed: %s); python -m atp.plugins.ort_cpu build retries",
+                  marker.read_text().strip()[:200])
+        return None
+    log.info("building atp's CPU kernels once (AVX-512 VNNI int4/int8 GEMMs, ~30 s) into %s", default_dir())
+    try:
+        built = load(build())
+    except (OrtCpuKernelError, OSError) as exc:
+        log.warning("atp CPU kernels could not be built; quantized decoders stay on MatMulNBits (%s)",
+                    str(exc).splitlines()[0])
+        try:
+            default_dir().mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(exc)[:2000] + "\n")
+        except OSError:
+            pass
+        return None
+    log.info("built %s (ISA path %s)", built.path, built.isa)
+    return built
+
+
 def find(setting: str | None = None) -> OrtCpuKernels | None:
     """The library the runtime should use, per ``setting`` (default ``$ATP_ORT_CPU_KERNELS`` or ``auto``):
-    ``off`` -> None; ``auto`` -> the cached build if there is one, else None; a path -> that library (must load)."""
+    ``off`` -> None; ``auto`` -> the cached build, built on first use on CPUs where it is faster
+    (:func:`ensure_built`); ``cached`` -> the cached build if there is one, never building; a path -> that library
+    (must load)."""
     setting = setting or os.environ.get(ENV) or "auto"
     if setting == "off":
         return None
     if setting == "auto":
+        return ensure_built()
+    if setting == "cached":
         lib = default_dir() / LIB_NAME
         if not lib.is_file():
             log.debug("no %s at %s (python -m atp.plugins.ort_cpu build)", LIB_NAME, lib)
@@ -393,7 +442,7 @@ def main(argv=None) -> int:
             m = specialize_bundle(args.bundle, args.out, args.overwrite)
             log.info("wrote %s: decoder on %s", args.out, m["graphs"]["decoder"]["custom_ops"])
         else:
-            lib = find("auto")
+            lib = find("cached")
             log.info("%s", f"{lib.path}: ISA path {lib.isa}, op version {lib.version}" if lib else
                      f"not built (expected at {default_dir() / LIB_NAME}); python -m atp.plugins.ort_cpu build")
     except AtpError as exc:

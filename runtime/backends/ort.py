@@ -32,7 +32,10 @@ class _OrtBackend:
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         required = sorted(g for g, info in self._graphs.items() if info.get("custom_ops"))
-        self.kernels = _required_kernels(so, bundle, required) if required else _cpu_kernels(so) if self.cpu_kernels else None
+        if required:
+            self.kernels = _required_kernels(so, bundle, required)
+        else:  # only a quantized decoder has GEMMs for the kernels: fp32 bundles never build them
+            self.kernels = _cpu_kernels(so) if self.cpu_kernels and _quantized(self._graphs.get("decoder") or {}) else None
         self.swapped: dict[str, dict] = {}  # graph -> {"matmulint4"/"matmulint8": nodes swapped, "swiglu": folded}
         self.sessions = {}
         for name in ("vision", "decoder"):
@@ -56,10 +59,9 @@ class _OrtBackend:
         if self._graphs[graph].get("custom_ops"):  # specialized on disk already
             self.swapped[graph] = {k: v for k, v in self._graphs[graph]["custom_ops"].items() if k in ("matmulint4", "matmulint8", "swiglu")}
             return None
-        weights = self._graphs[graph].get("weights") or {}
         # decoder only: at the vision tower's M = patches MatMulInt8 is slower than fp32 and MatMulNBits
         # (bench/results/quant_vision_gemm_xeon_atpcpu.md)
-        if graph != "decoder" or (weights.get("precision") if isinstance(weights, dict) else weights) not in ("int4", "int8", "mixed"):
+        if graph != "decoder" or not _quantized(self._graphs[graph]):
             return None
         import onnx
 
@@ -97,6 +99,12 @@ class _OrtBackend:
         return dict(zip(self.decoder_outputs, self.sessions["decoder"].run(None, feeds)))
 
 
+def _quantized(graph: dict) -> bool:
+    """Whether a manifest graph's weights are int4 / int8 / mixed (MatMulNBits the CPU kernels can run)."""
+    weights = graph.get("weights") or {}
+    return (weights.get("precision") if isinstance(weights, dict) else weights) in ("int4", "int8", "mixed")
+
+
 def _required_kernels(options, bundle: Path, graphs: list[str]):
     """Register the kernel library a specialized bundle's graphs need (``python -m atp.plugins.ort_cpu specialize``)."""
     from atp.plugins import ort_cpu
@@ -117,9 +125,10 @@ def _required_kernels(options, bundle: Path, graphs: list[str]):
 
 def _cpu_kernels(options):
     """Register atp's ORT CPU kernel library in ``options`` and return it, or None where it is not used:
-    ``$ATP_ORT_CPU_KERNELS`` is ``off``; ``auto`` (default) and no cached build, no ``onnx`` to rewrite graphs with,
-    or a CPU where MatMulInt4/8 are not measured faster (anything but AVX-512 VNNI). A library named by path must load
-    and is used on any CPU."""
+    ``$ATP_ORT_CPU_KERNELS`` is ``off``; ``auto`` (default) on a CPU where MatMulInt4/8 are not measured faster
+    (anything but AVX-512 VNNI), or where the first-use build failed (logged once); no ``onnx`` to rewrite graphs
+    with. ``auto`` builds the library into the user cache on first use. A library named by path must load and is
+    used on any CPU."""
     from atp.plugins import ort_cpu
 
     setting = os.environ.get(ort_cpu.ENV) or "auto"
@@ -131,8 +140,11 @@ def _cpu_kernels(options):
         log.warning("atp CPU kernels not used: %s", exc)
         return None
     if lib is None:
+        if setting == "auto" and not ort_cpu.host_is_fast():
+            log.info("atp CPU kernels not used: this CPU lacks AVX-512 VNNI; quantized GEMMs run on ONNX Runtime's "
+                     "MatMulNBits (%s)", _cpu_path())
         return None
-    if setting == "auto" and not lib.fast:
+    if setting in ("auto", "cached") and not lib.fast:
         log.info("atp CPU kernels not used: they are measured faster than MatMulNBits on AVX-512 VNNI only, this CPU "
                  "runs their %s path (set %s to the library's path to use it anyway)", lib.isa, ort_cpu.ENV)
         return None
@@ -157,3 +169,10 @@ class OrtCudaBackend(_OrtBackend):
     """ONNX Runtime with the CUDA execution provider (``pip install 'atp-edge[gpu]'``)."""
 
     providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _cpu_path() -> str:
+    """A short name of the ISA family ORT's own kernels use here, for the log line."""
+    import platform
+
+    return f"{platform.machine()}, ORT MLAS"

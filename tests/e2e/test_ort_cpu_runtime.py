@@ -4,13 +4,18 @@ scale, and a kernel library named by path must exist (clear error)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from atp.config import ExportConfig, QuantConfig
 from atp.errors import AtpError
 from tests.conftest import random_image
-from tests.unit.test_ort_cpu_kernels import kernels  # noqa: F401  (module fixture: builds the library)
+from tests.unit.test_ort_cpu_kernels import ROOT, kernels  # noqa: F401  (module fixture: builds the library)
+
+DEPS = Path(os.environ.get("ATP_CPP_BUILD_DIR", ROOT / "build" / "cpp")) / "deps"  # as the kernels fixture
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +146,54 @@ def test_specialize_refuses_a_bundle_without_quantized_gemms(tiny_bundle, tmp_pa
     with pytest.raises(OrtCpuKernelError, match="no MatMulNBits node"):
         specialize_bundle(tiny_bundle, tmp_path / "x")
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_auto_builds_the_kernels_on_first_use_and_falls_back_once(int4_bundle, kernels, tmp_path, monkeypatch, caplog):  # noqa: F811
+    """ATP_ORT_CPU_KERNELS=auto (the default outside tests): the first int4 session builds the library into the user
+    cache (AVX-512 VNNI CPUs) and swaps; a failed build is a warning once, then recorded: later sessions fall back on
+    MatMulNBits without trying again; an fp32 bundle never builds."""
+    import logging
+
+    from atp.plugins import ort_cpu
+    from atp.runtime import Session
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", "auto")
+    monkeypatch.setenv("ATP_ORT_INCLUDE_DIR", str(ort_cpu.ort_headers(DEPS)))  # the headers the fixture fetched
+    monkeypatch.setattr(ort_cpu, "host_is_fast", lambda: True)
+    calls = []
+    real_build = ort_cpu.build
+
+    def failing_build(*a, **kw):
+        calls.append(1)
+        raise ort_cpu.OrtCpuKernelError("compiling ops.cpp failed: no compiler here")
+
+    monkeypatch.setattr(ort_cpu, "build", failing_build)
+    with caplog.at_level(logging.INFO):
+        s = Session(int4_bundle)
+    assert s.backend.kernels is None and not s.backend.swapped and len(calls) == 1
+    assert "could not be built" in caplog.text and "no compiler here" in caplog.text
+    assert (ort_cpu.default_dir() / ort_cpu.FAILED_MARKER).is_file()
+    caplog.clear()
+    assert Session(int4_bundle).backend.kernels is None and len(calls) == 1  # recorded: not retried
+    assert "could not be built" not in caplog.text
+
+    monkeypatch.setattr(ort_cpu, "build", real_build)
+    (ort_cpu.default_dir() / ort_cpu.FAILED_MARKER).unlink()
+    if kernels.isa != "avx512vnni":
+        pytest.skip(f"this CPU runs the {kernels.isa} path: the runtime keeps MatMulNBits (first-use build covered above)")
+    with caplog.at_level(logging.INFO):
+        s = Session(int4_bundle)
+    assert "building atp's CPU kernels once" in caplog.text
+    assert s.backend.kernels is not None and s.backend.swapped["decoder"]["matmulint4"] == 9
+    assert (ort_cpu.default_dir() / ort_cpu.LIB_NAME).is_file()
+
+
+def test_fp32_bundle_never_builds_the_kernels(tiny_bundle, tmp_path, monkeypatch):
+    from atp.plugins import ort_cpu
+    from atp.runtime import Session
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ATP_ORT_CPU_KERNELS", "auto")
+    monkeypatch.setattr(ort_cpu, "build", lambda *a, **kw: pytest.fail("built kernels for an fp32 bundle"))
+    assert Session(tiny_bundle).backend.kernels is None
