@@ -87,6 +87,7 @@ class PruningConfig:
 
 
 WEIGHT_PRECISIONS = ("fp32", "fp16", "int8", "int4", "mixed")
+VISION_PRECISIONS = ("fp32", "int8", "int8-blocks")
 KV_PRECISIONS = ("float32", "int8")
 QUANT_TARGETS = ("ort", "qdq")
 DECODER_GRAPHS = ("traced", "fused")
@@ -107,8 +108,10 @@ class QuantConfig:
         decoder_graph: ``traced`` (``torch.onnx.export`` of the decoder: plain ONNX) or ``fused`` (built
             with ONNX Runtime's GroupQueryAttention / SkipSimplifiedLayerNormalization and q/k/v, gate/up
             fused GEMMs: ~12x fewer nodes, the fast decode path on ORT CPU; ``ort`` target and float32 KV only).
-        vision: Vision graph (tower + projector linears) weights: ``fp32`` or ``int8`` (per output feature,
-            MatMulNBits with int8 activations; the gate's score path stays fp32).
+        vision: Vision graph (tower + projector linears) weights: ``fp32``; ``int8`` (W8A8: int8 weights per output
+            feature, uint8 activations per tensor at run time; ONNX Runtime's DynamicQuantizeMatMul, the fast CPU
+            form); or ``int8-blocks`` (MatMulNBits bits=8 with int8 activations per block of 32). The gate's score
+            path stays fp32.
     """
 
     weights: str = "fp32"
@@ -131,10 +134,11 @@ class QuantConfig:
             raise ConfigError(f"int4 group size must be a power of two in 16..256, got {self.group_size!r}")
         if self.weights == "mixed" and not self.calibration:
             raise ConfigError("mixed weights need a calibration artifact: atp-export calibrate ... --bits B, then --calibration DIR")
-        if self.vision not in ("fp32", "int8"):
-            raise ConfigError(f"vision graph weights must be fp32 or int8, got {self.vision!r}")
-        if self.vision == "int8" and self.target != "ort":
-            raise ConfigError("int8 vision weights are written as ONNX Runtime MatMulNBits: use --quant-target ort")
+        if self.vision not in VISION_PRECISIONS:
+            raise ConfigError(f"vision graph weights must be one of {', '.join(VISION_PRECISIONS)}, got {self.vision!r}")
+        if self.vision != "fp32" and self.target != "ort":
+            raise ConfigError("int8 vision weights are written for ONNX Runtime (DynamicQuantizeMatMul / MatMulNBits): "
+                              "use --quant-target ort")
         if self.decoder_graph not in DECODER_GRAPHS:
             raise ConfigError(f"decoder graph must be one of {', '.join(DECODER_GRAPHS)}, got {self.decoder_graph!r}")
         if self.decoder_graph == "fused" and (self.target != "ort" or self.kv != "float32"):

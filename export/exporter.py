@@ -26,6 +26,7 @@ from atp.registry import SCORERS
 log = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder.onnx"
+QUANT_VISION_MIN_OVERLAP = 0.75  # int8 vision graphs vs their fake-quant reference, mean over the example batch
 EMBED_FILE = "embed_tokens.npy"
 TOKENIZER_DIR = "tokenizer"
 
@@ -227,6 +228,12 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, de
         embeds, idx = got[0], got[1]
         same = idx.shape == tuple(ref_idx.shape) and all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
         report[key] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same else None, "same_kept_index": same}
+        if vm is not None and not same and idx.shape == tuple(ref_idx.shape):
+            # int8 graphs: ORT rounds a few activation codes one step off the fake-quant reference (its own float
+            # order), which can swap near-tied tokens; most of the kept set must still agree
+            overlap = float(np.mean([len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(idx.tolist(), ref_idx.tolist())]))
+            report[key]["kept_index_overlap"] = overlap
+            same = overlap >= QUANT_VISION_MIN_OVERLAP
         if auto is not None:
             report[key]["kept_count"] = got[2].tolist()
             same = same and got[2].tolist() == ref[2].tolist()
@@ -340,13 +347,13 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip,
                                       auto=(autos or {}).get(key)) for key, scorer in scorers.items()}
         vision_refs = {}
-        if q.vision == "int8":
-            from atp.export.quantize import fake_quant_vision, rewrite_vision_file
+        if q.vision != "fp32":
+            from atp.export.quantize_vision import fake_quant_vision, rewrite_vision_file
 
             for key, scorer in scorers.items():
                 vm = adapter.vision_module(scorer, clip=clip, auto_keep=(autos or {}).get(key))
-                graphs[key]["weights"] = rewrite_vision_file(staging / graphs[key]["file"], vm)
-                vision_refs[key] = fake_quant_vision(vm, graphs[key]["weights"]["quantized"])
+                graphs[key]["weights"] = rewrite_vision_file(staging / graphs[key]["file"], vm, q.vision)
+                vision_refs[key] = fake_quant_vision(vm, graphs[key]["weights"]["quantized"], q.vision)
         if clip is not None:
             graphs["text"] = _export_text(clip, staging, config)
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")

@@ -57,8 +57,10 @@ def add_onnx_parser(sub, raw) -> None:
     q.add_argument("--decoder-graph", default="traced", choices=["traced", "fused"],
                    help="fused: ONNX Runtime GroupQueryAttention/SkipSimplifiedLayerNorm graph, fast decode on ORT CPU "
                         "(ort target, float32 KV)")
-    q.add_argument("--vision-weights", default="fp32", choices=["fp32", "int8"],
-                   help="int8: vision tower + projector linears as int8 MatMulNBits (gate scores stay fp32)")
+    q.add_argument("--vision-weights", default="fp32", choices=["fp32", "int8", "int8-blocks"],
+                   help="int8: vision tower + projector as W8A8 (int8 weights, uint8 activations per tensor: ONNX "
+                        "Runtime's DynamicQuantizeMatMul, ~2x fp32 on CPUs); int8-blocks: MatMulNBits bits=8 (smaller "
+                        "activations error, not faster); gate scores stay fp32")
     o.add_argument("--opset", type=int, default=21, help="ONNX opset (default: 21)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")

@@ -373,16 +373,20 @@ def test_cli_calibrate_bits_then_export_mixed(tiny_ckpt, tmp_path, capsys):
 VISION_ATOL, VISION_FLIP_ATOL = 1e-4, 0.1
 
 
-def test_int8_vision_graph(adapter, tmp_path_factory, tiny_bundle):
+@pytest.mark.parametrize("form", ["int8", "int8-blocks"])
+def test_int8_vision_graph(adapter, tmp_path_factory, tiny_bundle, form):
+    """Both int8 vision forms: W8A8 dynamic (DynamicQuantizeLinear + MatMulInteger) and MatMulNBits bits=8, each
+    against the PyTorch fake-quant reference of its own arithmetic (kept sets equal, embeddings within the stated
+    tolerance) and against the fp32 graph (kept sets mostly equal)."""
     import onnxruntime as ort
 
-    from atp.export.quantize import fake_quant_vision
+    from atp.export.quantize_vision import fake_quant_vision
     from atp.registry import SCORERS
 
-    bundle, manifest = _export(adapter, tmp_path_factory, "vision-int8", weights="fp32", vision="int8")
+    bundle, manifest = _export(adapter, tmp_path_factory, f"vision-{form}", weights="fp32", vision=form)
     report = manifest["graphs"]["vision"]["weights"]
-    assert report["weights"] == "int8" and report["quantized_layers"] > 0
-    assert manifest["precision"]["graphs"]["vision"]["weights"] == "int8"
+    assert report["weights"] == "int8" and report["form"] == form and report["quantized_layers"] > 0
+    assert manifest["precision"]["graphs"]["vision"]["weights"] == form
     assert manifest["validation"]["vision"]["same_kept_index"]
     # the gate's CLS-attention score path re-reads the last layer's q_proj weight: it stays fp32 (the score path's
     # keys are the layer's own k_proj output, which the exporter shares)
@@ -390,7 +394,8 @@ def test_int8_vision_graph(adapter, tmp_path_factory, tiny_bundle):
     assert shared == [f"layers.{len(adapter.vision_module(SCORERS.get('cls')()).tower.layers) - 1}"
                       ".self_attn.q_proj"], report["kept_fp32"]
     model = onnx.load(str(bundle / "vision.onnx"), load_external_data=False)
-    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == report["quantized_layers"]
+    op = "MatMulInteger" if form == "int8" else "MatMulNBits"
+    assert sum(n.op_type == op for n in model.graph.node) == report["quantized_layers"]
     assert manifest["graphs"]["vision"]["weights"]["weight_bytes"] < 0.5 * sum(
         t.ByteSize() for t in onnx.load(str(tiny_bundle / "vision.onnx")).graph.initializer)
 
@@ -399,7 +404,8 @@ def test_int8_vision_graph(adapter, tmp_path_factory, tiny_bundle):
     q8 = ort.InferenceSession(str(bundle / "vision.onnx"), so, providers=["CPUExecutionProvider"])
     fp = ort.InferenceSession(str(tiny_bundle / "vision.onnx"), so, providers=["CPUExecutionProvider"])
 
-    reference = fake_quant_vision(adapter.vision_module(SCORERS.get(manifest["pruning"]["scorer"])().eval()), report["quantized"])
+    reference = fake_quant_vision(adapter.vision_module(SCORERS.get(manifest["pruning"]["scorer"])().eval()), report["quantized"],
+                                  form)
     g = torch.Generator().manual_seed(1)
     n = adapter.num_visual_tokens
     overlaps, diffs = [], []
