@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         demo = trained_demo_adapter()
         paths = export_forms(demo, Path(tmp) / "demo")
         agree = agreement(paths, demo.preprocessing(), demo.num_visual_tokens, args.images, args.threads)
-    lines += ["", f"| kept-token agreement with fp32 at K = N/4 (trained demo VLM, N = 64) | "
+    lines += ["", "| kept-token agreement with fp32 at K = N/4 (trained demo VLM, N = 64) | "
               + " | ".join(sorted(next(iter(agree.values())))) + " |",
               "|---|" + "---:|" * len(next(iter(agree.values())))]
     for form, by_source in agree.items():
