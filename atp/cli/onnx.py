@@ -10,7 +10,7 @@ log = logging.getLogger("atp")
 
 ONNX_EPILOG = fmt("""
     examples:
-      atp-export onnx demo --out build/demo
+      atp-export onnx demo --out build/demo --preset cpu                       # int4 decoder + int8 vision: fastest on CPUs
       atp-export onnx demo-smollm2 --out build/demo-smollm2
       atp-export onnx ./llava-1.5-7b-hf --out build/llava --keep 144 --scorer cls
       atp-export onnx demo --out build/demo-ab --extra-scorers random         # A/B: pick the scorer per request
@@ -25,6 +25,11 @@ ONNX_EPILOG = fmt("""
     or `demo-smollm2-576` (the same at LLaVA-1.5's 336 px: 576 visual tokens). The keep count
     stored here is only the default: the vision graph takes K as a run-time input.
 """)
+
+
+QUANT_DEFAULTS = {"weights": "fp32", "group_size": 32, "decoder_graph": "traced", "vision_weights": "fp32"}
+# measured: bench/results/preset_cpu.md (demo VQA paired against fp32, speed on the LLaVA-1.5-shaped model)
+PRESETS = {"cpu": {"weights": "int4", "group_size": 32, "decoder_graph": "fused", "vision_weights": "int8"}}
 
 
 def add_onnx_parser(sub, raw) -> None:
@@ -47,17 +52,20 @@ def add_onnx_parser(sub, raw) -> None:
                         "(needs the clip extra); without it, in the language model's embedding space")
     o.add_argument("--clip-weights", metavar="FILE", default=None, help="local open_clip checkpoint for --clip-model")
     q = o.add_argument_group("quantization (decoder)")
-    q.add_argument("--weights", default="fp32", choices=["fp32", "fp16", "int8", "int4", "mixed"],
+    q.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="cpu: the fastest CPU configuration that keeps the demo's accuracy: int4 g32 fused decoder (atp's "
+                        "CPU kernels at decode), W8A8 vision graph; flags given explicitly win")
+    q.add_argument("--weights", default=None, choices=["fp32", "fp16", "int8", "int4", "mixed"],
                    help="decoder weight precision (default fp32); mixed = int8/int4 per output feature from --calibration")
-    q.add_argument("--group-size", type=int, default=32, metavar="G", help="int4 group size along the input features (default 32)")
+    q.add_argument("--group-size", type=int, default=None, metavar="G", help="int4 group size along the input features (default 32)")
     q.add_argument("--asymmetric", action="store_true", help="int4 with zero points (default: symmetric)")
     q.add_argument("--kv-cache", default="float32", choices=["float32", "int8"], help="KV-cache precision (default float32)")
     q.add_argument("--quant-target", default="ort", choices=["ort", "qdq"],
                    help="ort: MatMulNBits (ONNX Runtime); qdq: standard DequantizeLinear (TensorRT)")
-    q.add_argument("--decoder-graph", default="traced", choices=["traced", "fused"],
+    q.add_argument("--decoder-graph", default=None, choices=["traced", "fused"],
                    help="fused: ONNX Runtime GroupQueryAttention/SkipSimplifiedLayerNorm graph, fast decode on ORT CPU "
                         "(ort target, float32 KV)")
-    q.add_argument("--vision-weights", default="fp32", choices=["fp32", "int8", "int8-blocks"],
+    q.add_argument("--vision-weights", default=None, choices=["fp32", "int8", "int8-blocks"],
                    help="int8: vision tower + projector as W8A8 (int8 weights, uint8 activations per tensor: ONNX "
                         "Runtime's DynamicQuantizeMatMul, ~2x fp32 on CPUs); int8-blocks: MatMulNBits bits=8 (smaller "
                         "activations error, not faster); gate scores stay fp32")
@@ -66,12 +74,20 @@ def add_onnx_parser(sub, raw) -> None:
     o.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
 
 
+def resolve_preset(args) -> None:
+    """Fill the quantization flags left unset from ``--preset`` (if any), then from the plain defaults."""
+    for key, value in {**QUANT_DEFAULTS, **PRESETS.get(args.preset or "", {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def cmd_onnx(args) -> int:
     from atp.config import ExportConfig, PruningConfig
     from atp.errors import require
 
     for module in ("torch", "transformers", "onnx"):
         require(module, "export")
+    resolve_preset(args)
 
     from atp.config import QuantConfig
 

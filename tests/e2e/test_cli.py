@@ -172,3 +172,21 @@ def test_bench_writes_ratios(tiny_bundle, image_file, tmp_path, capsys):
     assert rows[1]["kv_bytes"] == 2 * info["num_layers"] * info["num_kv_heads"] * info["head_dim"] * rows[1]["prompt_tokens"] * 4
     assert rows[1]["vs_dense"]["prefill_flops"] < 1 and rows[1]["flops"]["vision"] == rows[0]["flops"]["vision"]
     assert (out / "bench.png").stat().st_size > 1000 and report["machine"]["logical_cores"] >= 1
+
+
+def test_preset_cpu_fills_unset_flags_and_explicit_flags_win(tiny_ckpt, tmp_path, capsys):
+    from atp.bundle import read_manifest
+
+    out = tmp_path / "cpu"
+    rc, _, err = run_cli(["onnx", tiny_ckpt, "--out", out, "--preset", "cpu", "--no-validate"], capsys)
+    assert rc == 0, err
+    m = read_manifest(out)
+    assert m["precision"]["weights"] == "int4-g32" and m["graphs"]["decoder"]["graph"] == "fused"
+    assert m["graphs"]["vision"]["weights"]["form"] == "int8"
+    out2 = tmp_path / "cpu-int8"
+    rc, _, err = run_cli(["onnx", tiny_ckpt, "--out", out2, "--preset", "cpu", "--weights", "int8", "--vision-weights", "fp32",
+                          "--no-validate"], capsys)
+    assert rc == 0, err
+    m2 = read_manifest(out2)
+    assert m2["precision"]["weights"] == "int8" and m2["graphs"]["decoder"]["graph"] == "fused"
+    assert m2["precision"]["graphs"]["vision"]["weights"] == "fp32"
