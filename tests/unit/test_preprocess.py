@@ -35,3 +35,20 @@ def test_unreadable_and_missing_images(tmp_path):
         preprocess(tmp_path / "nope.jpg", SPEC)
     with pytest.raises(InputError, match="HxWx3 uint8"):
         preprocess(np.zeros((4, 4), np.float32), SPEC)
+
+
+@pytest.mark.parametrize("rescale,norm", [(1 / 255, True), (1 / 255, False), (None, True), (None, False)])
+def test_value_table_is_bit_identical_to_the_per_pixel_formula(rescale, norm):
+    """The uint8 -> float table applies (x * rescale - mean) / std with the same float32 operations per value."""
+    arr = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    spec = {**SPEC, "resize": None, "center_crop": None, "image_size": [20, 30], "rescale_factor": rescale}
+    if not norm:
+        spec["mean"] = spec["std"] = None
+    x = arr.astype(np.float32)
+    if rescale is not None:
+        x = x * np.float32(rescale)
+    if norm:
+        x = (x - np.asarray(SPEC["mean"], np.float32)) / np.asarray(SPEC["std"], np.float32)
+    ours = preprocess(arr, spec)
+    assert ours.dtype == np.float32 and ours.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(ours, x.transpose(2, 0, 1)[None])
