@@ -243,6 +243,21 @@ def _parse(builder: Builder, path: Path, network, logger):
     return parser
 
 
+def check_plugin_limits(manifest: dict) -> None:
+    """Refuse, before any build, a bundle whose visual-token count exceeds TopKGate's ``max_n`` (contract.yaml).
+
+    Raises:
+        ConfigError: N is above the plugin's limit (build without ``--plugins``: the standard-op gate has none).
+    """
+    from atp.plugins import contract
+
+    max_n = int((contract("topk_gate").get("limits") or {}).get("max_n", 0))
+    n = int(manifest["pruning"]["num_visual_tokens"])
+    if max_n and n > max_n:
+        raise ConfigError(f"this bundle gates {n} visual tokens per image, more than the TopKGate plugin's limit of {max_n} "
+                          "(plugins/topk_gate/contract.yaml): build without --plugins (the standard-op gate has no limit)")
+
+
 def _load_plugins(builder: Builder, path: str | None):
     if path is None:
         return None
@@ -380,6 +395,8 @@ def build_bundle_engines(bundle: str | Path, cfg: EngineConfig, builder: Builder
     if unknown:
         raise ConfigError(f"bundle has no graph(s) {unknown}; it has: {', '.join(manifest['graphs'])}")
     plugins = _load_plugins(builder, cfg.plugins)
+    if plugins is not None:
+        check_plugin_limits(manifest)
     cache_path = None if builder.is_rtx else Path(cfg.timing_cache) if cfg.timing_cache else default_timing_cache(builder, target)
     cache = cache_path.read_bytes() if cache_path and cache_path.is_file() else None
     if builder.is_rtx and cfg.timing_cache:

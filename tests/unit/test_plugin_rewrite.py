@@ -170,3 +170,20 @@ def test_rewrite_file_applies_what_matches(tiny_bundle, tmp_path):
     onnx.save(_mixed_qdq_model(), str(tmp_path / "m.onnx"))
     assert rewrite_file(tmp_path / "m.onnx", tmp_path / "m2.onnx") == {"TopKGate": 0, "MixedGemm": 1}
     assert [n.op_type for n in onnx.load(str(tmp_path / "m2.onnx")).graph.node].count("MixedGemm") == 1
+
+
+
+def test_gate_over_the_plugin_limit_is_refused(tiny_bundle, monkeypatch):
+    """More visual tokens than TopKGate's max_n (contract.yaml) is a clear ConfigError before an engine build with
+    plugins, not a build or run failure on the device. The tiny bundle has 16 tokens: lower the limit to 8 to see it."""
+    import atp.plugins as plugins
+    from atp.bundle import read_manifest
+    from atp.errors import ConfigError
+    from atp.export.engine import check_plugin_limits
+
+    manifest = read_manifest(tiny_bundle)
+    check_plugin_limits(manifest)  # 16 <= 4096
+    real = plugins.contract
+    monkeypatch.setattr(plugins, "contract", lambda name: {**real(name), "limits": {"max_n": 8}})
+    with pytest.raises(ConfigError, match="gates 16 visual tokens per image, more than the TopKGate plugin's limit of 8"):
+        check_plugin_limits(manifest)
