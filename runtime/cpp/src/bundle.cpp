@@ -128,6 +128,8 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       if (out.position_scheme != "1d")
         fail(ATP_ERR_BUNDLE, "manifest: positions.scheme '" + out.position_scheme + "' is not one this atp runs (1d)");
     }
+    const json& vision = m.at("graphs").at("vision");
+    if (vision.contains("tower") && vision["tower"].is_object()) out.saliency = vision["tower"].value("saliency", std::string());
     out.embeddings_file = m.at("embeddings").at("file").get<std::string>();
     out.tokenizer_file = m.at("tokenizer").at("file").get<std::string>();
     const json& s = m.at("preprocessing");

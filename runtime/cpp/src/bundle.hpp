@@ -30,6 +30,7 @@ struct Manifest {
   int32_t image_token_id = -1;
   TokenLayout layout;                  // token_layout (v1: one image, one run of N tokens at the placeholder)
   std::string position_scheme = "1d";  // positions.scheme
+  std::string saliency;                // graphs.vision.tower.saliency ("" when not recorded)
   std::string embeddings_file, tokenizer_file;
   PreprocessSpec pre;
   int max_sequence = 0;  // from manifest "limits.max_sequence" when present, else 0 (unlimited)

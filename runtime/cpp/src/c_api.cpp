@@ -1,5 +1,6 @@
 // The C ABI: every entry point catches everything and turns it into a status + thread-local message.
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <new>
 
@@ -135,6 +136,29 @@ atp_status atp_bundle_get_info(const atp_bundle* b, atp_bundle_info* out) {
     out->image_token_id = m.image_token_id;
     out->max_sequence = b->impl->max_sequence();
     out->backend = b->impl->backend_name().c_str();
+  });
+}
+
+atp_status atp_bundle_get_layout(const atp_bundle* b, atp_token_layout* out) {
+  return guard([&] {
+    need(b, "bundle");
+    need(out, "out");
+    if (out->struct_size < offsetof(atp_token_layout, images) + sizeof(int32_t))
+      atp_impl::fail(ATP_ERR_INVALID_ARGUMENT, "atp_token_layout.struct_size is not set (set it to sizeof(atp_token_layout))");
+    const atp_impl::Manifest& m = b->impl->manifest();
+    atp_token_layout full{};
+    full.struct_size = uint32_t(sizeof(atp_token_layout));
+    full.images = m.layout.images;
+    full.tiles = m.layout.tiles;
+    full.tokens_per_tile = m.layout.tokens_per_tile;
+    full.placeholder_id = m.layout.placeholder_id;
+    full.placeholder = m.layout.placeholder.c_str();
+    full.kept_policy = m.layout.kept_policy.c_str();
+    full.position_scheme = m.position_scheme.c_str();
+    full.saliency = m.saliency.c_str();
+    const uint32_t n = std::min<uint32_t>(out->struct_size, uint32_t(sizeof(atp_token_layout)));
+    std::memcpy(reinterpret_cast<char*>(out) + sizeof(uint32_t), reinterpret_cast<const char*>(&full) + sizeof(uint32_t),
+                n - sizeof(uint32_t));  // fields the caller's struct has; struct_size stays the caller's
   });
 }
 

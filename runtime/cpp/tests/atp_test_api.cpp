@@ -2,6 +2,7 @@
 // negative suite (missing/corrupt bundle, wrong checksum, bad images, K out of range, prompt longer than
 // the profile, calls out of order, NULL arguments), streaming, determinism and the wrapper.
 // Every failing call must return a status and a non-empty error text; nothing may crash (run under ASan/UBSan).
+#include <cstddef>
 #include <atp/runtime.hpp>
 
 #include <cmath>
@@ -155,6 +156,19 @@ static void bundle_checks(const fs::path& bundle) {
   CHECK(atp_bundle_get_info(b, &info) == ATP_OK);
   const int N = info.num_visual_tokens, W = info.image_width, H = info.image_height;
   CHECK(N > 0 && W > 0 && H > 0 && info.vocab_size > 0 && std::string(info.backend) == "ort");
+  {  // ABI 2: the token layout; a struct from an older, shorter ABI gets only the fields it has
+    atp_token_layout lay{};
+    EXPECT_ERR(atp_bundle_get_layout(b, &lay), ATP_ERR_INVALID_ARGUMENT, "struct_size");
+    lay.struct_size = sizeof(lay);
+    CHECK(atp_bundle_get_layout(b, &lay) == ATP_OK);
+    CHECK(lay.struct_size == sizeof(lay) && lay.images == 1 && lay.tiles == 1 && lay.tokens_per_tile * lay.tiles == N);
+    CHECK(lay.placeholder_id == info.image_token_id && std::string(lay.position_scheme) == "1d");
+    CHECK(std::string(lay.kept_policy) == "global_topk_ascending" && std::string(lay.saliency) == "cls_attention");
+    atp_token_layout part{};
+    part.struct_size = uint32_t(offsetof(atp_token_layout, placeholder_id));  // images, tiles, tokens_per_tile only
+    part.placeholder_id = -7;
+    CHECK(atp_bundle_get_layout(b, &part) == ATP_OK && part.tokens_per_tile == lay.tokens_per_tile && part.placeholder_id == -7);
+  }
   atp_context* c = nullptr;
   CHECK(atp_context_create(b, &c) == ATP_OK);
 

@@ -33,7 +33,8 @@
 extern "C" {
 #endif
 
-#define ATP_ABI_VERSION 1
+/* 2: adds atp_bundle_get_layout (ABI 1 apps keep compiling and linking unchanged). */
+#define ATP_ABI_VERSION 2
 
 typedef enum atp_status {
   ATP_OK = 0,
@@ -89,6 +90,21 @@ typedef struct atp_bundle_info {
   const char* backend;       /* "ort" or "trt" */
 } atp_bundle_info;
 ATP_API atp_status atp_bundle_get_info(const atp_bundle* bundle, atp_bundle_info* out);
+/* How visual tokens enter the prompt (the manifest's token_layout and positions; ABI 2). Set struct_size to
+   sizeof(atp_token_layout) before the call: a library newer than the app fills only the fields the app knows. */
+typedef struct atp_token_layout {
+  uint32_t struct_size;      /* sizeof(atp_token_layout) */
+  int32_t images;            /* image placeholders per prompt */
+  int32_t tiles;             /* views per image the vision graph encodes */
+  int32_t tokens_per_tile;   /* visual tokens per view before pruning (tiles * tokens_per_tile = N) */
+  int32_t placeholder_id;    /* image placeholder token id */
+  const char* placeholder;   /* its text, e.g. "<image>" (owned by the bundle) */
+  const char* kept_policy;   /* "global_topk_ascending" */
+  const char* position_scheme; /* "1d" */
+  const char* saliency;      /* what the default vision graph's gate reads: "cls_attention", "attention_received",
+                                or "" (bundles made before it was recorded) */
+} atp_token_layout;
+ATP_API atp_status atp_bundle_get_layout(const atp_bundle* bundle, atp_token_layout* out);
 /* The bundle's tokenizer (owned by the bundle; do not close). */
 ATP_API atp_status atp_bundle_tokenizer(const atp_bundle* bundle, const atp_tokenizer** out);
 

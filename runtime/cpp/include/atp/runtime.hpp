@@ -98,6 +98,13 @@ class Bundle {
     check(atp_bundle_get_info(b_, &i));
     return i;
   }
+  /// How visual tokens enter the prompt (token layout, position scheme, gate saliency); ABI 2.
+  atp_token_layout layout() const {
+    atp_token_layout l{};
+    l.struct_size = sizeof(atp_token_layout);
+    check(atp_bundle_get_layout(b_, &l));
+    return l;
+  }
   Tokenizer tokenizer() const {
     const atp_tokenizer* t = nullptr;
     check(atp_bundle_tokenizer(b_, &t));
