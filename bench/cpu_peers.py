@@ -78,6 +78,9 @@ def ttft_transformers(image, repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     adapter = build_demo_adapter(image_size=336)
     model, proc = adapter.model.eval(), adapter.processor
+    # the demo's <image> token id is one past SmolLM2's table (atp never embeds it; transformers' LLaVA embeds it
+    # before replacing it): give it a row so generate() runs; one more vocabulary row changes no cost that matters
+    model.resize_token_embeddings(len(proc.tokenizer))
     text = adapter.prompt_template().replace("{prompt}", PROMPT)
     rows = {"preprocess": [], "vision": [], "prefill": [], "ttft": []}
     with torch.no_grad():
@@ -148,9 +151,16 @@ def genai_model(work: Path) -> Path:
     if not (hf / "config.json").is_file():
         from atp.export.demo import load_smollm2
 
+        from transformers import AutoModelForCausalLM
+
         lm, tok = load_smollm2()
-        lm.config.quantization_config = None
-        lm.save_pretrained(hf)
+        cfg = lm.config
+        cfg.quantization_config = None
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        plain = AutoModelForCausalLM.from_config(cfg)  # a GGUF-loaded model refuses save_pretrained: copy the weights
+        plain.load_state_dict(lm.state_dict())
+        plain.save_pretrained(hf)
         tok.save_pretrained(hf)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", "int4", "-e", "cpu",
            "-c", str(work / "genai-cache"), "--extra_options", "int4_accuracy_level=4"]
