@@ -27,6 +27,13 @@ POSITION_SCHEMES = {
     "1d": "position_ids [B, S] int64: 0..L-1 over the spliced prompt (visual tokens included), then one per new token",
 }
 
+#: How an image becomes visual tokens (``token_layout.kind``).
+LAYOUT_KINDS = {
+    "fixed": "one fixed-size view: N tokens, one contiguous run at the placeholder",
+    "anyres": "LLaVA-NeXT anyres: base view + grid tiles (preprocessing.anyres); per image N = base P + unpadded grid "
+              "tokens (the runtime computes token_index); newline embedding after the last kept token of each grid row",
+}
+
 #: Kept-token policies (``token_layout.kept_policy``).
 KEPT_POLICIES = {
     "global_topk_ascending": "top-K over the image's N tokens (one score per token), kept in ascending (spatial) order",
@@ -46,6 +53,9 @@ class TokenLayout:
         prefix_ids: Token ids placed before each image's visual tokens (wrapper / marker tokens; none for LLaVA).
         suffix_ids: Token ids placed after them.
         kept_policy: Which tokens the gate keeps (a key of :data:`KEPT_POLICIES`).
+        kind: How an image becomes tokens (a key of :data:`LAYOUT_KINDS`); for ``anyres`` N varies per image and
+            ``tiles x tokens_per_tile`` is its largest value.
+        newline: Bundle file of the ``[D]`` row-newline embedding (``anyres``), or "".
     """
 
     placeholder: str
@@ -56,6 +66,8 @@ class TokenLayout:
     prefix_ids: tuple[int, ...] = ()
     suffix_ids: tuple[int, ...] = ()
     kept_policy: str = "global_topk_ascending"
+    kind: str = "fixed"
+    newline: str = ""
 
     @property
     def num_visual_tokens(self) -> int:
@@ -66,6 +78,7 @@ class TokenLayout:
         d = asdict(self)
         d["prefix_ids"], d["suffix_ids"] = list(self.prefix_ids), list(self.suffix_ids)
         d["kept_policy_definition"] = KEPT_POLICIES[self.kept_policy]
+        d["kind_definition"] = LAYOUT_KINDS[self.kind]
         return d
 
 
@@ -152,7 +165,12 @@ def _layout(m: dict, version: int, n: int) -> TokenLayout:
         placeholder=_get(t, "placeholder", str, "token_layout"), placeholder_id=_int(t, "placeholder_id", "token_layout"),
         images=_int(t, "images", "token_layout", lo=1), tiles=_int(t, "tiles", "token_layout", lo=1),
         tokens_per_tile=_int(t, "tokens_per_tile", "token_layout", lo=1), prefix_ids=_ids(t, "prefix_ids", "token_layout"),
-        suffix_ids=_ids(t, "suffix_ids", "token_layout"), kept_policy=_get(t, "kept_policy", str, "token_layout"))
+        suffix_ids=_ids(t, "suffix_ids", "token_layout"), kept_policy=_get(t, "kept_policy", str, "token_layout"),
+        kind=_get(t, "kind", str, "token_layout", "fixed"), newline=_get(t, "newline", str, "token_layout", ""))
+    if layout.kind not in LAYOUT_KINDS:
+        raise BundleError(f"manifest: token_layout.kind {layout.kind!r} is not one this atp knows ({', '.join(LAYOUT_KINDS)})")
+    if layout.kind == "anyres" and not layout.newline:
+        raise BundleError("manifest: an anyres token_layout needs its newline embedding file (token_layout.newline)")
     if layout.kept_policy not in KEPT_POLICIES:
         raise BundleError(f"manifest: token_layout.kept_policy {layout.kept_policy!r} is not one this atp knows "
                           f"({', '.join(KEPT_POLICIES)}); use the atp release that wrote the bundle")

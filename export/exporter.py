@@ -33,9 +33,11 @@ TOKENIZER_DIR = "tokenizer"
 
 def _vision_example(adapter, scorer=None, batch: int = 2, clip=None, keep: int | None = None):
     g = torch.Generator().manual_seed(1)
-    keep = torch.tensor(keep or max(1, adapter.num_visual_tokens // 2), dtype=torch.int64)
+    vin = adapter.vision_inputs(batch)
+    batch = vin.images
+    keep = torch.tensor(keep or max(1, (vin.tokens or adapter.num_visual_tokens) // 2), dtype=torch.int64)
     d = adapter.model_info()["hidden_size"]
-    out = [*adapter.vision_inputs(batch).example, keep]
+    out = [*vin.example, keep]
     if scorer is not None and scorer.needs_text:
         clip_space = scorer.text_space == "clip"
         out.append(torch.randn(batch, clip.embed_dim if clip_space else d, generator=g) * (1.0 if clip_space else 0.02))
@@ -361,6 +363,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
         step(3, "writing the embedding table and tokenizer")
         table = adapter.embedding_table()
         np.save(staging / EMBED_FILE, table)
+        for name, arr in adapter.extra_arrays().items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(arr, dtype=np.float32))
         (staging / TOKENIZER_DIR).mkdir()
         adapter.save_tokenizer(staging / TOKENIZER_DIR)
         manifest = {

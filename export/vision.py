@@ -13,7 +13,7 @@ from torch import nn
 
 from atp.calibration.retention.base import Scorer, VisionContext
 from atp.export.gate import auto_topk_ascending, gather_padded, gather_tokens, slice_rows, topk_ascending
-from atp.export.towers.base import Tower
+from atp.export.towers.base import Tower, TowerOutput
 
 #: Where the gate sits relative to the connector (recorded in the manifest as ``graphs.vision.gate_position``).
 #: ``before_connector``: a per-token connector (LLaVA's MLP projector) runs on the K kept tokens only.
@@ -62,9 +62,17 @@ class VisionGate(nn.Module):
         """What ``ctx.saliency`` is for this tower (``cls_attention`` or ``attention_received``)."""
         return self.tower.saliency_kind
 
+    #: Image inputs after ``pixel_values`` and before ``keep`` (layouts that pick tokens: LLaVA-NeXT's token_index).
+    layout_inputs = 0
+
+    def tower_output(self, pixel_values: torch.Tensor, *layout: torch.Tensor) -> TowerOutput:
+        """The tower's output over the tokens the gate chooses from (``[B, N, ...]``)."""
+        return self.tower(pixel_values)
+
     def context(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None,
-                prompt_prefix: torch.Tensor | None = None, prompt_suffix: torch.Tensor | None = None) -> VisionContext:
-        out = self.tower(pixel_values)
+                prompt_prefix: torch.Tensor | None = None, prompt_suffix: torch.Tensor | None = None,
+                layout: tuple = ()) -> VisionContext:
+        out = self.tower_output(pixel_values, *layout)
         probe = self.lm_probe.attention_probe if self.lm_probe is not None else None
         clip = (lambda: self.clip_patches(pixel_values)) if self.clip_patches is not None else None
         return VisionContext(features=out.features, saliency=out.saliency, project=self.projector, keep=keep,
@@ -72,11 +80,11 @@ class VisionGate(nn.Module):
                              lm_attention=probe, clip_patches=clip, key_metric=out.key_metric,
                              saliency_kind=out.saliency_kind)
 
-    def forward(self, pixel_values: torch.Tensor, keep: torch.Tensor, *extra: torch.Tensor):
-        extra = list(extra)
+    def forward(self, pixel_values: torch.Tensor, *rest: torch.Tensor):
+        layout, keep, extra = rest[:self.layout_inputs], rest[self.layout_inputs], list(rest[self.layout_inputs + 1:])
         text_embeds = extra.pop(0) if self.scorer.needs_text else None
         prefix, suffix = (extra.pop(0), extra.pop(0)) if self.lm_probe is not None else (None, None)
-        ctx = self.context(pixel_values, keep, text_embeds, prefix, suffix)
+        ctx = self.context(pixel_values, keep, text_embeds, prefix, suffix, layout)
         if self.auto_keep is not None:
             index, count = auto_topk_ascending(self.scorer(ctx), keep, self.auto_keep)
             if ctx._projected is not None:
@@ -92,3 +100,22 @@ class VisionGate(nn.Module):
         if ctx._projected is not None:  # the scorer already projected every token: gather, do not project twice
             return gather_tokens(ctx._projected, index), index
         return self.projector(gather_tokens(ctx.features, index)), index
+
+
+class TokenIndexGate(VisionGate):
+    """The gate over tokens picked from several views: ``pixel_values [V, 3, S, S]`` (one image's views) and
+    ``token_index [M]`` (int64 into the ``[V * P]`` tower tokens, in the order the language model reads them: LLaVA-NeXT's
+    base view then unpadded grid) make one ``[1, M]`` row; each view's saliency is its own (CLS attention sums to 1
+    per view), so the top-K is global across the views. ``kept_index`` indexes the M tokens."""
+
+    layout_inputs = 1
+
+    def tower_output(self, pixel_values: torch.Tensor, token_index: torch.Tensor) -> TowerOutput:
+        out = self.tower(pixel_values)
+
+        def pick(x):  # [V, P, ...] -> [1, M, ...]
+            flat = x.reshape(1, -1, *x.shape[2:])
+            return torch.index_select(flat, 1, token_index)
+
+        return TowerOutput(features=pick(out.features), grid=out.grid, saliency=lambda: pick(out.saliency()),
+                           saliency_kind=out.saliency_kind, key_metric=lambda: pick(out.key_metric()))

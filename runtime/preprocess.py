@@ -49,8 +49,7 @@ def _resize_shape(w: int, h: int, size: dict) -> tuple[int, int]:
     return size["width"], size["height"]
 
 
-def preprocess(image, spec: dict) -> np.ndarray:
-    """Image -> ``[1, 3, H, W]`` float32 pixel values per the manifest's ``preprocessing``."""
+def _rgb(image, spec: dict):
     from PIL import Image
 
     img = load_image(image)
@@ -59,6 +58,29 @@ def preprocess(image, spec: dict) -> np.ndarray:
             rgba = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         img = img.convert("RGB")
+    return img
+
+
+def preprocess(image, spec: dict) -> np.ndarray:
+    """Image -> ``[1, 3, H, W]`` float32 pixel values per the manifest's ``preprocessing`` (one fixed-size view)."""
+    return _view(_rgb(image, spec), spec)
+
+
+def preprocess_views(image, spec: dict) -> tuple[np.ndarray, tuple[int, int]]:
+    """Image -> (``[V, 3, H, W]`` float32 views, the image's ``(height, width)``): one view for fixed-size
+    preprocessing, base view + tiles for ``preprocessing.anyres`` (:mod:`atp.runtime.anyres`)."""
+    img = _rgb(image, spec)
+    if not spec.get("anyres"):
+        return _view(img, spec), (img.height, img.width)
+    from atp.runtime.anyres import AnyresSpec, views
+
+    parts = views(img, AnyresSpec.from_dict(spec["anyres"]), spec.get("resample", 3))
+    return np.concatenate([_view(v, spec) for v in parts]), (img.height, img.width)
+
+
+def _view(img, spec: dict) -> np.ndarray:
+    from PIL import Image
+
     if spec.get("resize"):
         new_w, new_h = _resize_shape(img.width, img.height, spec["resize"])
         if (new_w, new_h) != img.size:

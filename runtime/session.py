@@ -15,7 +15,6 @@ from atp.errors import ConfigError, InputError
 from atp.manifest import parse
 from atp.registry import BACKENDS
 from atp.runtime import positions
-from atp.runtime.preprocess import preprocess
 from atp.runtime.prompt import plan, splice, text_around_image
 from atp.runtime.sampling import Sampler, SamplingConfig
 
@@ -35,6 +34,7 @@ class GenerationResult:
         kept_index: Their indices among the N visual tokens, ascending (``visionzip-merge``: the dominant ones;
             its contextual tokens are merged, not original).
         prompt_tokens: Prompt length in tokens after inserting the kept visual tokens.
+        visual_tokens: N: this image's visual tokens before pruning (varies per image for anyres layouts).
         timings: Milliseconds: ``preprocess``, ``vision``, ``prefill``, ``ttft`` (preprocess + vision +
             embed + prefill), ``decode_per_token`` (mean over decode steps), ``total``.
     """
@@ -44,6 +44,7 @@ class GenerationResult:
     kept: int
     kept_index: list[int]
     prompt_tokens: int
+    visual_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -80,11 +81,18 @@ class Session:
         self._n_layers, self._n_kv, self._head_dim = spec.num_layers, spec.num_kv_heads, spec.head_dim
 
     # ------------------------------------------------------------------ pieces
-    def resolve_keep(self, keep: int | None = None, keep_ratio: float | None = None) -> int:
-        """K for this request: explicit keep, else ratio, else the bundle's default."""
+    def resolve_keep(self, keep: int | None = None, keep_ratio: float | None = None, n: int | None = None) -> int:
+        """K for this request: explicit keep, else ratio, else the bundle's default; ``n`` is this image's visual tokens
+        when they vary per image (anyres): a ratio is of this image's N, and a count above it keeps all N."""
         if keep is None and keep_ratio is None:
-            return self.default_keep
-        return resolve_keep(self.num_visual_tokens, keep, keep_ratio)
+            k = self.default_keep
+        else:
+            k = resolve_keep(self.num_visual_tokens, keep, keep_ratio)  # the K range rule (atp.config), max N
+        if n is None or n == self.num_visual_tokens:
+            return k
+        if keep_ratio is not None and keep is None:
+            return resolve_keep(n, None, keep_ratio)
+        return min(k, n)
 
     def prompt_ids(self, prompt: str, raw_prompt: bool = False) -> list[int]:
         """Token ids of the full prompt, with one image token where the visual tokens go."""
@@ -142,19 +150,60 @@ class Session:
         return {"prompt_prefix": np.asarray(table[before], np.float32)[None],
                 "prompt_suffix": np.asarray(table[after], np.float32)[None]}
 
-    def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None, raw_prompt: bool = False):
-        """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it.
+    def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None, raw_prompt: bool = False,
+                   layout: dict[str, np.ndarray] | None = None):
+        """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it, and the
+        layout inputs (``token_index`` of an anyres image, :meth:`image_tokens`) where the graph takes them.
 
         For a graph with K per image (``--keep auto``), ``keep`` is the upper bound and rows are padded to the
         batch's largest K: ``kept_index`` -1 and zero ``image_embeds`` past each row's K (its ``kept_count``).
         """
         graph = self.vision_graph(scorer)
-        text = extra = None
+        images = 1 if layout else pixels.shape[0]  # an anyres image's views are one image
+        text, extra = None, dict(layout or {})
         if self.needs_text(graph):
-            text = np.repeat(self.text_embeds(prompt, graph), pixels.shape[0], axis=0)
+            text = np.repeat(self.text_embeds(prompt, graph), images, axis=0)
         if self.needs_prompt(graph):
-            extra = {k: np.repeat(v, pixels.shape[0], axis=0) for k, v in self.prompt_sequence(prompt, raw_prompt).items()}
-        return self.backend.run_vision(pixels, keep, graph, text, extra)
+            extra.update({k: np.repeat(v, images, axis=0) for k, v in self.prompt_sequence(prompt, raw_prompt).items()})
+        return self.backend.run_vision(pixels, keep, graph, text, extra or None)
+
+    def image_tokens(self, image, keep: int | None, keep_ratio: float | None, prompt: str, scorer: str | None = None,
+                     raw_prompt: bool = False) -> dict:
+        """Preprocess one image and run its vision graph: ``{"embeds": [L, D]`` what goes in the image slot (kept
+        tokens, plus newline rows for anyres layouts), ``"kept_index"``, ``"n"`` (this image's visual tokens),
+        ``"k"``, and the preprocess / vision times in seconds}."""
+        from atp.runtime.preprocess import preprocess_views
+
+        t0 = time.perf_counter()
+        pixels, size = preprocess_views(image, self.manifest["preprocessing"])
+        layout, row, n = None, None, self.num_visual_tokens
+        if self.layout.kind == "anyres":
+            from atp.runtime.anyres import AnyresSpec, token_layout
+
+            index, row = token_layout(size, AnyresSpec.from_dict(self.manifest["preprocessing"]["anyres"]))
+            layout, n = {"token_index": index}, len(index)
+        k = self.resolve_keep(keep, keep_ratio, n)
+        t1 = time.perf_counter()
+        image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt, layout)
+        embeds, kept_index = image_embeds[0], kept_index[0]
+        k = int((kept_index >= 0).sum())  # an auto-K graph keeps <= k (its kept_count); padding only past it
+        if k < len(kept_index):
+            embeds, kept_index = embeds[:k], kept_index[:k]
+        if row is not None:  # anyres: the newline after the last kept token of each grid row that keeps one
+            from atp.runtime.anyres import newline_slots
+
+            slots = set(newline_slots(kept_index, row))
+            newline = self._newline()
+            embeds = np.concatenate([np.concatenate([embeds[i:i + 1], newline]) if i in slots else embeds[i:i + 1]
+                                     for i in range(k)]) if k else embeds
+        kept = k if row is not None else len(embeds)  # visual tokens the LM reads (VisionZip merge: dominant + contextual)
+        return {"embeds": embeds, "kept_index": kept_index, "n": n, "k": k, "kept": kept, "preprocess": t1 - t0,
+                "vision": time.perf_counter() - t1}
+
+    def _newline(self) -> np.ndarray:
+        if not hasattr(self, "_newline_row"):
+            self._newline_row = np.load(self.path / self.layout.newline).astype(np.float32).reshape(1, -1)
+        return self._newline_row
 
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
         """``[1, L, D]``: the prompt's token embeddings with the K visual tokens spliced in per the bundle's token
@@ -239,20 +288,15 @@ class Session:
         """
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        k = self.resolve_keep(keep, keep_ratio)
+        self.resolve_keep(keep, keep_ratio)  # bad K / ratio fail before any work
         self.vision_graph(scorer)
         sampler = Sampler(SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
         ids = self.prompt_ids(prompt, raw_prompt)
         t = {}
         t0 = time.perf_counter()
-        pixels = preprocess(image, self.manifest["preprocessing"])
-        t1 = time.perf_counter()
-        image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt)
-        k = int((kept_index[0] >= 0).sum())  # an auto-K graph keeps <= k (its kept_count); padding only past it
-        if k < kept_index.shape[1]:
-            image_embeds, kept_index = image_embeds[:, :k], kept_index[:, :k]
-        t2 = time.perf_counter()
-        embeds = self.inputs_embeds(ids, image_embeds[0])
+        vis = self.image_tokens(image, keep, keep_ratio, prompt, scorer, raw_prompt)
+        t1, t2 = t0 + vis["preprocess"], t0 + vis["preprocess"] + vis["vision"]
+        embeds = self.inputs_embeds(ids, vis["embeds"])
         length = embeds.shape[1]
         mask = np.ones((1, length), np.int64)
         logits, past = self._step(embeds, mask, positions.prefill(self.positions, length), self._empty_past(1))
@@ -282,8 +326,9 @@ class Session:
         return GenerationResult(
             text=self.tokenizer.decode(out, skip_special_tokens=True),
             token_ids=out,
-            kept=int(image_embeds.shape[1]),  # visual tokens the LM read (VisionZip merge: dominant + contextual)
-            kept_index=[int(i) for i in kept_index[0]],
+            kept=vis["kept"],  # visual tokens the LM read (VisionZip merge: dominant + contextual)
+            kept_index=[int(i) for i in vis["kept_index"]],
+            visual_tokens=vis["n"],
             prompt_tokens=int(length),
             timings=t,
         )

@@ -108,3 +108,49 @@ def build_tiny_llava_siglip(out: Path, seed: int = 0, image_size: int = 32, patc
                           num_additional_image_tokens=0, chat_template=CHATML_IMAGE_TEMPLATE)
     proc.save_pretrained(out)
     return out
+
+
+MISTRAL_IMAGE_TEMPLATE = (  # llava-v1.6-mistral's: [INST] <image>\n{text} [/INST]
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ ' [/INST]' }}{% endif %}{% endfor %}"
+)
+NEXT_PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
+
+
+def build_tiny_llava_next(out: Path, seed: int = 0, image_size: int = 32, patch: int = 8) -> Path:
+    """A seeded random ``LlavaNextForConditionalGeneration`` (anyres over the grid pinpoints ``NEXT_PINPOINTS``, CLIP
+    tower with CLS, feature layer -2, ``image_newline``), a Mistral LM, ``LlavaNextImageProcessorPil`` and the
+    llava-v1.6-mistral chat template, saved to ``out``."""
+    import torch
+    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor,
+                              MistralConfig)
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, extra_special=("[INST]", "[/INST]"))
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                          image_size=image_size, patch_size=patch)
+    tc = MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2, sliding_window=None,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlavaNextConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id, vision_feature_layer=-2,
+                          vision_feature_select_strategy="default", image_grid_pinpoints=NEXT_PINPOINTS)
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+        model.model.image_newline.normal_(0, 0.2)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    ip = LlavaNextImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                                    image_grid_pinpoints=NEXT_PINPOINTS)
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1, chat_template=MISTRAL_IMAGE_TEMPLATE)
+    proc.save_pretrained(out)
+    return out

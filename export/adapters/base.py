@@ -44,6 +44,8 @@ class VisionInputs:
     names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     example: tuple[torch.Tensor, ...] = ()
+    images: int = 2  # images in the example (the batch of text_embeds / prompt inputs)
+    tokens: int = 0  # visual tokens per image in the example (0: the adapter's num_visual_tokens)
 
 
 class Adapter(ABC):
@@ -153,6 +155,10 @@ class Adapter(ABC):
     @abstractmethod
     def save_tokenizer(self, out: Path) -> None:
         """Write the tokenizer (``tokenizer.json`` and friends) to ``out``."""
+
+    def extra_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays the runtime needs beside the graphs, saved as ``<name>.npy`` in the bundle (LLaVA-NeXT's newline)."""
+        return {}
 
     @abstractmethod
     def model_info(self) -> dict:

@@ -46,6 +46,7 @@ class LlavaAdapter(Adapter):
 
     name = "llava"
     model_types = ("llava",)
+    hf_class = "LlavaForConditionalGeneration"
     summary = "LLaVA-1.5 / llava-interleave: one fixed-size view, CLIP (CLS) or SigLIP tower, MLP projector"
     text_model_types = ("llama", "mistral", "qwen2")
 
@@ -68,7 +69,8 @@ class LlavaAdapter(Adapter):
             CheckpointError: the folder cannot be loaded as a LLaVA model with its processor.
         """
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
 
         try:
             config = AutoConfig.from_pretrained(str(path))
@@ -76,9 +78,9 @@ class LlavaAdapter(Adapter):
             raise CheckpointError(f"cannot load {path} as a LLaVA model: {exc}") from exc
         cls.check_config(config)  # refuse unsupported variants before reading any weight
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
+            model = getattr(transformers, cls.hf_class).from_pretrained(str(path), dtype=torch.float32)
         except Exception as exc:
-            raise CheckpointError(f"cannot load {path} as a LLaVA model: {exc}") from exc
+            raise CheckpointError(f"cannot load {path} as a {cls.hf_class}: {exc}") from exc
         try:
             processor = AutoProcessor.from_pretrained(str(path))
         except Exception as exc:

@@ -42,18 +42,37 @@ def _llava_siglip(tmp):
     return build_tiny_llava_siglip(tmp)
 
 
+def _llava_next(tmp):
+    from tests.tiny import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp)
+
+
 # name -> (builder, architecture in the manifest, N, saliency kind, what the row checks)
 ARCHS = {
     "llava-clip": (_llava, "llava", 16, "cls_attention", "CLIP tower with CLS, Llama LM, LLaVA-1.5 template fallback"),
     "llava-siglip": (_llava_siglip, "llava", 16, "attention_received",
                      "SigLIP tower without CLS (llava-interleave), Qwen2 LM, ChatML template"),
+    # N is the largest (every view, no unpadding); each image has its own
+    "llava-next": (_llava_next, "llava_next", 80, "cls_attention",
+                   "anyres base view + tiles, unpadding, image_newline per grid row, Mistral LM, [INST] template"),
 }
+
+
+def _hf_model(ckpt):
+    import json
+
+    import transformers
+
+    cls = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
+    mt = json.loads((ckpt / "config.json").read_text())["model_type"]
+    return getattr(transformers, cls[mt]).from_pretrained(ckpt, attn_implementation="eager").eval()
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
 def arch(request, tmp_path_factory):
     """(name, checkpoint, bundle, session, hf model (eager), processor (PIL backend))."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
@@ -64,7 +83,7 @@ def arch(request, tmp_path_factory):
     ckpt = build(tmp_path_factory.mktemp(name) / "ckpt")
     bundle = tmp_path_factory.mktemp(name) / "bundle"
     export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle)
-    model = LlavaForConditionalGeneration.from_pretrained(ckpt, attn_implementation="eager").eval()
+    model = _hf_model(ckpt)
     return name, ckpt, bundle, Session(bundle), model, AutoProcessor.from_pretrained(ckpt, backend="pil")
 
 
@@ -84,44 +103,61 @@ def test_greedy_ids_equal_transformers_generate(arch, size):
         with torch.no_grad():
             ref = model.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
         ours = session.generate(img, prompt, max_new_tokens=10)
-        n = ARCHS[name][2]
+        n = ours.visual_tokens
+        assert n == ARCHS[name][2] or session.layout.kind == "anyres"
         assert ours.kept == n and ours.kept_index == list(range(n))
+        assert ours.prompt_tokens == inputs["input_ids"].shape[1]  # newline rows included for anyres
         assert len(ours.token_ids) >= 5 and ours.token_ids == ref, (name, size, prompt)
-        np.testing.assert_allclose(_pixels(session, img), inputs["pixel_values"].numpy(), atol=1e-5, rtol=0)
+        pixels = inputs["pixel_values"].numpy()
+        np.testing.assert_allclose(_views(session, img)[0], pixels.reshape(-1, *pixels.shape[-3:]), atol=1e-5, rtol=0)
 
 
-def _pixels(session, img):
-    from atp.runtime.preprocess import preprocess
+def _views(session, img):
+    """(views [V, 3, S, S], token_index [M] into the V * P tower tokens) as the runtime computes them."""
+    from atp.runtime.anyres import AnyresSpec, token_layout
+    from atp.runtime.preprocess import preprocess_views
 
-    return preprocess(img, session.manifest["preprocessing"])
+    pre = session.manifest["preprocessing"]
+    px, size = preprocess_views(img, pre)
+    if session.layout.kind == "anyres":
+        return px, token_layout(size, AnyresSpec.from_dict(pre["anyres"]))[0]
+    return px, np.arange(session.num_visual_tokens)
 
 
-def _reference_saliency_and_features(model, px: torch.Tensor, kind: str):
-    """Saliency from transformers' eager attention maps at the feature layer, and the projected features."""
+def _reference_saliency_and_features(model, px: torch.Tensor, index: np.ndarray, kind: str):
+    """``[M]`` saliency from transformers' eager attention maps at the feature layer (per view), and ``[M, D]``
+    projected features, for one image's views and token order."""
     cfg = model.config
     with torch.no_grad():
         out = model.model.vision_tower(px, output_attentions=True, output_hidden_states=True)
         fl = cfg.vision_feature_layer
         layer = (fl if fl >= 0 else len(out.hidden_states) + fl) - 1  # the layer whose output is read
-        attn = out.attentions[layer]  # [B, H, T, T]
+        attn = out.attentions[layer]  # [V, H, T, T]
         feats = out.hidden_states[fl]
         if kind == "cls_attention":
             sal, feats = attn[:, :, 0, 1:].mean(dim=1), feats[:, 1:]
         else:
             sal = attn.mean(dim=(1, 2))
-        return sal, model.model.multi_modal_projector(feats)
+        proj = model.model.multi_modal_projector(feats)
+    idx = torch.from_numpy(index)
+    return sal.reshape(-1)[idx], proj.reshape(-1, proj.shape[-1])[idx]
 
 
-@pytest.mark.parametrize("k", [1, 4, 16])
-def test_vision_graph_keeps_the_reference_top_k(arch, k):
+@pytest.mark.parametrize("ratio", [1 / 16, 0.25, 1.0])
+def test_vision_graph_keeps_the_reference_top_k(arch, ratio):
+    from atp.config import resolve_keep
+
     name, _, _, session, model, _ = arch
-    px = np.concatenate([_pixels(session, random_image(s, SIZES[s % 3])) for s in (7, 8)])
-    sal, feats = _reference_saliency_and_features(model, torch.from_numpy(px), ARCHS[name][3])
-    embeds, index = session.backend.run_vision(px, k)
-    ref = torch.topk(sal, k, dim=-1).indices.sort(dim=-1).values
-    assert [set(r) for r in index.tolist()] == [set(r) for r in ref.tolist()]
-    np.testing.assert_allclose(embeds, torch.gather(feats, 1, ref[..., None].expand(-1, -1, feats.shape[-1])).numpy(),
-                               atol=VISION_ATOL, rtol=0)
+    for seed in (7, 8):
+        img = random_image(seed, SIZES[seed % 3])
+        px, index = _views(session, img)
+        sal, feats = _reference_saliency_and_features(model, torch.from_numpy(px), index, ARCHS[name][3])
+        k = resolve_keep(len(index), None, ratio)
+        vis = session.image_tokens(img, None, ratio, "hi")
+        ref = torch.topk(sal, k).indices.sort().values
+        assert vis["k"] == k and set(vis["kept_index"].tolist()) == set(ref.tolist())
+        if session.layout.kind == "fixed":
+            np.testing.assert_allclose(vis["embeds"], feats[ref].numpy(), atol=VISION_ATOL, rtol=0)
 
 
 def test_pruned_answer_equals_the_hf_lm_on_the_same_pruned_sequence(arch):
@@ -134,9 +170,9 @@ def test_pruned_answer_equals_the_hf_lm_on_the_same_pruned_sequence(arch):
         ours = session.generate(img, prompt, keep=k, max_new_tokens=8, ignore_eos=True)
         assert ours.kept == k and len(ours.kept_index) == k and ours.kept_index == sorted(ours.kept_index)
         ids = session.prompt_ids(prompt)
-        assert ours.prompt_tokens == len(ids) - 1 + k
-        embeds, _ = session.backend.run_vision(_pixels(session, img), k)
-        seq = torch.from_numpy(session.inputs_embeds(ids, embeds[0]))
+        slot = session.image_tokens(img, k, None, prompt)["embeds"]  # K kept tokens (+ a newline per kept grid row)
+        assert ours.prompt_tokens == len(ids) - 1 + len(slot) and k <= len(slot) <= (2 * k if session.layout.newline else k)
+        seq = torch.from_numpy(session.inputs_embeds(ids, session.image_tokens(img, k, None, prompt)["embeds"]))
         out = []
         with torch.no_grad():
             for _ in range(8):

@@ -289,6 +289,22 @@ def test_siglip_bundle_matches_python(cpp_build, tmp_path):
         assert ours["prompt_tokens"] == ref.prompt_tokens
 
 
+def test_anyres_bundle_is_refused_with_the_reason(cpp_build, tmp_path):
+    """LLaVA-NeXT bundles (anyres tiles + newline rows) do not run in the C++ runtime yet: a clear ATP_ERR_UNSUPPORTED
+    naming the layout and the Python runtime, not wrong tokens."""
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from tests.tiny import build_tiny_llava_next
+
+    ckpt = build_tiny_llava_next(tmp_path / "ckpt")
+    bundle = tmp_path / "next"
+    export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)
+    img = _images(tmp_path, (32, 32))[0]
+    r = _run([cpp_build / "examples" / "atp_chat" / "atp_chat", bundle, "--image", img, "--prompt", "hi",
+              "--ort-library", _ort_library()])
+    assert r.returncode != 0 and "'anyres'" in r.stderr and "Python runtime" in r.stderr, r.stderr
+
+
 def test_format_version_1_bundle_still_runs(cpp_build, tiny_bundle, tmp_path):
     """A bundle from before the token layout (format 1: no token_layout / positions) reads as one image with one run
     of N tokens in both runtimes, with the same tokens as the current format."""

@@ -116,6 +116,10 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       tl.prefix_ids = t.value("prefix_ids", std::vector<int32_t>());
       tl.suffix_ids = t.value("suffix_ids", std::vector<int32_t>());
       tl.kept_policy = t.at("kept_policy").get<std::string>();
+      tl.kind = t.value("kind", std::string("fixed"));
+      if (tl.kind != "fixed")
+        fail(ATP_ERR_UNSUPPORTED, "this bundle's token layout is '" + tl.kind + "' (LLaVA-NeXT tiles with newline tokens), "
+                                  "which the C++ runtime does not run yet; use the Python runtime (atp.runtime.Session)");
       if (tl.kept_policy != "global_topk_ascending")
         fail(ATP_ERR_BUNDLE, "manifest: token_layout.kept_policy '" + tl.kept_policy +
                                  "' is not one this atp knows (global_topk_ascending); use the atp release that wrote the bundle");

@@ -16,6 +16,7 @@ struct TokenLayout {
   int images = 1, tiles = 1, tokens_per_tile = 0;
   std::vector<int32_t> prefix_ids, suffix_ids;
   std::string kept_policy = "global_topk_ascending";
+  std::string kind = "fixed";  // "anyres" (LLaVA-NeXT tiles + newlines): not run by this runtime yet
 };
 
 struct Segment {
