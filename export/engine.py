@@ -205,7 +205,10 @@ def graph_profiles(manifest: dict, key: str, cfg: EngineConfig) -> list[dict]:
     default_keep = int(manifest["pruning"].get("default_keep", n))
     b = (1, 1, cfg.max_batch)
     if key.startswith("vision"):
-        ranges = [{"name": "vision", "batch": b, "keep": (1, default_keep, n)}]
+        # multi-view layouts (LLaVA-NeXT anyres): one image's views and the tokens it gates over vary per image, up to
+        # the manifest's token layout (tiles = the most views, N = the most tokens)
+        tiles = int((manifest.get("token_layout") or {}).get("tiles", 1))
+        ranges = [{"name": "vision", "batch": b, "keep": (1, default_keep, n), "views": (1, tiles, tiles), "tokens": (1, n, n)}]
     elif key == "decoder":
         s, c = cfg.max_sequence, cfg.max_context
         ranges = [
