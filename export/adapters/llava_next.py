@@ -73,7 +73,7 @@ class LlavaNextAdapter(LlavaAdapter):
                            kind="anyres", newline=f"{NEWLINE_NAME}.npy")
 
     def extra_arrays(self) -> dict[str, np.ndarray]:
-        return {NEWLINE_NAME: self.model.model.image_newline.detach().float().numpy()}
+        return {NEWLINE_NAME: self.model.model.image_newline.detach().float().numpy().reshape(1, -1)}  # [1, D]
 
     # ------------------------------------------------------------------ graphs
     def vision_inputs(self, batch: int = 2) -> VisionInputs:

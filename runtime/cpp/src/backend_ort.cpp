@@ -116,16 +116,23 @@ class OrtBackend : public Backend {
     }
   }
 
-  VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t keep, const float* text) override {
+  VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep, const float* text,
+                          const std::vector<int64_t>* token_index) override {
     Ort::Session& s = session(graph);
     const GraphInfo& g = m_.graphs.at(graph);
     auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-    int64_t pshape[4] = {1, 3, m_.pre.out_height, m_.pre.out_width};
-    size_t pcount = size_t(3) * size_t(m_.pre.out_height) * size_t(m_.pre.out_width);
+    int64_t pshape[4] = {views, 3, m_.pre.out_height, m_.pre.out_width};
+    size_t pcount = size_t(views) * size_t(3) * size_t(m_.pre.out_height) * size_t(m_.pre.out_width);
     std::vector<Ort::Value> feeds;
     std::vector<const char*> names;
     feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(pixels), pcount, pshape, 4));
     names.push_back("pixel_values");
+    int64_t ishape[1] = {token_index ? int64_t(token_index->size()) : 0};
+    if (g.has_input("token_index")) {
+      if (!token_index) fail(ATP_ERR_INTERNAL, "vision graph takes token_index but none was computed");
+      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(token_index->data()), token_index->size(), ishape, 1));
+      names.push_back("token_index");
+    }
     feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, &keep, 1, nullptr, 0));
     names.push_back("keep");
     int64_t tshape[2] = {1, m_.hidden_size};

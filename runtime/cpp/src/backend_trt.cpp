@@ -148,7 +148,10 @@ class TrtBackend : public Backend {
     if (!engines_.count("vision") || !engines_.count("decoder")) fail(ATP_ERR_BUNDLE, "engines for 'vision' and 'decoder' are required");
   }
 
-  VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t keep, const float* text) override {
+  VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep, const float* text,
+                          const std::vector<int64_t>* token_index) override {
+    if (views != 1 || token_index)
+      fail(ATP_ERR_UNSUPPORTED, "the TensorRT backend runs one-view bundles only so far (anyres: use the ort backend)");
     auto it = engines_.find(graph);
     if (it == engines_.end()) fail(ATP_ERR_UNSUPPORTED, "no TensorRT engine for vision graph '" + graph + "'");
     std::unique_ptr<nvinfer1::IExecutionContext> ctx(it->second->createExecutionContext());

@@ -117,9 +117,11 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       tl.suffix_ids = t.value("suffix_ids", std::vector<int32_t>());
       tl.kept_policy = t.at("kept_policy").get<std::string>();
       tl.kind = t.value("kind", std::string("fixed"));
-      if (tl.kind != "fixed")
-        fail(ATP_ERR_UNSUPPORTED, "this bundle's token layout is '" + tl.kind + "' (LLaVA-NeXT tiles with newline tokens), "
-                                  "which the C++ runtime does not run yet; use the Python runtime (atp.runtime.Session)");
+      tl.newline = t.value("newline", std::string());
+      if (tl.kind != "fixed" && tl.kind != "anyres")
+        fail(ATP_ERR_UNSUPPORTED, "this bundle's token layout is '" + tl.kind + "', which this runtime does not know (fixed, anyres)");
+      if (tl.kind == "anyres" && tl.newline.empty())
+        fail(ATP_ERR_BUNDLE, "manifest: an anyres token_layout needs its newline embedding file (token_layout.newline)");
       if (tl.kept_policy != "global_topk_ascending")
         fail(ATP_ERR_BUNDLE, "manifest: token_layout.kept_policy '" + tl.kept_policy +
                                  "' is not one this atp knows (global_topk_ascending); use the atp release that wrote the bundle");
@@ -164,6 +166,14 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
         ps.mean[c] = float(mean[size_t(c)]);
         ps.std[c] = float(stdv[size_t(c)]);
       }
+    }
+    if (s.contains("anyres") && s["anyres"].is_object()) {
+      const json& a = s["anyres"];
+      for (const json& p : a.at("grid_pinpoints")) out.anyres.pinpoints.emplace_back(p.at(0).get<int>(), p.at(1).get<int>());
+      out.anyres.crop = a.at("crop").get<int>();
+      out.anyres.patch = a.at("patch").get<int>();
+      if (out.anyres.crop < 1 || out.anyres.patch < 1 || out.anyres.crop % out.anyres.patch || out.anyres.pinpoints.empty())
+        fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.anyres needs grid pinpoints and a crop divisible by the patch size");
     }
     auto size = s.at("image_size").get<std::vector<int>>();
     if (size.size() != 2) fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.image_size must be [H, W]");

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "anyres.hpp"
 #include "image.hpp"
 #include "prompt.hpp"
 
@@ -33,6 +34,7 @@ struct Manifest {
   std::string saliency;                // graphs.vision.tower.saliency ("" when not recorded)
   std::string embeddings_file, tokenizer_file;
   PreprocessSpec pre;
+  AnyresSpec anyres;                   // preprocessing.anyres (LLaVA-NeXT), crop 0 when absent
   int max_sequence = 0;  // from manifest "limits.max_sequence" when present, else 0 (unlimited)
 
   std::string path(const std::string& rel) const { return dir + "/" + rel; }

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "anyres.hpp"
 #include "unicode.hpp"
 
 namespace atp_impl {
@@ -23,6 +24,12 @@ Bundle::Bundle(const std::string& path, const OpenOptions& opts) : opts_(opts) {
   m_ = read_manifest(path, opts.verify);
   tok_ = Tokenizer::from_file(m_.path(m_.tokenizer_file));
   emb_ = load_npy_f32(m_.path(m_.embeddings_file));
+  if (m_.layout.kind == "anyres") {
+    newline_ = load_npy_f32(m_.path(m_.layout.newline));
+    if (newline_.rows != 1 || newline_.cols != m_.hidden_size)
+      fail(ATP_ERR_BUNDLE, m_.layout.newline + " must be [1, hidden_size]; re-export the bundle");
+    if (!m_.anyres.enabled()) fail(ATP_ERR_BUNDLE, "manifest: an anyres token layout needs preprocessing.anyres");
+  }
   if (emb_.cols != m_.hidden_size)
     fail(ATP_ERR_BUNDLE, m_.embeddings_file + " has " + std::to_string(emb_.cols) + " columns, the manifest says hidden_size " +
                              std::to_string(m_.hidden_size) + "; re-export the bundle");
@@ -164,19 +171,51 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
                                    " (shorten the prompt or lower keep)");
 
   auto t0 = Clock::now();
-  std::vector<float> pixels = has_pixels_ ? pixels_ : preprocess(image_, m.pre);
+  std::vector<float> pixels;
+  int64_t views = 1;
+  std::vector<int64_t> token_index, token_row;
+  int k_image = k;
+  if (m.layout.kind == "anyres") {  // atp.runtime.anyres: views, token order, this image's N and K
+    if (has_pixels_) fail(ATP_ERR_UNSUPPORTED, "this bundle tiles each image (anyres): give an image, not pixels");
+    views = 0;
+    for (const Rgb8& view : anyres_views(image_, m.anyres, m.pre.resample)) {
+      std::vector<float> px = preprocess(view, m.pre);
+      pixels.insert(pixels.end(), px.begin(), px.end());
+      ++views;
+    }
+    anyres_token_layout(image_.height, image_.width, m.anyres, token_index, token_row);
+    const int n = int(token_index.size());
+    k_image = keep_ratio_ > 0 ? std::max(1, int(std::ceil(keep_ratio_ * n - 1e-9))) : std::min(k, n);
+  } else {
+    pixels = has_pixels_ ? pixels_ : preprocess(image_, m.pre);
+  }
   auto t1 = Clock::now();
   std::vector<float> text;
   if (m.graphs.at(vision_graph_).has_input("text_embeds")) text = text_embeds();
-  VisionOutput v = b_.backend().run_vision(vision_graph_, pixels.data(), k, text.empty() ? nullptr : text.data());
+  VisionOutput v = b_.backend().run_vision(vision_graph_, pixels.data(), views, k_image, text.empty() ? nullptr : text.data(),
+                                           token_index.empty() ? nullptr : &token_index);
   auto t2 = Clock::now();
   const std::vector<std::string>& vouts = m.graphs.at(vision_graph_).outputs;
   const bool auto_k = std::find(vouts.begin(), vouts.end(), "kept_count") != vouts.end();  // atp-export onnx --keep auto
-  if ((auto_k ? (v.k < 1 || v.k > k) : v.k != k) || v.dim != m.hidden_size)
+  if ((auto_k ? (v.k < 1 || v.k > k_image) : v.k != k_image) || v.dim != m.hidden_size)
     fail(ATP_ERR_BACKEND, "vision graph returned " + std::to_string(v.k) + "x" + std::to_string(v.dim) + " embeddings, expected " +
-                              (auto_k ? "at most " : "") + std::to_string(k) + "x" + std::to_string(m.hidden_size));
-  length = spliced_length(segments, {int64_t(v.k)});
-  std::vector<float> embeds = splice(segments, {&v.embeds}, table, size_t(m.hidden_size));
+                              (auto_k ? "at most " : "") + std::to_string(k_image) + "x" + std::to_string(m.hidden_size));
+  std::vector<float> slot = v.embeds;
+  if (m.layout.kind == "anyres") {  // the newline after the last kept token of each grid row that keeps one
+    const size_t D = size_t(m.hidden_size);
+    slot.clear();
+    const std::vector<size_t> rows = newline_slots(v.kept, token_row);
+    size_t r = 0;
+    for (size_t i = 0; i < size_t(v.k); ++i) {
+      slot.insert(slot.end(), v.embeds.begin() + long(i * D), v.embeds.begin() + long((i + 1) * D));
+      if (r < rows.size() && rows[r] == i) {
+        slot.insert(slot.end(), b_.newline().row(0), b_.newline().row(0) + D);
+        ++r;
+      }
+    }
+  }
+  length = spliced_length(segments, {int64_t(slot.size() / size_t(m.hidden_size))});
+  std::vector<float> embeds = splice(segments, {&slot}, table, size_t(m.hidden_size));
 
   std::vector<float> logits;
   dec_->reset();

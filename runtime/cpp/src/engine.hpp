@@ -21,6 +21,7 @@ class Bundle {
   const Manifest& manifest() const { return m_; }
   const Tokenizer& tokenizer() const { return *tok_; }
   const NpyMatrix& embeddings() const { return emb_; }
+  const NpyMatrix& newline() const { return newline_; }  // [1, D] (anyres layouts), else empty
   Backend& backend() const { return *backend_; }
   int max_sequence() const { return max_sequence_; }
   const std::string& backend_name() const { return opts_.backend; }
@@ -29,7 +30,7 @@ class Bundle {
   OpenOptions opts_;
   Manifest m_;
   std::unique_ptr<Tokenizer> tok_;
-  NpyMatrix emb_;
+  NpyMatrix emb_, newline_;
   std::unique_ptr<Backend> backend_;
   int max_sequence_ = 0;
 };

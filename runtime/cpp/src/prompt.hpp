@@ -16,7 +16,8 @@ struct TokenLayout {
   int images = 1, tiles = 1, tokens_per_tile = 0;
   std::vector<int32_t> prefix_ids, suffix_ids;
   std::string kept_policy = "global_topk_ascending";
-  std::string kind = "fixed";  // "anyres" (LLaVA-NeXT tiles + newlines): not run by this runtime yet
+  std::string kind = "fixed";  // or "anyres" (LLaVA-NeXT: base view + tiles, newline rows)
+  std::string newline;         // bundle file of the [1, D] newline embedding (anyres)
 };
 
 struct Segment {
