@@ -88,6 +88,7 @@ class PruningConfig:
 
 WEIGHT_PRECISIONS = ("fp32", "fp16", "int8", "int4", "mixed")
 VISION_PRECISIONS = ("fp32", "int8", "int8-blocks")
+PREFILL_PRECISIONS = ("same", "int8")
 KV_PRECISIONS = ("float32", "int8")
 QUANT_TARGETS = ("ort", "qdq")
 DECODER_GRAPHS = ("traced", "fused")
@@ -108,6 +109,9 @@ class QuantConfig:
         decoder_graph: ``traced`` (``torch.onnx.export`` of the decoder: plain ONNX) or ``fused`` (built
             with ONNX Runtime's GroupQueryAttention / SkipSimplifiedLayerNormalization and q/k/v, gate/up
             fused GEMMs: ~12x fewer nodes, the fast decode path on ORT CPU; ``ort`` target and float32 KV only).
+        prefill: ``same`` (the decoder graph runs the prompt too) or ``int8``: a second decoder graph for the prompt
+            (W8A8: int8 weights per output feature, uint8 activations per tensor, ONNX Runtime's DynamicQuantizeMatMul,
+            the compute-bound form), writing the same KV cache the decoder graph then decodes from.
         vision: Vision graph (tower + projector linears) weights: ``fp32``; ``int8`` (W8A8: int8 weights per output
             feature, uint8 activations per tensor at run time; ONNX Runtime's DynamicQuantizeMatMul, the fast CPU
             form); or ``int8-blocks`` (MatMulNBits bits=8 with int8 activations per block of 32). The gate's score
@@ -122,6 +126,7 @@ class QuantConfig:
     target: str = "ort"
     decoder_graph: str = "traced"
     vision: str = "fp32"
+    prefill: str = "same"
 
     def __post_init__(self):
         if self.weights not in WEIGHT_PRECISIONS:
@@ -141,6 +146,11 @@ class QuantConfig:
                               "use --quant-target ort")
         if self.decoder_graph not in DECODER_GRAPHS:
             raise ConfigError(f"decoder graph must be one of {', '.join(DECODER_GRAPHS)}, got {self.decoder_graph!r}")
+        if self.prefill not in PREFILL_PRECISIONS:
+            raise ConfigError(f"prefill weights must be one of {', '.join(PREFILL_PRECISIONS)}, got {self.prefill!r}")
+        if self.prefill != "same" and (self.target != "ort" or self.kv != "float32"):
+            raise ConfigError("an int8 prefill graph (ONNX Runtime DynamicQuantizeMatMul) needs --quant-target ort and "
+                              "--kv-cache float32")
         if self.decoder_graph == "fused" and (self.target != "ort" or self.kv != "float32"):
             raise ConfigError("the fused decoder graph (ONNX Runtime contrib ops) needs --quant-target ort and --kv-cache float32")
         if self.target == "qdq" and self.weights in ("int4", "mixed") and not self.symmetric:

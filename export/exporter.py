@@ -26,6 +26,7 @@ from atp.registry import SCORERS
 log = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder.onnx"
+PREFILL_LOGITS_RTOL = 0.02  # int8 prefill vs its fake-quant reference: ORT's activation codes may round one step off
 QUANT_VISION_MIN_OVERLAP = 0.75  # int8 vision graphs vs their fake-quant reference, mean over the example batch
 EMBED_FILE = "embed_tokens.npy"
 TOKENIZER_DIR = "tokenizer"
@@ -360,6 +361,11 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             graphs["text"] = _export_text(clip, staging, config)
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")
         decoder = _export_decoder(adapter, staging, config, module, plan)
+        prefill_ref = None
+        if q.prefill == "int8":
+            from atp.export.prefill import PREFILL_KEY, export_prefill
+
+            graphs[PREFILL_KEY], prefill_ref = export_prefill(adapter, staging, config)
         step(3, "writing the embedding table and tokenizer")
         table = adapter.embedding_table()
         np.save(staging / EMBED_FILE, table)
@@ -387,7 +393,8 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             "tokenizer": {"dir": TOKENIZER_DIR, "file": f"{TOKENIZER_DIR}/tokenizer.json"},
             "quantization": q.to_dict(),
             "precision": {"weights": _weights_label(q, plan), "kv": q.kv,
-                          "graphs": {**{k: {"weights": q.vision if k in scorers else "fp32"} for k in graphs},
+                          "graphs": {**{k: {"weights": q.vision if k in scorers else "int8-dynamic" if k == "decoder_prefill"
+                                             else "fp32"} for k in graphs},
                                      "decoder": {"weights": _weights_label(q, plan), "kv": q.kv}}},
             "export": {"opset": config.opset, "torch": torch.__version__, "transformers": transformers.__version__,
                        "onnx": onnx.__version__},
@@ -402,6 +409,12 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             step(4, "validating ONNX Runtime against PyTorch")
             manifest["validation"] = _validate(adapter, scorers, {**graphs, "decoder": decoder}, staging, clip=clip,
                                               decoder_ref=reference, kv_dtype=q.kv, auto_keep=autos, vision_refs=vision_refs)
+            if prefill_ref is not None:
+                from atp.export.prefill import PREFILL_KEY, validate_prefill
+
+                rep = manifest["validation"][PREFILL_KEY] = validate_prefill(adapter, staging, graphs[PREFILL_KEY], prefill_ref)
+                if rep["logits_max_abs_diff"] > PREFILL_LOGITS_RTOL * rep["logits_scale"] + 1e-4:
+                    raise AtpError(f"validation failed: the int8 prefill graph differs from its PyTorch reference ({rep})")
             log.info("validation: %s", manifest["validation"])
         manifest = finalize_manifest(staging, manifest)
     log.info("bundle written to %s", out)

@@ -125,17 +125,18 @@ def dynamic_quantize_linear(x):
     return q, scale, zp
 
 
-def fake_quant_vision(module, names, form: str = "int8", block_size: int = VISION_BLOCK):
-    """Copy of the vision module with the linears ``names`` int8 fake-quantized like :func:`quantize_vision_int8`:
-    weights per output feature; inputs per tensor (``int8``: DynamicQuantizeLinear) or per row in blocks of
-    ``block_size`` (``int8-blocks``)."""
+def fake_quant_vision(module, names, form: str = "int8", block_size: int = VISION_BLOCK, linears_of=None):
+    """Copy of the vision module (or, with ``linears_of``, any module whose linears it names: the int8 prefill
+    decoder) with the linears ``names`` int8 fake-quantized like :func:`quantize_vision_int8`: weights per output
+    feature; inputs per tensor (``int8``: DynamicQuantizeLinear) or per row in blocks of ``block_size``
+    (``int8-blocks``)."""
     import torch
 
     from atp.calibration.mixed_precision import quantize_activation_blocks
     from atp.calibration.quant_reference import dequantize_int8
 
     ref = copy.deepcopy(module)
-    linears = vision_linears(ref)
+    linears = (linears_of or vision_linears)(ref)
     for name in names:
         mod = linears[name]
         w = mod.weight.detach().float().numpy()
@@ -157,11 +158,12 @@ def fake_quant_vision(module, names, form: str = "int8", block_size: int = VISIO
     return ref
 
 
-def rewrite_vision_file(path: Path, module, form: str = "int8") -> dict:
-    """Int8-quantize the vision graph at ``path`` in place (see :func:`quantize_vision_int8`)."""
+def rewrite_vision_file(path: Path, module, form: str = "int8", linears: dict | None = None) -> dict:
+    """Int8-quantize the vision graph at ``path`` in place (see :func:`quantize_vision_int8`); ``linears`` names the
+    layers to quantize for other graphs (the int8 prefill decoder: :func:`atp.calibration.salience.decoder_linears`)."""
     path = Path(path)
     model = onnx.load(str(path), load_external_data=True)
-    model, report = quantize_vision_int8(model, vision_linears(module), form)
+    model, report = quantize_vision_int8(model, linears if linears is not None else vision_linears(module), form)
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()

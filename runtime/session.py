@@ -247,8 +247,15 @@ class Session:
             past[name] = np.zeros((batch, self._n_kv, 0, last), dtype)
         return past
 
-    def _step(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
-        out = self.backend.run_decoder({"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **past})
+    @property
+    def prefill_graph(self) -> str:
+        """The graph that runs the prompt: ``decoder_prefill`` (an int8 prefill graph) where the bundle has one."""
+        return "decoder_prefill" if "decoder_prefill" in self.manifest["graphs"] else "decoder"
+
+    def _step(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: dict,
+              graph: str = "decoder") -> tuple[np.ndarray, dict]:
+        out = self.backend.run_decoder({"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions, **past},
+                                       graph)
         present = {k.replace("present.", "past_key_values.", 1): v for k, v in out.items() if k.startswith("present.")}
         return out["logits"][:, -1], present
 
@@ -299,7 +306,8 @@ class Session:
         embeds = self.inputs_embeds(ids, vis["embeds"])
         length = embeds.shape[1]
         mask = np.ones((1, length), np.int64)
-        logits, past = self._step(embeds, mask, positions.prefill(self.positions, length), self._empty_past(1))
+        logits, past = self._step(embeds, mask, positions.prefill(self.positions, length), self._empty_past(1),
+                                  self.prefill_graph if length > 1 else "decoder")
         t3 = time.perf_counter()
         out: list[int] = []
         decode_times = []

@@ -27,9 +27,11 @@ ONNX_EPILOG = fmt("""
 """)
 
 
-QUANT_DEFAULTS = {"weights": "fp32", "group_size": 32, "decoder_graph": "traced", "vision_weights": "fp32"}
+QUANT_DEFAULTS = {"weights": "fp32", "group_size": 32, "decoder_graph": "traced", "vision_weights": "fp32",
+                  "prefill_weights": "same"}
 # measured: bench/results/preset_cpu.md (demo VQA paired against fp32, speed on the LLaVA-1.5-shaped model)
-PRESETS = {"cpu": {"weights": "int4", "group_size": 32, "decoder_graph": "fused", "vision_weights": "int8"}}
+PRESETS = {"cpu": {"weights": "int4", "group_size": 32, "decoder_graph": "fused", "vision_weights": "int8",
+                   "prefill_weights": "int8"}}
 
 
 def add_onnx_parser(sub, raw) -> None:
@@ -53,7 +55,7 @@ def add_onnx_parser(sub, raw) -> None:
     o.add_argument("--clip-weights", metavar="FILE", default=None, help="local open_clip checkpoint for --clip-model")
     q = o.add_argument_group("quantization (decoder)")
     q.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="cpu: the fastest CPU configuration that keeps the demo's accuracy: int4 g32 fused decoder (atp's "
+                   help="cpu: the fastest CPU configuration that keeps the demo's accuracy: W8A8 prefill graph, int4 g32 fused decoder (atp's "
                         "CPU kernels at decode), W8A8 vision graph; flags given explicitly win")
     q.add_argument("--weights", default=None, choices=["fp32", "fp16", "int8", "int4", "mixed"],
                    help="decoder weight precision (default fp32); mixed = int8/int4 per output feature from --calibration")
@@ -65,6 +67,9 @@ def add_onnx_parser(sub, raw) -> None:
     q.add_argument("--decoder-graph", default=None, choices=["traced", "fused"],
                    help="fused: ONNX Runtime GroupQueryAttention/SkipSimplifiedLayerNorm graph, fast decode on ORT CPU "
                         "(ort target, float32 KV)")
+    q.add_argument("--prefill-weights", default=None, choices=["same", "int8"],
+                   help="int8: a second decoder graph for the prompt, W8A8 (DynamicQuantizeMatMul, the compute-bound "
+                        "form); decode steps keep --weights (default same: one graph for both)")
     q.add_argument("--vision-weights", default=None, choices=["fp32", "int8", "int8-blocks"],
                    help="int8: vision tower + projector as W8A8 (int8 weights, uint8 activations per tensor: ONNX "
                         "Runtime's DynamicQuantizeMatMul, ~2x fp32 on CPUs); int8-blocks: MatMulNBits bits=8 (smaller "
@@ -93,7 +98,7 @@ def cmd_onnx(args) -> int:
 
     quant = QuantConfig(weights=args.weights, group_size=args.group_size, symmetric=not args.asymmetric, kv=args.kv_cache,
                         calibration=args.calibration if args.weights == "mixed" else None, target=args.quant_target,
-                        decoder_graph=args.decoder_graph, vision=args.vision_weights)
+                        decoder_graph=args.decoder_graph, vision=args.vision_weights, prefill=args.prefill_weights)
     cfg = ExportConfig(opset=args.opset, quantization=quant, pruning=PruningConfig(scorer=args.scorer, keep=args.keep, keep_ratio=args.keep_ratio,
                                                                extra_scorers=tuple(args.extra_scorers)))
     from atp.registry import SCORERS

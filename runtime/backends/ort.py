@@ -95,8 +95,10 @@ class _OrtBackend:
         """Run any manifest graph (e.g. the CLIP ``text`` graph) on ``feeds``."""
         return self._session(graph).run(None, feeds)
 
-    def run_decoder(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.decoder_outputs, self.sessions["decoder"].run(None, feeds)))
+    def run_decoder(self, feeds: dict[str, np.ndarray], graph: str = "decoder") -> dict[str, np.ndarray]:
+        """One decoder step on ``graph`` (``decoder``, or ``decoder_prefill`` for the prompt where the bundle has one)."""
+        sess = self._session(graph)
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
 def _quantized(graph: dict) -> bool:

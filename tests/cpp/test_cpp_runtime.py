@@ -311,6 +311,25 @@ def test_anyres_bundle_matches_python(cpp_build, tmp_path):
     assert len({sess.generate(img, "hi", max_new_tokens=1).visual_tokens for img in images}) >= 3  # N varies per image
 
 
+def test_int8_prefill_bundle_matches_python(cpp_build, tiny_ckpt, tmp_path):
+    """--prefill-weights int8: both runtimes run the prompt on decoder_prefill and decode on the decoder graph (the
+    KV cache crosses graphs): same tokens."""
+    from atp.config import ExportConfig, QuantConfig
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    bundle = tmp_path / "prefill"
+    export_bundle(adapter_for_checkpoint(tiny_ckpt).from_checkpoint(tiny_ckpt), bundle,
+                  ExportConfig(quantization=QuantConfig(weights="int4", decoder_graph="fused", prefill="int8")), validate=False)
+    sess = Session(bundle)
+    assert sess.prefill_graph == "decoder_prefill"
+    images = _images(tmp_path, (32, 32))[:3]
+    cases = [(img, "what colour is the circle", k) for img in images for k in (None, 4)]
+    for (img, prompt, k), ours in zip(cases, _chat_batch(cpp_build, bundle, cases, tmp_path, max_new=8, ignore_eos=True)):
+        assert ours["token_ids"] == sess.generate(img, prompt, keep=k, max_new_tokens=8, ignore_eos=True).token_ids, (img.name, k)
+
+
 def test_format_version_1_bundle_still_runs(cpp_build, tiny_bundle, tmp_path):
     """A bundle from before the token layout (format 1: no token_layout / positions) reads as one image with one run
     of N tokens in both runtimes, with the same tokens as the current format."""

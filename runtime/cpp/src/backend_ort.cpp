@@ -167,7 +167,8 @@ class OrtBackend : public Backend {
 
 class OrtDecoder : public DecoderState {
  public:
-  explicit OrtDecoder(OrtBackend& b) : b_(b), s_(b.session("decoder")) {
+  explicit OrtDecoder(OrtBackend& b)
+      : b_(b), s_(b.session("decoder")), prefill_(b.m_.graphs.count("decoder_prefill") ? &b.session("decoder_prefill") : nullptr) {
     for (const auto& n : b_.dec_outputs_) out_names_.push_back(n.c_str());
     reset();
   }
@@ -205,8 +206,10 @@ class OrtDecoder : public DecoderState {
         feeds.push_back(std::move(it->second));
       }
     }
-    std::vector<Ort::Value> r = s_.Run(Ort::RunOptions{nullptr}, names.data(), feeds.data(), feeds.size(), out_names_.data(),
-                                       out_names_.size());
+    // the prompt (no past, several tokens) runs on the int8 prefill graph where the bundle has one (same I/O names)
+    Ort::Session& run = (past_len_ == 0 && n > 1 && prefill_) ? *prefill_ : s_;
+    std::vector<Ort::Value> r = run.Run(Ort::RunOptions{nullptr}, names.data(), feeds.data(), feeds.size(), out_names_.data(),
+                                        out_names_.size());
     for (size_t i = 0; i < r.size(); ++i) {
       const std::string& on = b_.dec_outputs_[i];
       if (on == "logits") {
@@ -225,6 +228,7 @@ class OrtDecoder : public DecoderState {
  private:
   OrtBackend& b_;
   Ort::Session& s_;
+  Ort::Session* prefill_;
   std::vector<const char*> out_names_;
   std::map<std::string, Ort::Value> past_;
   std::vector<int64_t> mask_, pos_;
