@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]  # bench/kernels.py
 PROMPT = "Describe the picture in one sentence."
 log = logging.getLogger("cpu_peers")
 

@@ -5,6 +5,9 @@ hash of each fortune (:mod:`atp.calibration.text_corpus`): salience is calibrate
 ``calibration`` split only and perplexity is measured on the held-out ``eval`` split, in windows of
 ``--seq-len`` tokens (each window scored from its second token).
 
+``w8a8`` is the int8 prefill graph (``--prefill-weights int8``): int8 weights per output feature and uint8
+activations per tensor (DynamicQuantizeLinear), every linear including lm_head; each window is one prompt.
+
 Every quantized row runs the PyTorch reference of the exported ORT graph: weights
 quantize-dequantized under the plan and each linear's input int8-quantized per block of the group
 size, exactly what MatMulNBits ``accuracy_level=4`` computes (tests/e2e/test_quant_export.py checks
@@ -156,6 +159,11 @@ def main(argv=None) -> int:
                 log.info("%s: AWQ alpha histogram %s", spec["name"], {a: alphas.count(a) for a in sorted(set(alphas))})
             plan = permute_mlp_features(decoder, plan)
             apply_fake_quant(decoder, plan, activations=True)
+        elif spec["weights"] == "w8a8":  # --prefill-weights int8: the prefill graph's DynamicQuantizeMatMul arithmetic
+            from atp.calibration.salience import decoder_linears
+            from atp.export.quantize_vision import fake_quant_vision
+
+            decoder = fake_quant_vision(decoder, list(decoder_linears(decoder)), "int8", linears_of=decoder_linears)
         elif spec["weights"] == "fp16":
             decoder = copy.deepcopy(decoder)
             for m in decoder.modules():

@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# bench/kernels.py would shadow the `kernels` package transformers probes for: run without this folder on the path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 FORMS = ("fp32", "int8", "int8-blocks")
 
 

@@ -6,6 +6,10 @@ is the fp32 traced decoder with every linear (q/k/v/o, gate/up/down, lm_head) as
 feature, uint8 activations per tensor at run time (``DynamicQuantizeLinear`` + ``MatMulInteger``, which ONNX Runtime
 fuses into ``DynamicQuantizeMatMul``: MLAS's VNNI GEMM). Same inputs and outputs as the decoder graph, so the KV cache
 it writes is the one the decode graph reads. Checked against a PyTorch fake-quant reference of the same arithmetic.
+
+Experimental: per-tensor activation scales do not survive LLM activation outliers: SmolLM2-135M perplexity 52.3 ->
+93.5 (``python bench/quant_ppl.py --variants fp32 w8a8 int8``; int8 activations per block of 32, what MatMulNBits
+does, stay at 53.1). Per-token scales with outlier smoothing are the next step; ``--preset cpu`` leaves it out.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ def export_prefill(adapter, staging: Path, cfg) -> tuple[dict, object]:
                     location=f"{PREFILL_FILE}.data", size_threshold=1024)
     report["weight_bytes"] = int(size)
     log.info("int8 prefill graph: %d linears W8A8, %d kept fp32", report["quantized_layers"], len(report["kept_fp32"]))
+    log.warning("the int8 prefill graph is experimental: per-tensor activations cost SmolLM2-135M 79%% perplexity "
+                "(bench/results/quant_ppl_smollm2_w8a8.md); check accuracy on your model")
     io = onnx.load(str(path), load_external_data=False)
     entry = {"file": PREFILL_FILE, "external_data": external_files(path), **describe_io(io), "mode": "prefill",
              "use": "the prompt step (no past, more than one token); decode steps run graphs.decoder on the KV cache it writes",

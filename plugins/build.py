@@ -1,4 +1,4 @@
-"""Build ``libatp_plugins.so`` with CMake (used by the tests, ``bench/kernels.py`` and by hand).
+"""Build ``libatp_plugins.so`` with CMake (used by the tests, ``bench/gpu_kernels.py`` and by hand).
 
 ``python -m atp.plugins.build --out build/plugins [--archs 87 86 89 90]``
 """

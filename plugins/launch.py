@@ -1,6 +1,6 @@
 """Launch the ahead-of-time cubins from Python through the CUDA driver API (ctypes), as the C++ plugin does.
 
-Used by ``tests/gpu`` and ``bench/kernels.py`` to run exactly the cubins that ``libatp_plugins.so``
+Used by ``tests/gpu`` and ``bench/gpu_kernels.py`` to run exactly the cubins that ``libatp_plugins.so``
 embeds (same variants, same launch geometry) on torch CUDA tensors, without TensorRT. Needs a GPU.
 Each launch pays a few microseconds of ctypes overhead that the C++ plugin does not.
 Run it in a process where ``TRITON_INTERPRET`` is unset (the AOT compile needs Triton's real compiler).

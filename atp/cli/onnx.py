@@ -30,8 +30,8 @@ ONNX_EPILOG = fmt("""
 QUANT_DEFAULTS = {"weights": "fp32", "group_size": 32, "decoder_graph": "traced", "vision_weights": "fp32",
                   "prefill_weights": "same"}
 # measured: bench/results/preset_cpu.md (demo VQA paired against fp32, speed on the LLaVA-1.5-shaped model)
-PRESETS = {"cpu": {"weights": "int4", "group_size": 32, "decoder_graph": "fused", "vision_weights": "int8",
-                   "prefill_weights": "int8"}}
+# not the int8 prefill graph: per-tensor activations cost SmolLM2 +79% perplexity (bench/results/quant_ppl_smollm2_w8a8.md)
+PRESETS = {"cpu": {"weights": "int4", "group_size": 32, "decoder_graph": "fused", "vision_weights": "int8"}}
 
 
 def add_onnx_parser(sub, raw) -> None:
@@ -55,7 +55,7 @@ def add_onnx_parser(sub, raw) -> None:
     o.add_argument("--clip-weights", metavar="FILE", default=None, help="local open_clip checkpoint for --clip-model")
     q = o.add_argument_group("quantization (decoder)")
     q.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="cpu: the fastest CPU configuration that keeps the demo's accuracy: W8A8 prefill graph, int4 g32 fused decoder (atp's "
+                   help="cpu: the fastest CPU configuration that keeps the demo's accuracy: int4 g32 fused decoder (atp's "
                         "CPU kernels at decode), W8A8 vision graph; flags given explicitly win")
     q.add_argument("--weights", default=None, choices=["fp32", "fp16", "int8", "int4", "mixed"],
                    help="decoder weight precision (default fp32); mixed = int8/int4 per output feature from --calibration")
@@ -68,8 +68,9 @@ def add_onnx_parser(sub, raw) -> None:
                    help="fused: ONNX Runtime GroupQueryAttention/SkipSimplifiedLayerNorm graph, fast decode on ORT CPU "
                         "(ort target, float32 KV)")
     q.add_argument("--prefill-weights", default=None, choices=["same", "int8"],
-                   help="int8: a second decoder graph for the prompt, W8A8 (DynamicQuantizeMatMul, the compute-bound "
-                        "form); decode steps keep --weights (default same: one graph for both)")
+                   help="int8 (experimental): a second decoder graph for the prompt, W8A8 with per-tensor activations "
+                        "(DynamicQuantizeMatMul); SmolLM2 perplexity +79%%: not accurate for LLMs yet; decode steps keep "
+                        "--weights (default same: one graph for both)")
     q.add_argument("--vision-weights", default=None, choices=["fp32", "int8", "int8-blocks"],
                    help="int8: vision tower + projector as W8A8 (int8 weights, uint8 activations per tensor: ONNX "
                         "Runtime's DynamicQuantizeMatMul, ~2x fp32 on CPUs); int8-blocks: MatMulNBits bits=8 (smaller "

@@ -183,7 +183,7 @@ def test_preset_cpu_fills_unset_flags_and_explicit_flags_win(tiny_ckpt, tmp_path
     m = read_manifest(out)
     assert m["precision"]["weights"] == "int4-g32" and m["graphs"]["decoder"]["graph"] == "fused"
     assert m["graphs"]["vision"]["weights"]["form"] == "int8"
-    assert m["graphs"]["decoder_prefill"]["weights"]["precision"] == "int8-dynamic"
+    assert "decoder_prefill" not in m["graphs"]  # the int8 prefill graph is not accurate enough for the preset
     out2 = tmp_path / "cpu-int8"
     rc, _, err = run_cli(["onnx", tiny_ckpt, "--out", out2, "--preset", "cpu", "--weights", "int8", "--vision-weights", "fp32",
                           "--no-validate"], capsys)

@@ -1,8 +1,8 @@
 """Plugin kernels on the GPU: achieved memory bandwidth vs the device peak and vs the PyTorch equivalent.
 
 Usage (on a machine with an NVIDIA GPU):
-    python bench/kernels.py                       # default shapes, 50 timed runs each
-    python bench/kernels.py --repeats 200 --out bench/results
+    python bench/gpu_kernels.py                       # default shapes, 50 timed runs each
+    python bench/gpu_kernels.py --repeats 200 --out bench/results
 
 Runs the exact cubins ``libatp_plugins.so`` embeds (compiled for this GPU's arch by ``atp.plugins.aot``,
 launched through the driver API by ``atp.plugins.launch``) side by side in one process with
@@ -131,7 +131,7 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("no CUDA GPU: bench/kernels.py measures GPU kernels only; nothing measured", file=sys.stderr)
+        print("no CUDA GPU: bench/gpu_kernels.py measures GPU kernels only; nothing measured", file=sys.stderr)
         return 1
     from atp.plugins import launch
 
@@ -142,7 +142,7 @@ def main() -> int:
     bench_gate(torch, lau, launch, rows, args.repeats)
     bench_gemm(torch, lau, launch, rows, args.repeats)
     lines = [f"# Plugin kernels on {name} (sm_{lau.compute_capability()})", "",
-             f"{dt.date.today()}, `python bench/kernels.py --repeats {args.repeats}`; CUDA-event medians; peak DRAM bandwidth "
+             f"{dt.date.today()}, `python bench/gpu_kernels.py --repeats {args.repeats}`; CUDA-event medians; peak DRAM bandwidth "
              + (f"{peak / 1e9:.0f} GB/s" if peak else "unknown"), "",
              "| kernel | shape | ours (us) | GB/s | % of peak | PyTorch equivalent | theirs (us) | speed-up |",
              "|---|---|---:|---:|---:|---|---:|---:|"]
