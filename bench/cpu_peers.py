@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,15 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from atp.runtime.benchmark import emit, machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Describe the picture in one sentence."
 log = logging.getLogger("cpu_peers")
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
-    return f"{name}, {os.cpu_count()} logical cores{', AVX-512 VNNI' if ' avx512_vnni' in info else ''}"
 
 
 def photo():
@@ -236,7 +231,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     image = photo()
     b = bundles(work)
-    lines = [f"# CPU peers ({cpu_name()}; {args.threads} threads; medians of {args.repeats})", ""]
+    lines = [f"# CPU peers ({machine_line()}; {args.threads} threads; medians of {args.repeats})", ""]
 
     log.info("TTFT: transformers eager")
     hf = ttft_transformers(image, args.repeats, args.threads)
@@ -273,11 +268,7 @@ def main(argv=None) -> int:
     for name, ms in dec.items():
         lines.append(f"| {name} | {ms:.2f} | {1e3 / ms:.0f} | {ms / atp_ms:.2f} |")
     lines += ["", f"command: `python bench/cpu_peers.py --repeats {args.repeats} --threads {args.threads}`"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

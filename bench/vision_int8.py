@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,15 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from atp.runtime.benchmark import emit, machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
 FORMS = ("fp32", "int8", "int8-blocks")
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
-    vnni = " avx512_vnni" in info
-    return f"{name}, {os.cpu_count()} logical cores{', AVX-512 VNNI' if vnni else ''}"
 
 
 def export_forms(adapter, out: Path) -> dict[str, Path]:
@@ -138,7 +132,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from atp.export.demo import build_demo_adapter, trained_demo_adapter
 
-    lines = [f"# int8 vision graphs, ONNX Runtime CPU, {args.threads} threads ({cpu_name()})", ""]
+    lines = [f"# int8 vision graphs, ONNX Runtime CPU, {args.threads} threads ({machine_line()})", ""]
     with tempfile.TemporaryDirectory() as tmp:
         big = build_demo_adapter(image_size=336)
         paths = export_forms(big, Path(tmp) / "576")
@@ -158,11 +152,7 @@ def main(argv=None) -> int:
         lines.append(f"| {form} | " + " | ".join(cells) + " |")
     lines += ["", f"command: `python bench/vision_int8.py --repeats {args.repeats} --rounds {args.rounds} "
               f"--images {args.images}`; one live ORT session at a time while timing."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,26 @@ def machine() -> dict:
             "python": platform.python_version(), "onnxruntime": ort.__version__}
 
 
+def machine_line() -> str:
+    """One line naming the machine for a bench table: CPU model, logical cores, AVX-512 VNNI where present."""
+    m = machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            vnni = " avx512_vnni" in f.read()
+    except OSError:
+        vnni = False
+    return f"{m['cpu']}, {m['logical_cores']} logical cores{', AVX-512 VNNI' if vnni else ''}; onnxruntime {m['onnxruntime']}"
+
+
+def emit(lines: list[str], out: str | Path | None) -> int:
+    """Print a bench report (markdown lines) and write it to ``out`` when given; returns 0 (the script's exit code)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)
+    return 0
+
+
 def analytic_flops(cost: dict, model: dict, k: int, prompt_tokens: int) -> dict:
     """FLOPs (multiply-add = 2) of the vision tower, projector (K tokens) and LM prefill."""
     t, d, i = cost["vision_tokens"], cost["vision_hidden"], cost["vision_intermediate"]
