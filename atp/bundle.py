@@ -47,7 +47,7 @@ def staged_bundle(out: Path, overwrite: bool = False) -> Iterator[Path]:
     Raises:
         BundleError: ``out`` exists and ``overwrite`` is False.
     """
-    with staged_directory(out, overwrite, BundleError) as staging:
+    with staged_directory(out, overwrite, BundleError, marker=MANIFEST_NAME) as staging:
         yield staging
         if not (staging / MANIFEST_NAME).exists():
             raise BundleError("internal: bundle staged without a manifest")

@@ -167,7 +167,7 @@ class CalibrationArtifact:
         from safetensors.numpy import save_file
 
         out = Path(out)
-        with staged_directory(out, overwrite, CalibrationError) as staging:
+        with staged_directory(out, overwrite, CalibrationError, marker="calibration.json") as staging:
             files = {}
             for name, tensors in sorted(self._tensors.items()):
                 fname = f"{name}.safetensors"

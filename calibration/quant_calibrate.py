@@ -135,7 +135,7 @@ def _save_minimal(out: Path, data: dict, tensors: dict, fp: str, model_name: str
     from atp.atomic import staged_directory
     from atp.bundle import sha256_file
 
-    with staged_directory(out, overwrite, CalibrationError) as staging:
+    with staged_directory(out, overwrite, CalibrationError, marker="calibration.json") as staging:
         fname = f"{SECTION}.safetensors"
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(staging / fname))
         doc = {"format": "atp-calibration", "version": 1, "model": {"fingerprint": fp, "name": model_name},

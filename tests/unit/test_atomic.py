@@ -61,3 +61,37 @@ def test_quantization_plan_fallback_writer_is_atomic(tmp_path):
     with pytest.raises(CalibrationError, match="already exists"):
         _save_minimal(out, {}, {"w": np.zeros(1, np.float32)}, "f" * 64, "tiny", overwrite=False)
     assert [p.name for p in tmp_path.iterdir()] == ["plan"]
+
+
+def test_overwrite_replaces_only_what_the_writer_made(tmp_path):
+    """--overwrite must not delete a user's directory or file (issue 20): only an empty directory or one holding the
+    writer's marker file is replaced; everything else is refused and left as it was."""
+    from atp.errors import BundleError
+
+    users = tmp_path / "photos"
+    users.mkdir()
+    (users / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(BundleError, match="without manifest.json"):
+        with staged_directory(users, overwrite=True, error=BundleError, marker="manifest.json"):
+            pass
+    assert (users / "holiday.jpg").read_bytes() == b"precious"
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me")
+    with pytest.raises(BundleError, match="not a directory"):
+        with staged_directory(afile, overwrite=True, error=BundleError, marker="manifest.json"):
+            pass
+    assert afile.read_text() == "keep me"
+    with pytest.raises(BundleError, match="is not a directory"):
+        with staged_directory(afile / "sub", error=BundleError):
+            pass
+    ours = tmp_path / "bundle"
+    ours.mkdir()
+    (ours / "manifest.json").write_text("{}")
+    with staged_directory(ours, overwrite=True, error=BundleError, marker="manifest.json") as staging:
+        (staging / "manifest.json").write_text('{"new": 1}')
+    assert (ours / "manifest.json").read_text() == '{"new": 1}'
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with staged_directory(empty, overwrite=True, error=BundleError, marker="manifest.json") as staging:
+        (staging / "x").write_text("1")
+    assert (empty / "x").is_file()
