@@ -210,6 +210,24 @@ def _graphs(m: dict) -> dict[str, GraphInfo]:
     return out
 
 
+MAX_SIDE = 8192  # the largest image side a manifest may ask preprocessing for (bounded memory)
+
+
+def _check_preprocessing(m: dict) -> None:
+    pre = _get(m, "preprocessing", dict, "manifest")
+    size = _get(pre, "image_size", list, "preprocessing")
+    sizes = {"image_size": size}
+    for key in ("resize", "center_crop"):
+        part = pre.get(key)
+        if part is not None and not isinstance(part, dict):
+            raise BundleError(f"manifest: preprocessing.{key} must be an object or null")
+        sizes.update({f"{key}.{k}": v for k, v in (part or {}).items()})
+    for name, v in sizes.items():
+        values = v if isinstance(v, list) else [v]
+        if not values or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= MAX_SIDE for x in values):
+            raise BundleError(f"manifest: preprocessing.{name} = {v!r} must be whole pixels in 1..{MAX_SIDE}")
+
+
 def parse(m: Any) -> Manifest:
     """Check a manifest's JSON object and return the typed view (``format_version`` already read).
 
@@ -234,6 +252,7 @@ def parse(m: Any) -> Manifest:
         raise BundleError("manifest: pruning.scorers must map scorer names to graph keys")
     eos = _ids(model, "eos_token_ids", "model")
     graphs = _graphs(m)
+    _check_preprocessing(m)
     source = m.get("source") if isinstance(m.get("source"), dict) else {}
     return Manifest(
         format_version=version, architecture=str(source.get("architecture", "llava")),

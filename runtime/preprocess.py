@@ -33,11 +33,26 @@ def load_image(image):
             raise InputError(f"image {path} does not exist")
         try:
             img = Image.open(path)
+            _check_pixels(img.width, img.height, f"image {path}")  # from the header, before decoding anything
             img.load()
             return img
+        except Image.DecompressionBombError:
+            raise InputError(f"image {path} declares more pixels than Pillow decodes safely (a decompression bomb?)") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"cannot read image {path}: {exc.__class__.__name__}: not a readable image file") from None
     raise InputError(f"unsupported image type {type(image).__name__}; give a path, PIL image or HxWx3 uint8 array")
+
+
+#: The most pixels an input image or its resized form may have (8192 x 8192): bounded memory for any input.
+MAX_PIXELS = 8192 * 8192
+
+
+def _check_pixels(w: int, h: int, what: str) -> None:
+    if w < 1 or h < 1:
+        raise InputError(f"{what} is {w}x{h}: it has no pixels")
+    if w * h > MAX_PIXELS:
+        raise InputError(f"{what} is {w}x{h} = {w * h / 1e6:.0f} MPixels; atp takes at most {MAX_PIXELS / 1e6:.0f} MPixels "
+                         "(8192 x 8192): downscale it first")
 
 
 def _resize_shape(w: int, h: int, size: dict) -> tuple[int, int]:
@@ -81,8 +96,11 @@ def preprocess_views(image, spec: dict) -> tuple[np.ndarray, tuple[int, int]]:
 def _view(img, spec: dict) -> np.ndarray:
     from PIL import Image
 
+    _check_pixels(img.width, img.height, "the image")
     if spec.get("resize"):
         new_w, new_h = _resize_shape(img.width, img.height, spec["resize"])
+        # an extreme aspect ratio (1 x 100000) would resize to gigapixels before the crop: refuse it
+        _check_pixels(new_w, new_h, f"the {img.width}x{img.height} image resized for this model")
         if (new_w, new_h) != img.size:
             img = img.resize((new_w, new_h), resample=Image.Resampling(spec.get("resample", 3)))
     arr = np.asarray(img, dtype=np.uint8)

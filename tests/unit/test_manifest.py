@@ -23,7 +23,8 @@ def _manifest(version: int = FORMAT_VERSION) -> dict:
          "graphs": {"vision": {"file": "vision.onnx", **io}, "decoder": {"file": "decoder.onnx", **io}},
          "pruning": {"num_visual_tokens": 16, "default_keep": 4, "scorers": {"cls": "vision"}},
          "prompt": {"template": "USER: <image>\n{prompt} ASSISTANT:", "image_token": "<image>", "image_token_id": IMG},
-         "embeddings": {"file": "embed_tokens.npy"}, "tokenizer": {"file": "tokenizer/tokenizer.json"}}
+         "embeddings": {"file": "embed_tokens.npy"}, "tokenizer": {"file": "tokenizer/tokenizer.json"},
+         "preprocessing": {"resize": {"shortest_edge": 32}, "center_crop": {"height": 32, "width": 32}, "image_size": [32, 32]}}
     if version >= 2:
         m["token_layout"] = TokenLayout("<image>", IMG, tokens_per_tile=16).to_dict()
         m["positions"] = Positions().to_dict()
@@ -54,6 +55,9 @@ def test_current_and_version_1_manifests_parse():
     (lambda m: m.pop("token_layout"), "token_layout is missing"),
     (lambda m: m.update(format_version=3), "format version 3"),
     (lambda m: m["model"].update(eos_token_ids=[-1]), "eos_token_ids must be a list of token ids"),
+    (lambda m: m["preprocessing"]["resize"].update(shortest_edge=10**7), "shortest_edge = 10000000 must be whole pixels"),
+    (lambda m: m["preprocessing"].update(image_size=[32, "x"]), "image_size"),
+    (lambda m: m.pop("preprocessing"), "preprocessing is missing"),
 ])
 def test_bad_fields_are_named(edit, msg):
     m = copy.deepcopy(_manifest())

@@ -52,3 +52,20 @@ def test_value_table_is_bit_identical_to_the_per_pixel_formula(rescale, norm):
     ours = preprocess(arr, spec)
     assert ours.dtype == np.float32 and ours.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(ours, x.transpose(2, 0, 1)[None])
+
+
+def test_memory_is_bounded_for_tiny_but_huge_inputs(tmp_path):
+    """A 274-byte 1 x 100000 PNG would resize to 64 x 6.4M (GBs) and a 30000 x 30000 PNG decodes to 2.7 GB: both are
+    refused with the reason before any large allocation (issue 20)."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 100_000)).save(strip)
+    with pytest.raises(InputError, match="resized for this model is 48x4800000 = 230 MPixels"):
+        preprocess(strip, SPEC)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (30_000, 30_000)).save(bomb)  # 900 MPixels: Pillow's own bomb check fires at open
+    with pytest.raises(InputError, match="decompression bomb"):
+        preprocess(bomb, SPEC)
+    big = tmp_path / "big.png"
+    Image.new("1", (9_000, 8_000)).save(big)  # 72 MPixels: under Pillow's limit, over atp's
+    with pytest.raises(InputError, match="9000x8000 = 72 MPixels; atp takes at most 67"):
+        preprocess(big, SPEC)

@@ -179,6 +179,9 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
     if (size.size() != 2) fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.image_size must be [H, W]");
     ps.out_height = size[0];
     ps.out_width = size[1];
+    for (int v : {ps.out_height, ps.out_width, ps.resize_shortest, ps.resize_width, ps.resize_height, ps.crop_height, ps.crop_width})
+      if (v < 0 || v > 8192 || ps.out_height < 1 || ps.out_width < 1)  // atp.manifest.MAX_SIDE: bounded memory
+        fail(ATP_ERR_BUNDLE, mpath + ": preprocessing sizes must be whole pixels in 1..8192");
     if (m.contains("limits") && m["limits"].is_object()) out.max_sequence = m["limits"].value("max_sequence", 0);
   } catch (const json::exception& e) {
     fail(ATP_ERR_BUNDLE, mpath + " lacks a field the runtime needs (" + std::string(e.what()) + "); re-export the bundle");

@@ -221,6 +221,9 @@ Rgb8 load_image_file(const std::string& path) {
     std::fclose(f);
     fail(ATP_ERR_INPUT, "cannot read image " + path + ": not a readable image file (" + stbi_failure_reason() + ")");
   }
+  if (w < 1 || h < 1 || int64_t(w) * int64_t(h) > int64_t(8192) * 8192)  // from the header, before decoding
+    fail(ATP_ERR_INPUT, "image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) +
+                            "; atp takes at most 67 MPixels (8192 x 8192): downscale it first");
   int want = (n == 2 || n == 4) ? 4 : 3;  // alpha: composite on white like the Python runtime
   unsigned char* data = stbi_load(path.c_str(), &w, &h, &n, want);
   if (!data) fail(ATP_ERR_INPUT, "cannot decode image " + path + ": " + stbi_failure_reason());
@@ -248,6 +251,10 @@ std::vector<float> preprocess(const Rgb8& src, const PreprocessSpec& spec) {
     nw = spec.resize_width;
     nh = spec.resize_height;
   }
+  // an extreme aspect ratio (1 x 100000) would resize to gigapixels before the crop (atp.runtime.preprocess.MAX_PIXELS)
+  if (int64_t(nw) * int64_t(nh) > int64_t(8192) * 8192 || int64_t(img.width) * int64_t(img.height) > int64_t(8192) * 8192)
+    fail(ATP_ERR_INPUT, "the " + std::to_string(img.width) + "x" + std::to_string(img.height) + " image resized for this model is " +
+                            std::to_string(nw) + "x" + std::to_string(nh) + "; atp takes at most 67 MPixels (8192 x 8192): downscale it first");
   if (nw != img.width || nh != img.height) img = resize_pil(img, nw, nh, spec.resample);
   int h = img.height, w = img.width;
   const uint8_t* base = img.data.data();
