@@ -106,19 +106,62 @@ def read_manifest(bundle: Path, verify: bool = True, schema: bool = True) -> dic
     return manifest
 
 
+def confined(bundle: Path, rel: object) -> Path:
+    """``bundle / rel`` for a path a manifest names, or a BundleError: it must be relative, stay inside the bundle
+    (no ``..``, no absolute path) and cross no symlink (the file and every folder on the way are real)."""
+    if not isinstance(rel, str) or not rel or rel.startswith(("/", "\\")) or "\\" in rel or "\0" in rel:
+        raise BundleError(f"bundle {bundle}: the manifest names an unsafe path {rel!r} (paths are relative to the bundle)")
+    parts = Path(rel).parts
+    if any(p in ("..", "") for p in parts) or Path(rel).is_absolute():
+        raise BundleError(f"bundle {bundle}: the manifest names an unsafe path {rel!r} (it leaves the bundle)")
+    path = bundle
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise BundleError(f"bundle {bundle}: {rel} goes through a symlink; bundles hold real files only")
+    return path
+
+
+def manifest_paths(manifest: dict) -> list[str]:
+    """Every file a runtime loads by a manifest path: graphs (+ external data), embeddings, tokenizer, token-layout
+    arrays. Each must be listed (and so verified) in ``files``."""
+    out = []
+    for g in (manifest.get("graphs") or {}).values():
+        if isinstance(g, dict):
+            out += [g.get("file"), *(g.get("external_data") or [])]
+            tok = g.get("tokenizer")
+            if isinstance(tok, dict) and tok.get("file"):
+                out.append(tok["file"])
+    for key in ("embeddings", "tokenizer"):
+        if isinstance(manifest.get(key), dict):
+            out.append(manifest[key].get("file"))
+    newline = (manifest.get("token_layout") or {}).get("newline") if isinstance(manifest.get("token_layout"), dict) else None
+    if newline:
+        out.append(newline)
+    return [p for p in out if p is not None]
+
+
 def verify_files(bundle: Path, manifest: dict) -> None:
-    """Check size and sha256 of every file the manifest lists."""
+    """Check size and sha256 of every file the manifest lists, that each listed path stays inside the bundle without
+    symlinks, and that every file a runtime loads is one of them."""
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{bundle}/{MANIFEST_NAME} lists no files; re-export the bundle")
     for rel, meta in files.items():
-        path = bundle / rel
+        path = confined(bundle, rel)
+        if not isinstance(meta, dict):
+            raise BundleError(f"bundle {bundle}: the manifest's entry for {rel} is not an object; re-export the bundle")
         if not path.is_file():
             raise BundleError(f"bundle {bundle} is incomplete: {rel} is missing")
         if path.stat().st_size != meta.get("bytes"):
             raise BundleError(f"bundle {bundle}: {rel} has the wrong size (checksum mismatch); the file was modified or truncated")
         if sha256_file(path) != meta.get("sha256"):
             raise BundleError(f"bundle {bundle}: checksum mismatch for {rel}; the file was modified after export")
+    for rel in manifest_paths(manifest):
+        confined(bundle, rel)
+        if rel not in files:
+            raise BundleError(f"bundle {bundle}: the manifest loads {rel}, which it does not list with a checksum; "
+                              "re-export the bundle")
 
 
 def precision_label(manifest: dict) -> str:

@@ -330,6 +330,39 @@ def test_int8_prefill_bundle_matches_python(cpp_build, tiny_ckpt, tmp_path):
         assert ours["token_ids"] == sess.generate(img, prompt, keep=k, max_new_tokens=8, ignore_eos=True).token_ids, (img.name, k)
 
 
+@pytest.mark.parametrize("case", ["outside", "unlisted", "symlink"])
+def test_verification_confines_paths_like_python(cpp_build, tiny_bundle, tmp_path, case):
+    """A files entry leaving the bundle, a graph the manifest does not list, a symlinked file: both runtimes refuse
+    them with the same reason (atp.bundle.confined / manifest_paths)."""
+    import os
+
+    from atp.bundle import sha256_file
+    from atp.errors import BundleError
+    from atp.runtime import Session
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    if case == "outside":
+        (tmp_path / "secret.txt").write_text("secret")
+        m["files"]["../secret.txt"] = {"sha256": sha256_file(tmp_path / "secret.txt"), "bytes": 6}
+        needle = "leaves the bundle"
+    elif case == "unlisted":
+        shutil.copy(b / "decoder.onnx", b / "other.onnx")
+        m["graphs"]["decoder"]["file"] = "other.onnx"
+        needle = "does not list with a checksum"
+    else:
+        shutil.move(b / "embed_tokens.npy", tmp_path / "embed_tokens.npy")
+        os.symlink(tmp_path / "embed_tokens.npy", b / "embed_tokens.npy")
+        needle = "symlink"
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=needle):
+        Session(b)
+    img = _images(tmp_path, (32, 32))[0]
+    r = _run([cpp_build / "examples" / "atp_chat" / "atp_chat", b, "--image", img, "--prompt", "hi", "--ort-library", _ort_library()])
+    assert r.returncode != 0 and needle in r.stderr, r.stderr
+
+
 def test_format_version_1_bundle_still_runs(cpp_build, tiny_bundle, tmp_path):
     """A bundle from before the token layout (format 1: no token_layout / positions) reads as one image with one run
     of N tokens in both runtimes, with the same tokens as the current format."""

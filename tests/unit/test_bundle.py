@@ -62,3 +62,41 @@ def test_unknown_version_is_refused(tmp_path):
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="format version 99"):
         read_manifest(tmp_path / "b", verify=False, schema=False)
+
+
+def _edit(bundle, fn):
+    m = json.loads((bundle / "manifest.json").read_text())
+    fn(m)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda m, outside: m["files"].update({"../outside.txt": outside}), "leaves the bundle"),
+    (lambda m, outside: m["files"].update({"/etc/hostname": outside}), "unsafe path"),
+    (lambda m, outside: m.update(graphs={"decoder": {"file": "../outside.txt"}}), "leaves the bundle"),
+    (lambda m, outside: m.update(graphs={"decoder": {"file": "unlisted.onnx"}}), "does not list with a checksum"),
+    (lambda m, outside: m["files"].update({"tok/tokenizer.json": "not an object"}), "is not an object"),
+])
+def test_verification_confines_every_path(tmp_path, edit, msg):
+    """Issue 20: a files entry outside the bundle (even with its real sha256), a graph outside it or not listed, a
+    malformed entry: all refused by verification."""
+    from atp.bundle import sha256_file
+
+    _write(tmp_path / "b")
+    (tmp_path / "outside.txt").write_text("secret")
+    (tmp_path / "b" / "unlisted.onnx").write_bytes(b"x")
+    outside = {"sha256": sha256_file(tmp_path / "outside.txt"), "bytes": 6}
+    _edit(tmp_path / "b", lambda m: edit(m, outside))
+    with pytest.raises(BundleError, match=msg):
+        read_manifest(tmp_path / "b", schema=False)
+
+
+def test_symlinks_in_a_bundle_are_refused(tmp_path):
+    import os
+
+    _write(tmp_path / "b")
+    (tmp_path / "real.onnx").write_bytes(b"weights")
+    os.replace(tmp_path / "b" / "graph.onnx", tmp_path / "moved.onnx")
+    os.symlink(tmp_path / "real.onnx", tmp_path / "b" / "graph.onnx")  # same bytes, same checksum
+    with pytest.raises(BundleError, match="symlink"):
+        read_manifest(tmp_path / "b", schema=False)

@@ -29,13 +29,61 @@ bool file_size(const std::string& p, int64_t& size) {
   return true;
 }
 
+// atp.bundle.confined: a manifest path must be relative, stay inside the bundle and cross no symlink
+std::string confined(const std::string& dir, const std::string& rel) {
+  if (rel.empty() || rel[0] == '/' || rel.find('\\') != std::string::npos || rel.find('\0') != std::string::npos)
+    fail(ATP_ERR_BUNDLE, "bundle " + dir + ": the manifest names an unsafe path '" + rel + "' (paths are relative to the bundle)");
+  std::string path = dir;
+  size_t start = 0;
+  while (start <= rel.size()) {
+    size_t end = rel.find('/', start);
+    if (end == std::string::npos) end = rel.size();
+    const std::string part = rel.substr(start, end - start);
+    if (part.empty() || part == "..")
+      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": the manifest names an unsafe path '" + rel + "' (it leaves the bundle)");
+    path += "/" + part;
+    struct stat st{};
+    if (lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": " + rel + " goes through a symlink; bundles hold real files only");
+    start = end + 1;
+  }
+  return path;
+}
+
+// atp.bundle.manifest_paths: every file a runtime loads must be listed (and so verified)
+void check_listed(const std::string& dir, const json& m) {
+  std::vector<std::string> paths;
+  if (m.contains("graphs") && m["graphs"].is_object())
+    for (auto& [name, g] : m["graphs"].items()) {
+      if (!g.is_object()) continue;
+      if (g.contains("file") && g["file"].is_string()) paths.push_back(g["file"].get<std::string>());
+      if (g.contains("external_data") && g["external_data"].is_array())
+        for (const json& e : g["external_data"])
+          if (e.is_string()) paths.push_back(e.get<std::string>());
+      if (g.contains("tokenizer") && g["tokenizer"].is_object() && g["tokenizer"].contains("file") && g["tokenizer"]["file"].is_string())
+        paths.push_back(g["tokenizer"]["file"].get<std::string>());
+    }
+  for (const char* key : {"embeddings", "tokenizer"})
+    if (m.contains(key) && m[key].is_object() && m[key].contains("file") && m[key]["file"].is_string())
+      paths.push_back(m[key]["file"].get<std::string>());
+  if (m.contains("token_layout") && m["token_layout"].is_object() && m["token_layout"].contains("newline") &&
+      m["token_layout"]["newline"].is_string() && !m["token_layout"]["newline"].get<std::string>().empty())
+    paths.push_back(m["token_layout"]["newline"].get<std::string>());
+  const json& files = m.at("files");
+  for (const std::string& rel : paths) {
+    confined(dir, rel);
+    if (!files.contains(rel))
+      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": the manifest loads " + rel + ", which it does not list with a checksum; re-export the bundle");
+  }
+}
+
 void verify_files(const std::string& dir, const json& m) {
   auto it = m.find("files");
   if (it == m.end() || !it->is_object() || it->empty()) fail(ATP_ERR_BUNDLE, dir + "/manifest.json lists no files; re-export the bundle");
   for (auto& [rel, meta] : it->items()) {
-    if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
-      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": manifest lists an unsafe path '" + rel + "'");
-    std::string p = dir + "/" + rel;
+    std::string p = confined(dir, rel);
+    if (!meta.is_object())
+      fail(ATP_ERR_BUNDLE, "bundle " + dir + ": the manifest's entry for " + rel + " is not an object; re-export the bundle");
     int64_t size = 0;
     if (!file_size(p, size)) fail(ATP_ERR_BUNDLE, "bundle " + dir + " is incomplete: " + rel + " is missing");
     if (!meta.contains("bytes") || meta["bytes"].get<int64_t>() != size)
@@ -75,7 +123,10 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
     fail(ATP_ERR_BUNDLE, "bundle " + dir + " has manifest format version " + (ver == m.end() ? std::string("None") : ver->dump()) +
                              "; this atp reads versions 1, 2: re-export it with this atp, or use the atp release that wrote it");
   const int version = ver->get<int>();
-  if (verify) verify_files(dir, m);
+  if (verify) {
+    verify_files(dir, m);
+    check_listed(dir, m);
+  }
   try {
     const json& model = m.at("model");
     out.num_layers = model.at("num_layers").get<int>();
