@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +20,14 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise ConfigError(f"seed must be in 0..2**64-1, got {self.seed}")
 
 
 class Sampler:
@@ -39,7 +42,7 @@ class Sampler:
         if cfg.temperature == 0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / cfg.temperature
-        if cfg.top_k:
+        if cfg.top_k and cfg.top_k <= len(z):  # a top_k past the vocabulary keeps every token (as the C++ sampler)
             kth = np.partition(z, -cfg.top_k)[-cfg.top_k]
             z = np.where(z < kth, -np.inf, z)
         p = np.exp(z - z.max())

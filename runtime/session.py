@@ -78,6 +78,8 @@ class Session:
         self.default_keep = spec.default_keep
         self.image_token_id = spec.token_layout.placeholder_id
         self.eos_ids = set(spec.eos_token_ids)
+        limits = self.manifest.get("limits") if isinstance(self.manifest.get("limits"), dict) else {}
+        self.max_sequence = int(limits.get("max_sequence") or 0)  # the LM's positions (0: unlimited), as C++ reads it
         self._n_layers, self._n_kv, self._head_dim = spec.num_layers, spec.num_kv_heads, spec.head_dim
 
     # ------------------------------------------------------------------ pieces
@@ -98,6 +100,10 @@ class Session:
         """Token ids of the full prompt, with one image token where the visual tokens go."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("prompt must be a non-empty string")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. undecodable bytes from the command line (surrogate escapes)
+            raise InputError("prompt is not valid UTF-8 text") from None
         text = prompt if raw_prompt else self.spec.template.replace("{prompt}", prompt)
         ids = self.tokenizer.encode(text, add_special_tokens=True).ids
         plan(ids, self.layout, "the raw prompt" if raw_prompt else "the prompt")  # raises unless the placeholders fit
@@ -305,6 +311,9 @@ class Session:
         t1, t2 = t0 + vis["preprocess"], t0 + vis["preprocess"] + vis["vision"]
         embeds = self.inputs_embeds(ids, vis["embeds"])
         length = embeds.shape[1]
+        if self.max_sequence and length >= self.max_sequence:
+            raise InputError(f"the prompt is {length} tokens with {vis['kept']} visual tokens, at or past the model's "
+                             f"{self.max_sequence} positions (shorten the prompt or keep fewer visual tokens)")
         mask = np.ones((1, length), np.int64)
         logits, past = self._step(embeds, mask, positions.prefill(self.positions, length), self._empty_past(1),
                                   self.prefill_graph if length > 1 else "decoder")
@@ -315,6 +324,9 @@ class Session:
             token = sampler(logits[0])
             out.append(token)
             if (token in self.eos_ids and not ignore_eos) or len(out) >= max_new_tokens:
+                break
+            if self.max_sequence and length + len(out) >= self.max_sequence:
+                log.info("stopped at the model's %d positions", self.max_sequence)
                 break
             s = time.perf_counter()
             mask = np.ones((1, length + len(out)), np.int64)

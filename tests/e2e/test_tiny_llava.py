@@ -169,3 +169,18 @@ def test_external_data_for_large_weights(tiny_ckpt, tiny_session, tmp_path):
     img = random_image(0)
     ours = Session(tmp_path / "b").generate(img, PROMPTS[0], max_new_tokens=8)
     assert len(ours.token_ids) == 8 and ours.token_ids == tiny_session.generate(img, PROMPTS[0], max_new_tokens=8).token_ids
+
+
+def test_context_length_is_checked(tiny_bundle):
+    """Issue 20: a prompt past the model's positions is refused with the reason; generation stops at the last
+    position (ignore_eos included) instead of running past it."""
+    from atp.errors import InputError
+    from atp.runtime import Session
+
+    s = Session(tiny_bundle)
+    assert s.max_sequence == 512
+    with pytest.raises(InputError, match="at or past the model's 512 positions"):
+        s.generate(random_image(0), "what colour is the circle " * 120, max_new_tokens=4)
+    ids = s.prompt_ids("what colour is the circle " * 25)
+    r = s.generate(random_image(0), "what colour is the circle " * 25, max_new_tokens=400, ignore_eos=True)
+    assert r.prompt_tokens == len(ids) - 1 + N and r.prompt_tokens + len(r.token_ids) == 512

@@ -26,3 +26,22 @@ def test_seeded_sampling_is_reproducible_and_filters():
 def test_bad_settings(kw):
     with pytest.raises(ConfigError):
         SamplingConfig(**kw)
+
+
+def test_bad_sampling_settings_are_named():
+    """Issue 20: nan temperature and a negative seed are ConfigErrors; a top_k past the vocabulary keeps every token
+    (as the C++ sampler does) instead of failing inside numpy."""
+    import numpy as np
+    import pytest
+
+    from atp.errors import ConfigError
+    from atp.runtime.sampling import Sampler, SamplingConfig
+
+    with pytest.raises(ConfigError, match="finite"):
+        SamplingConfig(temperature=float("nan"))
+    with pytest.raises(ConfigError, match="seed"):
+        SamplingConfig(temperature=1.0, seed=-1)
+    logits = np.array([0.0, 5.0, 1.0])
+    a = Sampler(SamplingConfig(temperature=1.0, top_k=10**9, seed=3))
+    b = Sampler(SamplingConfig(temperature=1.0, top_k=0, seed=3))
+    assert [a(logits) for _ in range(20)] == [b(logits) for _ in range(20)]
