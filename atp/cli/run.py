@@ -44,11 +44,12 @@ def cmd_run(args) -> int:
                            scorer=args.scorer)
     if args.json:
         print(json.dumps({"text": res.text, "token_ids": res.token_ids, "kept": res.kept, "kept_index": res.kept_index,
+                          "visual_tokens": res.visual_tokens, "prompt_tokens": res.prompt_tokens,
                           "timings": {k: round(v, 3) for k, v in res.timings.items()}}))
         return 0
     t = res.timings
     print(res.text)
-    print(f"-- kept {res.kept}/{session.num_visual_tokens} visual tokens; prompt {res.prompt_tokens} tokens, "
+    print(f"-- kept {res.kept}/{res.visual_tokens} visual tokens; prompt {res.prompt_tokens} tokens, "
           f"generated {len(res.token_ids)}", file=sys.stderr)
     print(f"-- timings (ms): vision {t['vision']:.1f}, prefill {t['prefill']:.1f}, time to first token {t['ttft']:.1f}, "
           f"decode {t['decode_per_token']:.1f}/token, total {t['total']:.1f}", file=sys.stderr)

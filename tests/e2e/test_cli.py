@@ -38,7 +38,8 @@ def test_run_json(tiny_bundle, image_file, capsys):
     rc, out, _ = run_cli(["run", tiny_bundle, "--image", image_file, "--prompt", "what colour", "--keep", 4,
                           "--max-new-tokens", 9, "--json"], capsys)
     res = json.loads(out)
-    assert rc == 0 and set(res) == {"text", "token_ids", "kept", "kept_index", "timings"}
+    assert rc == 0 and set(res) == {"text", "token_ids", "kept", "kept_index", "visual_tokens", "prompt_tokens", "timings"}
+    assert res["visual_tokens"] == N
     assert res["kept"] == 4 and len(res["kept_index"]) == 4 and res["kept_index"] == sorted(res["kept_index"])
     assert 1 <= len(res["token_ids"]) <= 9
     assert {"vision", "prefill", "ttft", "decode_per_token"} <= set(res["timings"])
