@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 
 
+MAX_MANIFEST_BYTES = 64 * 10**6
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
@@ -84,10 +87,15 @@ def read_manifest(bundle: Path, verify: bool = True, schema: bool = True) -> dic
     mpath = bundle / MANIFEST_NAME
     if not mpath.is_file():
         raise BundleError(f"{bundle} is not an atp bundle: {MANIFEST_NAME} is missing")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath} is {mpath.stat().st_size / 1e6:.0f} MB; a manifest is at most "
+                          f"{MAX_MANIFEST_BYTES // 10**6} MB: re-export the bundle")
     try:
         manifest = json.loads(mpath.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{mpath} is not valid JSON ({exc}); re-export the bundle") from None
+    except RecursionError:
+        raise BundleError(f"{mpath} nests JSON too deeply to be a manifest; re-export the bundle") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath} does not hold a JSON object; re-export the bundle")
     version = manifest.get("format_version")

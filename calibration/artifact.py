@@ -227,7 +227,11 @@ class CalibrationArtifact:
                 raise CalibrationError(f"{path}: {fname} is missing (listed in {JSON_NAME})")
             if sha256_file(f) != info.get("sha256"):
                 raise CalibrationError(f"{path}: {fname} does not match its sha256 in {JSON_NAME} (corrupt or modified)")
-            art._tensors[info.get("section", Path(fname).stem)] = load_file(str(f))
+            try:
+                art._tensors[info.get("section", Path(fname).stem)] = load_file(str(f))
+            except Exception as exc:  # safetensors raises its own SafetensorError and others on corrupt data
+                raise CalibrationError(f"{path}: {fname} is not a readable safetensors file ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''}); recalibrate") from None
         if expect_fingerprint is not None:
             art.check_model(expect_fingerprint)
         return art

@@ -23,6 +23,19 @@ log = logging.getLogger(__name__)
 _NP_DTYPES = {"float": np.float32, "float32": np.float32, "float16": np.float16, "int8": np.int8}
 
 
+def _load_table(path: Path) -> np.ndarray:
+    """A float ``.npy`` table of the bundle (memory-mapped), or a BundleError: no pickled objects, floats only."""
+    from atp.errors import BundleError
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path} is not a numeric .npy array ({str(exc).splitlines()[0]}); re-export the bundle") from None
+    if arr.dtype.kind != "f" or arr.ndim not in (1, 2):
+        raise BundleError(f"{path} holds {arr.dtype} of shape {arr.shape}, not a float table; re-export the bundle")
+    return arr
+
+
 @dataclass
 class GenerationResult:
     """What :meth:`Session.generate` returns.
@@ -71,7 +84,7 @@ class Session:
         self.manifest = read_manifest(self.path, verify=verify)
         self.spec = spec = parse(self.manifest)  # the typed, checked view (atp.manifest)
         self.backend = BACKENDS.get(backend)(self.path, self.manifest, threads=threads)
-        self.embeddings = np.load(self.path / spec.embeddings_file, mmap_mode="r")
+        self.embeddings = _load_table(self.path / spec.embeddings_file)
         self.tokenizer = Tokenizer.from_file(str(self.path / spec.tokenizer_file))
         self.layout, self.positions = spec.token_layout, spec.positions
         self.num_visual_tokens = spec.num_visual_tokens
@@ -208,7 +221,7 @@ class Session:
 
     def _newline(self) -> np.ndarray:
         if not hasattr(self, "_newline_row"):
-            self._newline_row = np.load(self.path / self.layout.newline).astype(np.float32).reshape(1, -1)
+            self._newline_row = _load_table(self.path / self.layout.newline).astype(np.float32).reshape(1, -1)
         return self._newline_row
 
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:

@@ -26,10 +26,18 @@ def add_list_parser(sub, raw) -> None:
                    epilog="example:\n  atp-export list", formatter_class=raw)
 
 
+def _safe(text) -> str:
+    """A manifest string as text a terminal shows literally: control characters (escape sequences) are escaped."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in str(text))
+
+
 def cmd_inspect(args) -> int:
+    import builtins
+
     from atp.bundle import read_manifest
 
     m = read_manifest(args.bundle, verify=not args.no_verify)
+    print = lambda *a, **k: builtins.print(*(_safe(x) for x in a), **k)  # noqa: A001, E731  (manifest text is untrusted)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0

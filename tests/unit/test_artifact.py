@@ -116,3 +116,25 @@ def test_bad_sections_are_refused():
         CalibrationArtifact("abc", "tiny")
     with pytest.raises(CalibrationError, match="numeric"):
         art.set_section("retention", {}, {"x": np.array([object()])})
+
+
+def test_corrupt_safetensors_is_a_calibration_error(tmp_path):
+    """A tensor file whose bytes were replaced (and its sha256 updated to match) is a CalibrationError naming it."""
+    import json
+
+    import numpy as np
+
+    from atp.bundle import sha256_file
+    from atp.calibration.artifact import CalibrationArtifact
+    from atp.errors import CalibrationError
+
+    art = CalibrationArtifact(_fp(), "tiny")
+    art.set_section("retention", {"n": 1}, {"x": np.zeros(3, np.float32)})
+    out = art.save(tmp_path / "art")
+    doc = json.loads((out / "calibration.json").read_text())
+    (fname,) = doc["files"]
+    (out / fname).write_bytes(b"\x00" * 40)
+    doc["files"][fname]["sha256"] = sha256_file(out / fname)
+    (out / "calibration.json").write_text(json.dumps(doc))
+    with pytest.raises(CalibrationError, match="not a readable safetensors file"):
+        CalibrationArtifact.load(out)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -100,3 +101,34 @@ def test_symlinks_in_a_bundle_are_refused(tmp_path):
     os.symlink(tmp_path / "real.onnx", tmp_path / "b" / "graph.onnx")  # same bytes, same checksum
     with pytest.raises(BundleError, match="symlink"):
         read_manifest(tmp_path / "b", schema=False)
+
+
+def test_deeply_nested_manifest_is_a_clear_error(tmp_path):
+    _write(tmp_path / "b")
+    (tmp_path / "b" / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="nests JSON too deeply"):
+        read_manifest(tmp_path / "b", verify=False, schema=False)
+
+
+def test_object_npy_and_escape_sequences(tiny_bundle, tmp_path, capsys):
+    """An object (pickled) embedding table is refused, not unpickled; inspect prints manifest strings with terminal
+    escape sequences escaped."""
+    import numpy as np
+
+    from atp.bundle import finalize_manifest
+    from atp.cli import main
+    from atp.runtime import Session
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    np.save(b / "embed_tokens.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    m = json.loads((b / "manifest.json").read_text())
+    m["prompt"]["template"] = "\x1b[31mUSER:\x1b[0m <image>\n{prompt} ASSISTANT:"
+    m["source"]["checkpoint"] = "/models/\x1b]0;owned\x07evil"  # printed as is before: a terminal title change
+    (b / "manifest.json").unlink()
+    finalize_manifest(b, {k: v for k, v in m.items() if k not in ("files", "format_version")})
+    with pytest.raises(BundleError, match="not a numeric .npy array"):
+        Session(b)
+    assert main(["inspect", str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "USER" in out and "owned" in out, out
