@@ -344,7 +344,7 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
     if q.weights in ("int8", "int4", "mixed"):
         from atp.export.quantize import prepare_quantized_decoder
 
-        module, reference, plan = prepare_quantized_decoder(adapter, q)
+        module, reference, plan = prepare_quantized_decoder(adapter, q, reference=False)  # the reference comes later
     with staged_bundle(Path(out), overwrite=overwrite) as staging:
         step(1, f"exporting the vision graph ({n} visual tokens, scorers {', '.join(config.pruning.scorers)}, opset {config.opset})")
         graphs = {key: _export_vision(adapter, scorer, staging, config, file=f"{key}.onnx", clip=clip,
@@ -361,6 +361,10 @@ def export_bundle(adapter, out: str | Path, config: ExportConfig | None = None, 
             graphs["text"] = _export_text(clip, staging, config)
         step(2, "exporting the decoder graph (prefill + decode, KV cache)")
         decoder = _export_decoder(adapter, staging, config, module, plan)
+        if module is not None:  # the exported copy becomes the fake-quant reference: no second copy of the LM
+            from atp.export.quantize import into_reference
+
+            reference, module = (into_reference(module, plan, q) if validate else None), None
         prefill_ref = None
         if q.prefill == "int8":
             from atp.export.prefill import PREFILL_KEY, export_prefill

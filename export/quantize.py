@@ -304,13 +304,15 @@ def rewrite_file(path: Path, plan: QuantPlan | None, weights: str, target: str =
     return report
 
 
-def prepare_quantized_decoder(adapter, q, activations: bool | None = None):
+def prepare_quantized_decoder(adapter, q, activations: bool | None = None, reference: bool = True):
     """(module to export, fake-quant PyTorch reference, plan) for an adapter under a QuantConfig.
 
     The module is a copy of the adapter's decoder with mixed MLP features permuted (int8 first);
     the reference is a further copy whose weights are quantize-dequantized under the plan, and whose
     linear inputs are int8 fake-quantized per block like MatMulNBits ``accuracy_level=4`` does
-    (``activations``; default: for the ``ort`` target only).
+    (``activations``; default: for the ``ort`` target only). ``reference=False`` returns None for it: the exporter
+    turns the exported module itself into the reference afterwards (:func:`into_reference`), one copy of the
+    language model fewer at the export's memory peak.
 
     Raises:
         CalibrationError: ``mixed`` with an artifact for another model or without a plan.
@@ -318,7 +320,7 @@ def prepare_quantized_decoder(adapter, q, activations: bool | None = None):
     """
     import copy
 
-    from atp.calibration.mixed_precision import apply_fake_quant, model_shapes, permute_mlp_features, uniform_plan
+    from atp.calibration.mixed_precision import model_shapes, permute_mlp_features, uniform_plan
 
     module = copy.deepcopy(adapter.decoder_module(kv_dtype=q.kv))
     shapes = model_shapes(module)
@@ -330,10 +332,17 @@ def prepare_quantized_decoder(adapter, q, activations: bool | None = None):
     else:
         plan = uniform_plan(shapes, q.weights, q.group_size, q.symmetric)
     plan = permute_mlp_features(module, plan)
-    if activations is None:
-        activations = q.target == "ort"
-    reference = apply_fake_quant(copy.deepcopy(module), plan, activations=activations)
-    return module, reference, plan
+    if not reference:
+        return module, None, plan
+    return module, into_reference(copy.deepcopy(module), plan, q, activations), plan
+
+
+def into_reference(module, plan, q, activations: bool | None = None):
+    """Turn ``module`` (in place) into the fake-quant PyTorch reference of its quantized graph (see
+    :func:`prepare_quantized_decoder`); returns it."""
+    from atp.calibration.mixed_precision import apply_fake_quant
+
+    return apply_fake_quant(module, plan, activations=q.target == "ort" if activations is None else activations)
 
 
 def layer_weights_of(module) -> dict[str, np.ndarray]:
