@@ -122,6 +122,7 @@ class Manifest:
     positions: Positions
     embeddings_file: str
     tokenizer_file: str
+    max_sequence: int = 0  # limits.max_sequence: the LM's positions (prompt + answer); 0 = unlimited
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
@@ -262,4 +263,5 @@ def parse(m: Any) -> Manifest:
         template=_get(_get(m, "prompt", dict, "manifest"), "template", str, "prompt"),
         token_layout=_layout(m, version, n), positions=_positions(m, version),
         embeddings_file=_get(_get(m, "embeddings", dict, "manifest"), "file", str, "embeddings"),
-        tokenizer_file=_get(_get(m, "tokenizer", dict, "manifest"), "file", str, "tokenizer"), raw=m)
+        tokenizer_file=_get(_get(m, "tokenizer", dict, "manifest"), "file", str, "tokenizer"),
+        max_sequence=_int(_get(m, "limits", dict, "manifest", {}), "max_sequence", "limits", default=0), raw=m)

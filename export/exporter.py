@@ -141,14 +141,20 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
     return graph
 
 
-def _export_decoder(adapter, staging: Path, cfg: ExportConfig, module=None, plan=None) -> dict:
-    n_layers = adapter.model_info()["num_layers"]
-    q = cfg.quantization
-    past, present = kv_names(n_layers, q.kv)
+def decoder_axes(past: list[str], present: list[str]) -> dict:
+    """Dynamic axes of a decoder graph (the decoder and the int8 prefill graph share them)."""
     axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
             "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
+    return axes
+
+
+def _export_decoder(adapter, staging: Path, cfg: ExportConfig, module=None, plan=None) -> dict:
+    n_layers = adapter.model_info()["num_layers"]
+    q = cfg.quantization
+    past, present = kv_names(n_layers, q.kv)
+    axes = decoder_axes(past, present)
     if q.decoder_graph == "fused":
         from atp.export.decoder_graph import save_fused_decoder
 

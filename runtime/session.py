@@ -91,8 +91,13 @@ class Session:
         self.default_keep = spec.default_keep
         self.image_token_id = spec.token_layout.placeholder_id
         self.eos_ids = set(spec.eos_token_ids)
-        limits = self.manifest.get("limits") if isinstance(self.manifest.get("limits"), dict) else {}
-        self.max_sequence = int(limits.get("max_sequence") or 0)  # the LM's positions (0: unlimited), as C++ reads it
+        self.max_sequence = spec.max_sequence  # the LM's positions (0: unlimited)
+        self._anyres = self._newline = None
+        if self.layout.kind == "anyres":  # read once: every request needs the views rule and the newline row
+            from atp.runtime.anyres import AnyresSpec
+
+            self._anyres = AnyresSpec.from_dict(self.manifest["preprocessing"]["anyres"])
+            self._newline = _load_table(self.path / self.layout.newline).astype(np.float32).reshape(1, -1)
         self._n_layers, self._n_kv, self._head_dim = spec.num_layers, spec.num_kv_heads, spec.head_dim
 
     # ------------------------------------------------------------------ pieces
@@ -196,10 +201,10 @@ class Session:
         t0 = time.perf_counter()
         pixels, size = preprocess_views(image, self.manifest["preprocessing"])
         layout, row, n = None, None, self.num_visual_tokens
-        if self.layout.kind == "anyres":
-            from atp.runtime.anyres import AnyresSpec, token_layout
+        if self._anyres is not None:
+            from atp.runtime.anyres import token_layout
 
-            index, row = token_layout(size, AnyresSpec.from_dict(self.manifest["preprocessing"]["anyres"]))
+            index, row = token_layout(size, self._anyres)
             layout, n = {"token_index": index}, len(index)
         k = self.resolve_keep(keep, keep_ratio, n)
         t1 = time.perf_counter()
@@ -211,18 +216,10 @@ class Session:
         if row is not None:  # anyres: the newline after the last kept token of each grid row that keeps one
             from atp.runtime.anyres import newline_slots
 
-            slots = set(newline_slots(kept_index, row))
-            newline = self._newline()
-            embeds = np.concatenate([np.concatenate([embeds[i:i + 1], newline]) if i in slots else embeds[i:i + 1]
-                                     for i in range(k)]) if k else embeds
+            embeds = np.insert(embeds, [i + 1 for i in newline_slots(kept_index, row)], self._newline, axis=0)
         kept = k if row is not None else len(embeds)  # visual tokens the LM reads (VisionZip merge: dominant + contextual)
         return {"embeds": embeds, "kept_index": kept_index, "n": n, "k": k, "kept": kept, "preprocess": t1 - t0,
                 "vision": time.perf_counter() - t1}
-
-    def _newline(self) -> np.ndarray:
-        if not hasattr(self, "_newline_row"):
-            self._newline_row = _load_table(self.path / self.layout.newline).astype(np.float32).reshape(1, -1)
-        return self._newline_row
 
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
         """``[1, L, D]``: the prompt's token embeddings with the K visual tokens spliced in per the bundle's token

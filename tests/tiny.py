@@ -29,6 +29,18 @@ def build_tokenizer(out: Path, extra_special: tuple[str, ...] = ()):
     return fast
 
 
+def _spread(model) -> None:
+    """Larger weights than the default init (and the same for image_newline), so logits are far from ties."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+        if hasattr(getattr(model, "model", None), "image_newline"):
+            model.model.image_newline.normal_(0, 0.2)
+
+
 def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 32, patch: int = 8, text_model: str = "llama") -> Path:
     """Save a seeded random LlavaForConditionalGeneration + LlavaProcessor to ``out``.
 
@@ -53,10 +65,7 @@ def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 32, patch: int 
                       vision_feature_layer=-2, vision_feature_select_strategy="default")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # larger weights than the default init, so logits are far from ties
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.2)
+    _spread(model)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
@@ -97,10 +106,7 @@ def build_tiny_llava_siglip(out: Path, seed: int = 0, image_size: int = 32, patc
                       vision_feature_select_strategy="full", projector_hidden_act="gelu")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.2)
+    _spread(model)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     ip = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
@@ -141,11 +147,7 @@ def build_tiny_llava_next(out: Path, seed: int = 0, image_size: int = 32, patch:
                           vision_feature_select_strategy="default", image_grid_pinpoints=NEXT_PINPOINTS)
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.2)
-        model.model.image_newline.normal_(0, 0.2)
+    _spread(model)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     ip = LlavaNextImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},

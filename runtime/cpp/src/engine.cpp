@@ -72,11 +72,12 @@ void Context::set_scorer(const std::string& scorer) {
   vision_graph_ = it->second;
 }
 
-int Context::resolve_keep() const {
-  int n = b_.manifest().num_visual_tokens;
-  if (keep_ > 0) return keep_;
+// atp.runtime.Session.resolve_keep: a count (or the default) is capped at this image's N, a ratio is of this image's N
+int Context::resolve_keep(int n) const {
+  const int max_n = b_.manifest().num_visual_tokens;
+  if (n <= 0) n = max_n;
   if (keep_ratio_ > 0) return std::max(1, int(std::ceil(keep_ratio_ * n - 1e-9)));
-  return b_.manifest().default_keep;
+  return std::min(keep_ > 0 ? keep_ : b_.manifest().default_keep, n);
 }
 
 void Context::set_image(Rgb8 img) {
@@ -184,8 +185,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
       ++views;
     }
     anyres_token_layout(image_.height, image_.width, m.anyres, token_index, token_row);
-    const int n = int(token_index.size());
-    k_image = keep_ratio_ > 0 ? std::max(1, int(std::ceil(keep_ratio_ * n - 1e-9))) : std::min(k, n);
+    k_image = resolve_keep(int(token_index.size()));
   } else {
     pixels = has_pixels_ ? pixels_ : preprocess(image_, m.pre);
   }

@@ -66,7 +66,7 @@ class Context {
   bool has_result() const { return has_result_; }
 
  private:
-  int resolve_keep() const;
+  int resolve_keep(int n = 0) const;  // n: this image's visual tokens (anyres), 0 = the bundle's N
   std::vector<int32_t> prompt_ids() const;
   std::vector<float> text_embeds() const;
 
