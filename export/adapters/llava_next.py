@@ -45,8 +45,8 @@ class LlavaNextAdapter(LlavaAdapter):
     # ------------------------------------------------------------------ facts
     @property
     def _per_view(self) -> int:
-        side = self.vision_config.image_size // self.vision_config.patch_size
-        return side * side + (1 if self.has_cls and self.config.vision_feature_select_strategy == "full" else 0)
+        """Tokens of one view: what LLaVA-1.5 has per image."""
+        return LlavaAdapter.num_visual_tokens.fget(self)
 
     @property
     def _max_views(self) -> int:
