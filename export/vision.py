@@ -17,7 +17,9 @@ from atp.export.towers.base import Tower, TowerOutput
 
 #: Where the gate sits relative to the connector (recorded in the manifest as ``graphs.vision.gate_position``).
 #: ``before_connector``: a per-token connector (LLaVA's MLP projector) runs on the K kept tokens only.
-GATE_POSITIONS = ("before_connector",)
+#: ``after_connector``: the connector runs on every tower token and the gate picks among its outputs (the language
+#: model reads mixes of projected tokens: LLaVA-OneVision's bilinear resize of the grid).
+GATE_POSITIONS = ("before_connector", "after_connector")
 
 
 class VisionGate(nn.Module):
@@ -78,7 +80,7 @@ class VisionGate(nn.Module):
         return VisionContext(features=out.features, saliency=out.saliency, project=self.projector, keep=keep,
                              text_embeds=text_embeds, prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix,
                              lm_attention=probe, clip_patches=clip, key_metric=out.key_metric,
-                             saliency_kind=out.saliency_kind)
+                             saliency_kind=out.saliency_kind, _projected=out.projected)
 
     def forward(self, pixel_values: torch.Tensor, *rest: torch.Tensor):
         layout, keep, extra = rest[:self.layout_inputs], rest[self.layout_inputs], list(rest[self.layout_inputs + 1:])
@@ -119,3 +121,28 @@ class TokenIndexGate(VisionGate):
 
         return TowerOutput(features=pick(out.features), grid=out.grid, saliency=lambda: pick(out.saliency()),
                            saliency_kind=out.saliency_kind, key_metric=lambda: pick(out.key_metric()))
+
+
+class TapGate(TokenIndexGate):
+    """The gate over mixes of projected tokens (LLaVA-OneVision's ``anyres_max``): ``pixel_values [V, 3, S, S]``,
+    ``token_index [M, 4]`` (int64 into the ``[V * P]`` tower tokens) and ``token_weight [M, 4]``; token m of the
+    ``[1, M]`` row is ``sum_j weight[m, j] * x[index[m, j]]``, for the connector's outputs (what the language model
+    reads: the bilinear resize of the grid runs after the projector in transformers) and for the features, saliency
+    and keys the scorers read. Identity taps (weights 1, 0, 0, 0) leave a token as it is."""
+
+    layout_inputs = 2
+    gate_position = "after_connector"
+
+    def tower_output(self, pixel_values: torch.Tensor, token_index: torch.Tensor, token_weight: torch.Tensor) -> TowerOutput:
+        out = self.tower(pixel_values)
+        taps = token_index.shape[1]
+
+        def mix(x):  # [V, P, ...] -> [1, M, ...]
+            flat = x.reshape(-1, *x.shape[2:])
+            picked = torch.index_select(flat, 0, token_index.reshape(-1)).reshape(-1, taps, *x.shape[2:])
+            w = token_weight.reshape(*token_weight.shape, *([1] * (picked.dim() - 2))).to(picked.dtype)
+            return (picked * w).sum(dim=1)[None]
+
+        return TowerOutput(features=mix(out.features), grid=out.grid, saliency=lambda: mix(out.saliency()),
+                           saliency_kind=out.saliency_kind, key_metric=lambda: mix(out.key_metric()),
+                           projected=mix(self.projector(out.features)))

@@ -202,10 +202,10 @@ class Session:
         pixels, size = preprocess_views(image, self.manifest["preprocessing"])
         layout, row, n = None, None, self.num_visual_tokens
         if self._anyres is not None:
-            from atp.runtime.anyres import token_layout
+            from atp.runtime.anyres import graph_layout
 
-            index, row = token_layout(size, self._anyres)
-            layout, n = {"token_index": index}, len(index)
+            layout, row = graph_layout(size, self._anyres)
+            n = len(row)
         k = self.resolve_keep(keep, keep_ratio, n)
         t1 = time.perf_counter()
         image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt, layout)

@@ -156,3 +156,43 @@ def build_tiny_llava_next(out: Path, seed: int = 0, image_size: int = 32, patch:
                               num_additional_image_tokens=1, chat_template=MISTRAL_IMAGE_TEMPLATE)
     proc.save_pretrained(out)
     return out
+
+
+def build_tiny_llava_onevision(out: Path, seed: int = 0, image_size: int = 32, patch: int = 8, max_patches: int = 1) -> Path:
+    """A seeded random ``LlavaOnevisionForConditionalGeneration``: anyres over ``NEXT_PINPOINTS`` with
+    ``anyres_max_{max_patches}`` (small, so the bilinear resize of the grid happens on some image sizes and not on
+    others), a SigLIP tower read in full, a Qwen2 LM, ``LlavaOnevisionImageProcessorPil`` and a ChatML chat template,
+    saved to ``out``."""
+    import torch
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor,
+                              Qwen2Config, SiglipVisionConfig)
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>", "<video>"))
+    tok.eos_token = "<|im_end|>"
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=image_size, patch_size=patch)
+    tc = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    aspect = f"anyres_max_{max_patches}"
+    cfg = LlavaOnevisionConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id,
+                               video_token_id=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
+                               vision_feature_select_strategy="full", vision_aspect_ratio=aspect,
+                               image_grid_pinpoints=NEXT_PINPOINTS)
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    _spread(model)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    ip = LlavaOnevisionImageProcessorPil(size={"height": image_size, "width": image_size}, image_grid_pinpoints=NEXT_PINPOINTS)
+    proc = LlavaOnevisionProcessor(image_processor=ip, tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(),
+                                   num_image_tokens=(image_size // patch) ** 2,
+                                   vision_feature_select_strategy="full", vision_aspect_ratio=aspect,
+                                   chat_template=CHATML_IMAGE_TEMPLATE)
+    proc.save_pretrained(out)
+    return out

@@ -16,6 +16,7 @@ import torch
 from atp.errors import CheckpointError
 from atp.export.adapters.base import VisionInputs
 from atp.export.adapters.llava import LlavaAdapter
+from atp.export.vision import TokenIndexGate
 from atp.manifest import TokenLayout
 from atp.registry import ARCHITECTURES
 
@@ -29,6 +30,8 @@ class LlavaNextAdapter(LlavaAdapter):
     name = "llava_next"
     model_types = ("llava_next",)
     hf_class = "LlavaNextForConditionalGeneration"
+    title = "LLaVA-NeXT"
+    gate_class = TokenIndexGate  # the vision graph's module (atp.export.vision)
     summary = "LLaVA-NeXT: anyres base view + grid tiles, unpadded, image_newline per grid row; one global top-K per image"
 
     @classmethod
@@ -38,9 +41,13 @@ class LlavaNextAdapter(LlavaAdapter):
         if not pins or not all(len(p) == 2 and p[0] % config.vision_config.image_size == 0 and
                                p[1] % config.vision_config.image_size == 0 for p in pins):
             raise CheckpointError("LLaVA-NeXT needs image_grid_pinpoints that are multiples of the tower's image size")
+        cls.check_aspect_ratio(config)
+
+    @classmethod
+    def check_aspect_ratio(cls, config) -> None:
         if getattr(config, "vision_aspect_ratio", None) not in (None, "anyres"):
-            raise CheckpointError(f"vision_aspect_ratio {config.vision_aspect_ratio!r} is not supported (anyres only; "
-                                  "LLaVA-OneVision's anyres_max is not yet)")
+            raise CheckpointError(f"vision_aspect_ratio {config.vision_aspect_ratio!r} is not supported for LLaVA-NeXT "
+                                  "(anyres; LLaVA-OneVision checkpoints, model_type llava_onevision, take anyres_max_N)")
 
     # ------------------------------------------------------------------ facts
     @property
@@ -58,14 +65,18 @@ class LlavaNextAdapter(LlavaAdapter):
         """The largest N (every view's tokens, no unpadding): the upper bound of K; each image has its own N."""
         return self._per_view * self._max_views
 
-    def preprocessing(self) -> dict:
+    def anyres_spec(self):
+        """The views and token-order rule (:class:`atp.runtime.anyres.AnyresSpec`) of this checkpoint."""
         from atp.runtime.anyres import AnyresSpec
 
+        return AnyresSpec(tuple(tuple(p) for p in self.config.image_grid_pinpoints), self.image_size,
+                          int(self.vision_config.patch_size))
+
+    def preprocessing(self) -> dict:
         pre = super().preprocessing()
         if self.config.vision_feature_select_strategy != "default":
             raise CheckpointError("LLaVA-NeXT export needs vision_feature_select_strategy 'default' (patch tokens only)")
-        pre["anyres"] = AnyresSpec(tuple(tuple(p) for p in self.config.image_grid_pinpoints), self.image_size,
-                                   int(self.vision_config.patch_size)).to_dict()
+        pre["anyres"] = self.anyres_spec().to_dict()
         return pre
 
     def token_layout(self) -> TokenLayout:
@@ -77,22 +88,21 @@ class LlavaNextAdapter(LlavaAdapter):
 
     # ------------------------------------------------------------------ graphs
     def vision_inputs(self, batch: int = 2) -> VisionInputs:
-        """``pixel_values [V, 3, S, S]`` (one image's views) and ``token_index [M]``; the example is a 2 x 1 grid."""
-        from atp.runtime.anyres import AnyresSpec, token_layout
+        """``pixel_values [V, 3, S, S]`` (one image's views) and the layout inputs (``token_index``, ...) of
+        :func:`atp.runtime.anyres.graph_layout`; the example is a tall image (tiles and unpadding both exercised)."""
+        from atp.runtime.anyres import graph_layout
 
         g = torch.Generator().manual_seed(0)
         s = self.image_size
-        spec = AnyresSpec(tuple(tuple(p) for p in self.config.image_grid_pinpoints), s, int(self.vision_config.patch_size))
-        index, _ = token_layout((2 * s - 3, s), spec)  # a tall image: tiles and unpadding both exercised
-        views = int(index.max()) // self._per_view + 1
+        layout, row = graph_layout((2 * s - 3, s), self.anyres_spec())
+        views = int(layout["token_index"].max()) // self._per_view + 1
         px = torch.randn(views, 3, s, s, generator=g)
-        return VisionInputs(("pixel_values", "token_index"), {"pixel_values": {0: "views"}, "token_index": {0: "tokens"}},
-                            (px, torch.from_numpy(index)), images=1, tokens=len(index))
+        return VisionInputs(("pixel_values", *layout), {"pixel_values": {0: "views"}, **{k: {0: "tokens"} for k in layout}},
+                            (px, *(torch.from_numpy(v) for v in layout.values())), images=1, tokens=len(row))
 
     def vision_module(self, scorer: torch.nn.Module, clip=None, auto_keep=None):
-        from atp.export.vision import TokenIndexGate
-
         if scorer.text_space == "clip" or auto_keep is not None or scorer.merges_tokens or scorer.needs_prompt:
-            raise CheckpointError(f"scorer {type(scorer).__name__} with these options is not supported for LLaVA-NeXT yet "
+            raise CheckpointError(f"scorer {type(scorer).__name__} with these options is not supported for {self.title} yet "
                                   "(CLIP text space, --keep auto, contextual merge and fastv need one fixed view)")
-        return TokenIndexGate(self.tower(), connector=self.connector, scorer=scorer).eval()
+        return self.gate_class(self.tower(), connector=self.connector, scorer=scorer).eval()
+

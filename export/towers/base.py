@@ -31,6 +31,8 @@ class TowerOutput:
         saliency: Callable returning ``[B, N]`` non-negative token saliency (see :data:`SALIENCY_KINDS`).
         saliency_kind: Which saliency it is (a key of :data:`SALIENCY_KINDS`).
         key_metric: Callable returning ``[B, N, head_dim]`` feature-layer keys, mean over heads (VisionZip's merge).
+        projected: ``[B, N, D]`` the connector's output over the same N tokens, where the gate sits after the
+            connector (LLaVA-OneVision resizes projected tokens); None otherwise.
     """
 
     features: torch.Tensor
@@ -38,6 +40,7 @@ class TowerOutput:
     saliency: Callable[[], torch.Tensor]
     saliency_kind: str
     key_metric: Callable[[], torch.Tensor]
+    projected: torch.Tensor | None = None
 
 
 class Tower(nn.Module):

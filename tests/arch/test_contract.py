@@ -18,6 +18,8 @@ defaults to its torchvision backend when torchvision is installed, whose antiali
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,12 @@ def _llava_next(tmp):
     return build_tiny_llava_next(tmp)
 
 
+def _llava_onevision(tmp):
+    from tests.tiny import build_tiny_llava_onevision
+
+    return build_tiny_llava_onevision(tmp)
+
+
 # name -> (builder, architecture in the manifest, N, saliency kind, what the row checks)
 ARCHS = {
     "llava-clip": (_llava, "llava", 16, "cls_attention", "CLIP tower with CLS, Llama LM, LLaVA-1.5 template fallback"),
@@ -56,7 +64,11 @@ ARCHS = {
     # N is the largest (every view, no unpadding); each image has its own
     "llava-next": (_llava_next, "llava_next", 80, "cls_attention",
                    "anyres base view + tiles, unpadding, image_newline per grid row, Mistral LM, [INST] template"),
+    # anyres_max_1: the unpadded grid is resized bilinearly (after the projector) for 2 of the 3 SIZES
+    "llava-onevision": (_llava_onevision, "llava_onevision", 80, "attention_received",
+                        "anyres + anyres_max bilinear resize of the projected grid, SigLIP, Qwen2 LM, ChatML template"),
 }
+GATE_POSITION = {"llava-onevision": "after_connector"}  # the others: before_connector
 
 
 def _hf_model(ckpt):
@@ -64,7 +76,8 @@ def _hf_model(ckpt):
 
     import transformers
 
-    cls = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
+    cls = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
+           "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
     mt = json.loads((ckpt / "config.json").read_text())["model_type"]
     return getattr(transformers, cls[mt]).from_pretrained(ckpt, attn_implementation="eager").eval()
 
@@ -72,7 +85,6 @@ def _hf_model(ckpt):
 @pytest.fixture(scope="module", params=sorted(ARCHS))
 def arch(request, tmp_path_factory):
     """(name, checkpoint, bundle, session, hf model (eager), processor (PIL backend))."""
-    from transformers import AutoProcessor
 
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
@@ -84,7 +96,17 @@ def arch(request, tmp_path_factory):
     bundle = tmp_path_factory.mktemp(name) / "bundle"
     export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle)
     model = _hf_model(ckpt)
-    return name, ckpt, bundle, Session(bundle), model, AutoProcessor.from_pretrained(ckpt, backend="pil")
+    return name, ckpt, bundle, Session(bundle), model, _pil_processor(ckpt)
+
+
+def _pil_processor(ckpt):
+    """The checkpoint's processor with the PIL image processor (a video processor, LLaVA-OneVision's, has no PIL
+    backend: only the image processor is swapped)."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(ckpt)
+    processor.image_processor = AutoImageProcessor.from_pretrained(ckpt, backend="pil")
+    return processor
 
 
 def _chat(processor, prompt):
@@ -120,13 +142,15 @@ def _views(session, img):
     pre = session.manifest["preprocessing"]
     px, size = preprocess_views(img, pre)
     if session.layout.kind == "anyres":
-        return px, token_layout(size, AnyresSpec.from_dict(pre["anyres"]))[0]
+        spec = AnyresSpec.from_dict(pre["anyres"])
+        return px, None if spec.max_patches else token_layout(size, spec)[0]
     return px, np.arange(session.num_visual_tokens)
 
 
-def _reference_saliency_and_features(model, px: torch.Tensor, index: np.ndarray, kind: str):
+def _reference_saliency_and_features(model, px: torch.Tensor, index: np.ndarray | None, kind: str, size):
     """``[M]`` saliency from transformers' eager attention maps at the feature layer (per view), and ``[M, D]``
-    projected features, for one image's views and token order."""
+    projected features, for one image's views and token order (``index``; None: LLaVA-OneVision, whose order and
+    bilinear resize come from transformers' own ``pack_image_features``, run on [saliency, features] channels)."""
     cfg = model.config
     with torch.no_grad():
         out = model.model.vision_tower(px, output_attentions=True, output_hidden_states=True)
@@ -139,6 +163,11 @@ def _reference_saliency_and_features(model, px: torch.Tensor, index: np.ndarray,
         else:
             sal = attn.mean(dim=(1, 2))
         proj = model.model.multi_modal_projector(feats)
+        if index is None:
+            both = torch.cat([sal[..., None], proj], dim=-1)
+            packed = model.model.pack_image_features([both], torch.tensor([size]), image_newline=None,
+                                                     vision_aspect_ratio=cfg.vision_aspect_ratio)[0][0]
+            return packed[:, 0], packed[:, 1:]
     idx = torch.from_numpy(index)
     return sal.reshape(-1)[idx], proj.reshape(-1, proj.shape[-1])[idx]
 
@@ -151,13 +180,15 @@ def test_vision_graph_keeps_the_reference_top_k(arch, ratio):
     for seed in (7, 8):
         img = random_image(seed, SIZES[seed % 3])
         px, index = _views(session, img)
-        sal, feats = _reference_saliency_and_features(model, torch.from_numpy(px), index, ARCHS[name][3])
-        k = resolve_keep(len(index), None, ratio)
+        sal, feats = _reference_saliency_and_features(model, torch.from_numpy(px), index, ARCHS[name][3], img.size[::-1])
+        k = resolve_keep(len(sal), None, ratio)
         vis = session.image_tokens(img, None, ratio, "hi")
         ref = torch.topk(sal, k).indices.sort().values
         assert vis["k"] == k and set(vis["kept_index"].tolist()) == set(ref.tolist())
-        if session.layout.kind == "fixed":
-            np.testing.assert_allclose(vis["embeds"], feats[ref].numpy(), atol=VISION_ATOL, rtol=0)
+        embeds = vis["embeds"]
+        if session.layout.newline:  # anyres: the newline rows the runtime put after kept grid rows
+            embeds = embeds[~np.all(embeds == session._newline, axis=1)]
+        np.testing.assert_allclose(embeds, feats[ref].numpy(), atol=VISION_ATOL, rtol=0)
 
 
 def test_pruned_answer_equals_the_hf_lm_on_the_same_pruned_sequence(arch):
@@ -205,7 +236,7 @@ def test_manifest_round_trips_through_the_schema(arch):
     assert spec.token_layout.to_dict() == raw["token_layout"] and spec.token_layout.num_visual_tokens == ARCHS[name][2]
     assert spec.positions.to_dict() == raw["positions"] and spec.positions.scheme == "1d"
     assert raw["graphs"]["vision"]["tower"]["saliency"] == ARCHS[name][3]
-    assert raw["graphs"]["vision"]["gate_position"] == "before_connector"
+    assert raw["graphs"]["vision"]["gate_position"] == GATE_POSITION.get(name, "before_connector")
 
 
 def _edited_checkpoint(src, dst, **edit):
@@ -240,3 +271,20 @@ def test_unsupported_variants_are_refused(tmp_path, capsys, edit, needle):
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("arch_name,edit,needle", [
+    ("onevision", {"vision_aspect_ratio": "anyres"}, r"vision_aspect_ratio 'anyres' is not supported for LLaVA-OneVision"),
+    ("onevision", {"vision_feature_select_strategy": "default"}, "needs vision_feature_select_strategy 'full'"),
+    ("next", {"vision_aspect_ratio": "anyres_max_9"}, "model_type llava_onevision, take anyres_max_N"),
+])
+def test_unsupported_anyres_variants_are_refused(tmp_path, capsys, arch_name, edit, needle):
+    from atp.cli import main
+    from tests.tiny import build_tiny_llava_next, build_tiny_llava_onevision
+
+    build = build_tiny_llava_onevision if arch_name == "onevision" else build_tiny_llava_next
+    ckpt = _edited_checkpoint(build(tmp_path / "src"), tmp_path / "edited", **edit)
+    out = tmp_path / "out"
+    rc = main(["onnx", str(ckpt), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(needle, err) and "Traceback" not in err and not out.exists(), err
