@@ -30,8 +30,10 @@ POSITION_SCHEMES = {
 #: How an image becomes visual tokens (``token_layout.kind``).
 LAYOUT_KINDS = {
     "fixed": "one fixed-size view: N tokens, one contiguous run at the placeholder",
-    "anyres": "LLaVA-NeXT anyres: base view + grid tiles (preprocessing.anyres); per image N = base P + unpadded grid "
-              "tokens (the runtime computes token_index); newline embedding after the last kept token of each grid row",
+    "anyres": "LLaVA-NeXT / OneVision anyres: base view + grid tiles (preprocessing.anyres); per image N = base P + "
+              "unpadded grid tokens, resized when preprocessing.anyres.max_patches says so (the runtime computes "
+              "token_index, and token_weight taps for max_patches); newline embedding after the last kept token of each "
+              "grid row",
 }
 
 #: Kept-token policies (``token_layout.kept_policy``).

@@ -48,6 +48,48 @@ class VisionInputs:
     tokens: int = 0  # visual tokens per image in the example (0: the adapter's num_visual_tokens)
 
 
+class ImageTextProcessor:
+    """A checkpoint's tokenizer, image processor and chat template, for checkpoints whose full processor cannot load
+    here (LLaVA-OneVision's bundles a video processor that needs torchvision); what the adapters read of a processor."""
+
+    def __init__(self, tokenizer, image_processor, image_token: str | None = None):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat_template = getattr(tokenizer, "chat_template", None)
+        if image_token:
+            self.image_token = image_token
+
+    def apply_chat_template(self, messages, **kwargs):
+        if not self.chat_template:
+            raise ValueError("no chat template")
+        kwargs.setdefault("tokenize", False)
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
+
+
+def load_processor(path: str | Path):
+    """``AutoProcessor`` of a checkpoint folder; when that fails for want of an optional library (a video processor's
+    torchvision), its tokenizer + image processor + chat template (:class:`ImageTextProcessor`).
+
+    Raises:
+        CheckpointError: neither loads.
+    """
+    import json
+
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(str(path))
+    except ImportError as exc:
+        first = exc
+    try:
+        cfg = Path(path) / "processor_config.json"
+        token = json.loads(cfg.read_text()).get("image_token") if cfg.is_file() else None
+        return ImageTextProcessor(AutoTokenizer.from_pretrained(str(path)), AutoImageProcessor.from_pretrained(str(path)),
+                                  token)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load the processor (tokenizer + image processor) of {path}: {first}; {exc}") from exc
+
+
 class Adapter(ABC):
     """Base class of the architecture adapters.
 

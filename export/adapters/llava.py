@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from atp.errors import CheckpointError
-from atp.export.adapters.base import Adapter, VisionInputs
+from atp.export.adapters.base import Adapter, VisionInputs, load_processor
 from atp.export.decoder import LlamaLikeDecoder
 from atp.export.towers import tower_class, tower_for
 from atp.registry import ARCHITECTURES
@@ -70,7 +70,7 @@ class LlavaAdapter(Adapter):
         """
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import transformers
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         try:
             config = AutoConfig.from_pretrained(str(path))
@@ -82,7 +82,9 @@ class LlavaAdapter(Adapter):
         except Exception as exc:
             raise CheckpointError(f"cannot load {path} as a {cls.hf_class}: {exc}") from exc
         try:
-            processor = AutoProcessor.from_pretrained(str(path))
+            processor = load_processor(path)
+        except CheckpointError:
+            raise
         except Exception as exc:
             raise CheckpointError(f"cannot load the processor (tokenizer + image processor) of {path}: {exc}") from exc
         return cls(model, processor, source=str(Path(path).resolve()))

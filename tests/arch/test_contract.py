@@ -288,3 +288,26 @@ def test_unsupported_anyres_variants_are_refused(tmp_path, capsys, arch_name, ed
     rc = main(["onnx", str(ckpt), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and re.search(needle, err) and "Traceback" not in err and not out.exists(), err
+
+
+def test_onevision_exports_without_torchvision(tmp_path, monkeypatch):
+    """LLaVA-OneVision's processor bundles a video processor that needs torchvision (absent from the main job's
+    install): the adapter falls back to tokenizer + image processor + chat template, with the same prompt template,
+    image token and preprocessing spec."""
+    import transformers
+
+    from atp.export.adapters import adapter_for_checkpoint
+    from tests.tiny import build_tiny_llava_onevision
+
+    ckpt = build_tiny_llava_onevision(tmp_path / "ckpt")
+    cls = adapter_for_checkpoint(ckpt)
+    full = cls.from_checkpoint(ckpt)
+
+    def no_torchvision(*a, **k):
+        raise ImportError("LlavaOnevisionVideoProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_torchvision)
+    part = cls.from_checkpoint(ckpt)
+    assert type(part.processor).__name__ == "ImageTextProcessor"
+    assert part.prompt_template() == full.prompt_template() and "<|im_start|>user\n<image>\n{prompt}" in part.prompt_template()
+    assert part.preprocessing() == full.preprocessing() and part.image_token == full.image_token == "<image>"

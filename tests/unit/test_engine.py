@@ -276,20 +276,25 @@ def test_engine_help_examples_parse(capsys):
 
 
 @pytest.mark.trt
-def test_anyres_vision_graph_builds_with_view_and_token_profiles(tmp_path):
-    """LLaVA-NeXT: the vision graph's views and token_index vary per image; the profile spans 1..tiles views and
-    1..N tokens from the manifest's token layout, and TensorRT-RTX builds it."""
+@pytest.mark.parametrize("arch", ["next", "onevision"])
+def test_anyres_vision_graph_builds_with_view_and_token_profiles(tmp_path, arch):
+    """LLaVA-NeXT / OneVision: the vision graph's views and token_index (OneVision: token_index and token_weight
+    [M, 4]) vary per image; the profile spans 1..tiles views and 1..N tokens from the manifest's token layout, and
+    TensorRT-RTX builds it."""
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
-    from tests.tiny import build_tiny_llava_next
+    from tests.tiny import build_tiny_llava_next, build_tiny_llava_onevision
 
-    ckpt = build_tiny_llava_next(tmp_path / "ckpt")
-    bundle = tmp_path / "next"
+    ckpt = (build_tiny_llava_next if arch == "next" else build_tiny_llava_onevision)(tmp_path / "ckpt")
+    bundle = tmp_path / arch
     export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)
     m = read_manifest(bundle)
     (prof,) = E.graph_profiles(m, "vision", E.EngineConfig(target="desktop"))
     tiles, n = m["token_layout"]["tiles"], m["pruning"]["num_visual_tokens"]
     assert prof["shapes"]["pixel_values"]["min"][0] == 1 and prof["shapes"]["pixel_values"]["max"][0] == tiles
-    assert prof["shapes"]["token_index"] == {"min": [1], "opt": [n], "max": [n]}
+    taps = [] if arch == "next" else [4]
+    assert prof["shapes"]["token_index"] == {"min": [1, *taps], "opt": [n, *taps], "max": [n, *taps]}
+    if taps:
+        assert prof["shapes"]["token_weight"] == prof["shapes"]["token_index"]
     entry = E.build_bundle_engines(bundle, E.EngineConfig(target="desktop", graphs=("vision",)), builder=_rtx())
     assert (bundle / entry["graphs"]["vision"]["file"]).stat().st_size > 10_000

@@ -60,7 +60,37 @@ std::vector<Rgb8> anyres_views(const Rgb8& img, const AnyresSpec& spec, int resa
 // Python's int(round(x, 7)) for the non-negative sizes met here
 static int64_t round7_int(double x) { return int64_t(std::nearbyint(x * 1e7) / 1e7); }
 
-void anyres_token_layout(int oh, int ow, const AnyresSpec& spec, std::vector<int64_t>& index, std::vector<int64_t>& row) {
+// Python's float floor division a // b for the positive values met here (fmod-based, as CPython computes it)
+static double py_floordiv(double a, double b) {
+  const double mod = std::fmod(a, b), div = (a - mod) / b;
+  double fl = std::floor(div);
+  if (div - fl > 0.5) fl += 1.0;
+  return fl;
+}
+
+namespace {
+struct Taps {  // torch interpolate(mode="bilinear", align_corners=False) along one axis, float32 as on the CPU
+  std::vector<int64_t> i0, i1;
+  std::vector<float> w0, w1;
+};
+
+Taps bilinear_taps(int n_in, int n_out) {
+  Taps t;
+  const float scale = float(n_in) / float(n_out);
+  for (int d = 0; d < n_out; ++d) {
+    const float src = std::max(scale * (float(d) + 0.5f) - 0.5f, 0.0f);
+    const int64_t i0 = int64_t(src);
+    const float l1 = std::min(std::max(src - float(i0), 0.0f), 1.0f);
+    t.i0.push_back(i0);
+    t.i1.push_back(i0 < n_in - 1 ? i0 + 1 : i0);
+    t.w0.push_back(1.0f - l1);
+    t.w1.push_back(l1);
+  }
+  return t;
+}
+}  // namespace
+
+AnyresTokens anyres_token_layout(int oh, int ow, const AnyresSpec& spec) {
   const int side = spec.crop / spec.patch, per_view = side * side;
   auto [bh, bw] = select_best_resolution(oh, ow, spec);
   const int gh = bh / spec.crop, gw = bw / spec.crop, ch = gh * side, cw = gw * side;
@@ -74,18 +104,50 @@ void anyres_token_layout(int oh, int ow, const AnyresSpec& spec, std::vector<int
     c0 = pad;
     c1 = cw - pad;
   }
-  index.clear();
-  row.clear();
-  for (int i = 0; i < per_view; ++i) {
-    index.push_back(i);
-    row.push_back(-1);
-  }
-  for (int r = r0; r < r1; ++r)
-    for (int c = c0; c < c1; ++c) {
-      const int tile = (r / side) * gw + c / side, within = (r % side) * side + c % side;
-      index.push_back(int64_t(per_view) * (1 + tile) + within);
-      row.push_back(r - r0);
+  auto tower = [&](int64_t r, int64_t c) {  // grid token (full-grid coordinates) -> tower token
+    return int64_t(per_view) * (1 + (r / side) * gw + c / side) + (r % side) * side + c % side;
+  };
+  AnyresTokens out;
+  const int rows = r1 - r0, cols = c1 - c0;
+  if (spec.max_patches <= 0) {
+    for (int i = 0; i < per_view; ++i) {
+      out.index.push_back(i);
+      out.row.push_back(-1);
     }
+    for (int r = r0; r < r1; ++r)
+      for (int c = c0; c < c1; ++c) {
+        out.index.push_back(tower(r, c));
+        out.row.push_back(r - r0);
+      }
+    return out;
+  }
+  // anyres_max_N (atp.runtime.anyres.max_patches_shape / tap_layout)
+  int orows = rows, ocols = cols;
+  const double ratio = std::sqrt(double(rows) * double(cols) / (double(spec.max_patches) * double(per_view)));
+  if (ratio > 1.1) {
+    orows = int(py_floordiv(double(rows), ratio));
+    ocols = int(py_floordiv(double(cols), ratio));
+  }
+  out.taps = 4;
+  for (int i = 0; i < per_view; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      out.index.push_back(i);
+      out.weight.push_back(j == 0 ? 1.0f : 0.0f);
+    }
+    out.row.push_back(-1);
+  }
+  const Taps tr = bilinear_taps(rows, orows), tc = bilinear_taps(cols, ocols);
+  for (int r = 0; r < orows; ++r)
+    for (int c = 0; c < ocols; ++c) {
+      const int64_t rr[4] = {tr.i0[r], tr.i0[r], tr.i1[r], tr.i1[r]}, cc[4] = {tc.i0[c], tc.i1[c], tc.i0[c], tc.i1[c]};
+      const float wr[4] = {tr.w0[r], tr.w0[r], tr.w1[r], tr.w1[r]}, wc[4] = {tc.w0[c], tc.w1[c], tc.w0[c], tc.w1[c]};
+      for (int j = 0; j < 4; ++j) {
+        out.index.push_back(tower(rr[j] + r0, cc[j] + c0));
+        out.weight.push_back(wr[j] * wc[j]);
+      }
+      out.row.push_back(r);
+    }
+  return out;
 }
 
 std::vector<size_t> newline_slots(const std::vector<int64_t>& kept, const std::vector<int64_t>& row) {

@@ -34,9 +34,10 @@ class Backend {
  public:
   virtual ~Backend() = default;
   /// Vision graph `graph` (manifest key) on pixels [views, 3, H, W] (one image: 1 view, or an anyres image's views)
-  /// with keep K; text [1, D] when the graph takes text_embeds; token_index [M] when it takes one (anyres).
+  /// with keep K; text [1, D] when the graph takes text_embeds; the layout inputs (token_index, token_weight) of an
+  /// anyres image when the graph takes them.
   virtual VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep,
-                                  const float* text, const std::vector<int64_t>* token_index) = 0;
+                                  const float* text, const AnyresTokens* layout) = 0;
   virtual std::unique_ptr<DecoderState> new_decoder() = 0;
   /// Longest sequence the decoder accepts (engine profile), 0 = unlimited.
   virtual int max_sequence() const { return 0; }

@@ -117,7 +117,7 @@ class OrtBackend : public Backend {
   }
 
   VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep, const float* text,
-                          const std::vector<int64_t>* token_index) override {
+                          const AnyresTokens* layout) override {
     Ort::Session& s = session(graph);
     const GraphInfo& g = m_.graphs.at(graph);
     auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
@@ -127,11 +127,18 @@ class OrtBackend : public Backend {
     std::vector<const char*> names;
     feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(pixels), pcount, pshape, 4));
     names.push_back("pixel_values");
-    int64_t ishape[1] = {token_index ? int64_t(token_index->size()) : 0};
+    int64_t ishape[2] = {layout ? int64_t(layout->size()) : 0, layout ? int64_t(layout->taps) : 0};
+    const size_t irank = layout && layout->taps > 1 ? 2 : 1;
     if (g.has_input("token_index")) {
-      if (!token_index) fail(ATP_ERR_INTERNAL, "vision graph takes token_index but none was computed");
-      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(token_index->data()), token_index->size(), ishape, 1));
+      if (!layout) fail(ATP_ERR_INTERNAL, "vision graph takes token_index but none was computed");
+      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(layout->index.data()), layout->index.size(), ishape, irank));
       names.push_back("token_index");
+    }
+    if (g.has_input("token_weight")) {
+      if (!layout || layout->weight.size() != layout->index.size())
+        fail(ATP_ERR_INTERNAL, "vision graph takes token_weight but no taps were computed");
+      feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(layout->weight.data()), layout->weight.size(), ishape, 2));
+      names.push_back("token_weight");
     }
     feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, &keep, 1, nullptr, 0));
     names.push_back("keep");

@@ -149,8 +149,8 @@ class TrtBackend : public Backend {
   }
 
   VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep, const float* text,
-                          const std::vector<int64_t>* token_index) override {
-    if (views != 1 || token_index)
+                          const AnyresTokens* layout) override {
+    if (views != 1 || layout)
       fail(ATP_ERR_UNSUPPORTED, "the TensorRT backend runs one-view bundles only so far (anyres: use the ort backend)");
     auto it = engines_.find(graph);
     if (it == engines_.end()) fail(ATP_ERR_UNSUPPORTED, "no TensorRT engine for vision graph '" + graph + "'");

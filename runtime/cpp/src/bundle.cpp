@@ -223,6 +223,9 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       for (const json& p : a.at("grid_pinpoints")) out.anyres.pinpoints.emplace_back(p.at(0).get<int>(), p.at(1).get<int>());
       out.anyres.crop = a.at("crop").get<int>();
       out.anyres.patch = a.at("patch").get<int>();
+      out.anyres.max_patches = a.contains("max_patches") ? a.at("max_patches").get<int>() : 0;
+      if (out.anyres.max_patches < 0 || out.anyres.max_patches > 4096)
+        fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.anyres.max_patches must be in 0..4096");
       if (out.anyres.crop < 1 || out.anyres.patch < 1 || out.anyres.crop % out.anyres.patch || out.anyres.pinpoints.empty())
         fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.anyres needs grid pinpoints and a crop divisible by the patch size");
     }

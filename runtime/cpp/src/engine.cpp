@@ -174,7 +174,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   auto t0 = Clock::now();
   std::vector<float> pixels;
   int64_t views = 1;
-  std::vector<int64_t> token_index, token_row;
+  AnyresTokens tokens;
   int k_image = k;
   if (m.layout.kind == "anyres") {  // atp.runtime.anyres: views, token order, this image's N and K
     if (has_pixels_) fail(ATP_ERR_UNSUPPORTED, "this bundle tiles each image (anyres): give an image, not pixels");
@@ -184,8 +184,8 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
       pixels.insert(pixels.end(), px.begin(), px.end());
       ++views;
     }
-    anyres_token_layout(image_.height, image_.width, m.anyres, token_index, token_row);
-    k_image = resolve_keep(int(token_index.size()));
+    tokens = anyres_token_layout(image_.height, image_.width, m.anyres);
+    k_image = resolve_keep(int(tokens.size()));
   } else {
     pixels = has_pixels_ ? pixels_ : preprocess(image_, m.pre);
   }
@@ -193,7 +193,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   std::vector<float> text;
   if (m.graphs.at(vision_graph_).has_input("text_embeds")) text = text_embeds();
   VisionOutput v = b_.backend().run_vision(vision_graph_, pixels.data(), views, k_image, text.empty() ? nullptr : text.data(),
-                                           token_index.empty() ? nullptr : &token_index);
+                                           tokens.size() ? &tokens : nullptr);
   auto t2 = Clock::now();
   const std::vector<std::string>& vouts = m.graphs.at(vision_graph_).outputs;
   const bool auto_k = std::find(vouts.begin(), vouts.end(), "kept_count") != vouts.end();  // atp-export onnx --keep auto
@@ -204,7 +204,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   if (m.layout.kind == "anyres") {  // the newline after the last kept token of each grid row that keeps one
     const size_t D = size_t(m.hidden_size);
     slot.clear();
-    const std::vector<size_t> rows = newline_slots(v.kept, token_row);
+    const std::vector<size_t> rows = newline_slots(v.kept, tokens.row);
     size_t r = 0;
     for (size_t i = 0; i < size_t(v.k); ++i) {
       slot.insert(slot.end(), v.embeds.begin() + long(i * D), v.embeds.begin() + long((i + 1) * D));
