@@ -34,6 +34,9 @@ LAYOUT_KINDS = {
               "unpadded grid tokens, resized when preprocessing.anyres.max_patches says so (the runtime computes "
               "token_index, and token_weight taps for max_patches); newline embedding after the last kept token of each "
               "grid row",
+    "tiled": "Idefics3 / SmolVLM image splitting: rows x cols tiles then a global view (preprocessing.tiling); per "
+             "image N = views x tokens_per_tile; each view's kept tokens follow its marker run (markers[RxC]), the "
+             "last run follows the global view",
 }
 
 #: Kept-token policies (``token_layout.kept_policy``).
@@ -58,6 +61,8 @@ class TokenLayout:
         kind: How an image becomes tokens (a key of :data:`LAYOUT_KINDS`); for ``anyres`` N varies per image and
             ``tiles x tokens_per_tile`` is its largest value.
         newline: Bundle file of the ``[D]`` row-newline embedding (``anyres``), or "".
+        markers: ``tiled``: grid shape ``"RxC"`` -> the token ids of its marker runs (one more run than views: run v
+            precedes view v's kept tokens, the last follows the global view's); empty otherwise.
     """
 
     placeholder: str
@@ -70,6 +75,7 @@ class TokenLayout:
     kept_policy: str = "global_topk_ascending"
     kind: str = "fixed"
     newline: str = ""
+    markers: dict = field(default_factory=dict)
 
     @property
     def num_visual_tokens(self) -> int:
@@ -157,6 +163,16 @@ def _ids(obj, key, where) -> tuple[int, ...]:
     return tuple(v)
 
 
+def _markers(t: dict) -> dict:
+    markers = _get(t, "markers", dict, "token_layout", {})
+    for key, runs in markers.items():
+        if not isinstance(runs, list) or len(runs) < 2:
+            raise BundleError(f"manifest: token_layout.markers[{key!r}] must be a list of marker runs")
+        for run in runs:
+            _ids({"run": run}, "run", f"token_layout.markers[{key!r}]")
+    return markers
+
+
 def _layout(m: dict, version: int, n: int) -> TokenLayout:
     prompt = _get(m, "prompt", dict, "manifest")
     placeholder = _get(prompt, "image_token", str, "prompt")
@@ -169,9 +185,12 @@ def _layout(m: dict, version: int, n: int) -> TokenLayout:
         images=_int(t, "images", "token_layout", lo=1), tiles=_int(t, "tiles", "token_layout", lo=1),
         tokens_per_tile=_int(t, "tokens_per_tile", "token_layout", lo=1), prefix_ids=_ids(t, "prefix_ids", "token_layout"),
         suffix_ids=_ids(t, "suffix_ids", "token_layout"), kept_policy=_get(t, "kept_policy", str, "token_layout"),
-        kind=_get(t, "kind", str, "token_layout", "fixed"), newline=_get(t, "newline", str, "token_layout", ""))
+        kind=_get(t, "kind", str, "token_layout", "fixed"), newline=_get(t, "newline", str, "token_layout", ""),
+        markers=_markers(t))
     if layout.kind not in LAYOUT_KINDS:
         raise BundleError(f"manifest: token_layout.kind {layout.kind!r} is not one this atp knows ({', '.join(LAYOUT_KINDS)})")
+    if layout.kind == "tiled" and not layout.markers:
+        raise BundleError("manifest: a tiled token_layout needs its marker runs (token_layout.markers)")
     if layout.kind == "anyres" and not layout.newline:
         raise BundleError("manifest: an anyres token_layout needs its newline embedding file (token_layout.newline)")
     if layout.kept_policy not in KEPT_POLICIES:

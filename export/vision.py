@@ -146,3 +146,30 @@ class TapGate(TokenIndexGate):
         return TowerOutput(features=mix(out.features), grid=out.grid, saliency=lambda: mix(out.saliency()),
                            saliency_kind=out.saliency_kind, key_metric=lambda: mix(out.key_metric()),
                            projected=mix(self.projector(out.features)))
+
+
+class PixelShuffleGate(VisionGate):
+    """The gate after a pixel-shuffle connector (Idefics3 / SmolVLM): ``pixel_values [V, 3, S, S]`` (one image's
+    views: tiles, then the global view) make one ``[1, V * T]`` row of the tokens the language model reads (T = P /
+    s^2 per view after the shuffle). The connector (shuffle + projection) runs on every view; a token's saliency is
+    the sum of its s^2 patches' (attention received sums to 1 per view), its keys their mean, its features the
+    shuffled tower features. ``kept_index`` indexes the V * T tokens, view-major."""
+
+    gate_position = "after_connector"
+
+    def tower_output(self, pixel_values: torch.Tensor) -> TowerOutput:
+        out = self.tower(pixel_values)
+        shuffle, s = self.projector.pixel_shuffle, int(self.projector.scale_factor)
+
+        def flat(x):  # [V, T, ...] -> [1, V * T, ...]
+            return x.reshape(1, -1, *x.shape[2:])
+
+        def group(x):  # [V, P, C] -> [V, T, s^2, C]: each shuffled token's patches
+            v, p, c = x.shape
+            return shuffle(x, s).reshape(v, p // (s * s), s * s, c)
+
+        rows, cols = out.grid
+        return TowerOutput(features=flat(shuffle(out.features, s)), grid=(rows // s, cols // s),
+                           saliency=lambda: flat(group(out.saliency()[..., None]).sum(dim=(2, 3))),
+                           saliency_kind=out.saliency_kind, key_metric=lambda: flat(group(out.key_metric()).mean(dim=2)),
+                           projected=flat(self.projector(out.features)))

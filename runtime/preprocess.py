@@ -83,8 +83,15 @@ def preprocess(image, spec: dict) -> np.ndarray:
 
 def preprocess_views(image, spec: dict) -> tuple[np.ndarray, tuple[int, int]]:
     """Image -> (``[V, 3, H, W]`` float32 views, the image's ``(height, width)``): one view for fixed-size
-    preprocessing, base view + tiles for ``preprocessing.anyres`` (:mod:`atp.runtime.anyres`)."""
+    preprocessing, base view + tiles for ``preprocessing.anyres`` (:mod:`atp.runtime.anyres`), tiles + global view
+    for ``preprocessing.tiling`` (:mod:`atp.runtime.tiling`)."""
     img = _rgb(image, spec)
+    if spec.get("tiling"):
+        from atp.runtime.tiling import TilingSpec, views
+
+        _check_pixels(img.width, img.height, "the image")
+        return np.concatenate([_view(v, spec) for v in views(img, TilingSpec.from_dict(spec["tiling"]))]), \
+            (img.height, img.width)
     if not spec.get("anyres"):
         return _view(img, spec), (img.height, img.width)
     from atp.runtime.anyres import AnyresSpec, views

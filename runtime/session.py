@@ -183,7 +183,7 @@ class Session:
         batch's largest K: ``kept_index`` -1 and zero ``image_embeds`` past each row's K (its ``kept_count``).
         """
         graph = self.vision_graph(scorer)
-        images = 1 if layout else pixels.shape[0]  # an anyres image's views are one image
+        images = 1 if layout or self.layout.kind != "fixed" else pixels.shape[0]  # a multi-view image is one image
         text, extra = None, dict(layout or {})
         if self.needs_text(graph):
             text = np.repeat(self.text_embeds(prompt, graph), images, axis=0)
@@ -206,6 +206,13 @@ class Session:
 
             layout, row = graph_layout(size, self._anyres)
             n = len(row)
+        markers = None
+        if self.layout.kind == "tiled":  # tiles + global view: N from the grid, marker runs between the views
+            from atp.runtime.tiling import TilingSpec, grid_key, grid_shape
+
+            rows, cols = grid_shape(size, TilingSpec.from_dict(self.manifest["preprocessing"]["tiling"]))
+            markers = self.layout.markers[grid_key(rows, cols)]
+            n = (len(markers) - 1) * self.layout.tokens_per_tile
         k = self.resolve_keep(keep, keep_ratio, n)
         t1 = time.perf_counter()
         image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt, layout)
@@ -217,7 +224,11 @@ class Session:
             from atp.runtime.anyres import newline_slots
 
             embeds = np.insert(embeds, [i + 1 for i in newline_slots(kept_index, row)], self._newline, axis=0)
-        kept = k if row is not None else len(embeds)  # visual tokens the LM reads (VisionZip merge: dominant + contextual)
+        if markers is not None:
+            from atp.runtime.tiling import slot
+
+            embeds = slot(embeds, kept_index, self.layout.tokens_per_tile, markers, self.embeddings)
+        kept = k if row is not None or markers is not None else len(embeds)  # visual tokens the LM reads (VisionZip merge: dominant + contextual)
         return {"embeds": embeds, "kept_index": kept_index, "n": n, "k": k, "kept": kept, "preprocess": t1 - t0,
                 "vision": time.perf_counter() - t1}
 

@@ -78,9 +78,9 @@ class LlavaAdapter(Adapter):
             raise CheckpointError(f"cannot load {path} as a LLaVA model: {exc}") from exc
         cls.check_config(config)  # refuse unsupported variants before reading any weight
         try:
-            model = getattr(transformers, cls.hf_class).from_pretrained(str(path), dtype=torch.float32)
+            model = getattr(transformers, cls.hf_class_for(config)).from_pretrained(str(path), dtype=torch.float32)
         except Exception as exc:
-            raise CheckpointError(f"cannot load {path} as a {cls.hf_class}: {exc}") from exc
+            raise CheckpointError(f"cannot load {path} as a {cls.hf_class_for(config)}: {exc}") from exc
         try:
             processor = load_processor(path)
         except CheckpointError:
@@ -88,6 +88,11 @@ class LlavaAdapter(Adapter):
         except Exception as exc:
             raise CheckpointError(f"cannot load the processor (tokenizer + image processor) of {path}: {exc}") from exc
         return cls(model, processor, source=str(Path(path).resolve()))
+
+    @classmethod
+    def hf_class_for(cls, config) -> str:
+        """The transformers class that loads ``config``'s checkpoint."""
+        return cls.hf_class
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -114,7 +119,7 @@ class LlavaAdapter(Adapter):
 
     def _check_supported(self) -> None:
         self.check_config(self.config)
-        if hasattr(self.model.model.language_model.layers[0].self_attn, "q_norm"):
+        if hasattr(self.language_model.layers[0].self_attn, "q_norm"):
             raise CheckpointError(f"{self.text_config.model_type} with q/k norms is not supported yet")
 
     # ------------------------------------------------------------------ facts
@@ -159,8 +164,8 @@ class LlavaAdapter(Adapter):
             "num_attention_heads": tc.num_attention_heads,
             "num_kv_heads": tc.num_key_value_heads,
             "head_dim": head_dim,
-            "vision_feature_layer": self.config.vision_feature_layer,
-            "vision_feature_select_strategy": self.config.vision_feature_select_strategy,
+            "vision_feature_layer": self.feature_layer,
+            "vision_feature_select_strategy": getattr(self.config, "vision_feature_select_strategy", "full"),
             "eos_token_ids": self.eos_token_ids(),
             "pad_token_id": self.tokenizer.pad_token_id,
             "cost": self.cost_model(),
@@ -170,9 +175,9 @@ class LlavaAdapter(Adapter):
         """Sizes for analytic FLOP counts (``atp-export bench``): what runs per image and per token."""
         vc = self.vision_config
         n_layers = len(self._vision_model().encoder.layers)
-        fl = self.config.vision_feature_layer
+        fl = self.feature_layer
         used = fl if fl >= 0 else n_layers + 1 + fl
-        lm = self.model.model.language_model
+        lm = self.language_model
         linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
         return {
             "vision_layers_used": int(used),
@@ -180,7 +185,7 @@ class LlavaAdapter(Adapter):
             "vision_hidden": int(vc.hidden_size),
             "vision_intermediate": int(vc.intermediate_size),
             "patch_size": int(vc.patch_size),
-            "projector_params": int(sum(p.numel() for p in self.model.model.multi_modal_projector.parameters())),
+            "projector_params": int(sum(p.numel() for p in self.connector.parameters())),
             "lm_linear_params": int(linear),
             "lm_head_params": int(self.model.lm_head.weight.numel()),
         }
@@ -233,6 +238,16 @@ class LlavaAdapter(Adapter):
         return LLAVA15_TEMPLATE.replace("<image>", self.image_token)
 
     # ------------------------------------------------------------------ graphs
+    @property
+    def language_model(self) -> torch.nn.Module:
+        """The decoder stack (embeddings, layers, final norm) without the LM head."""
+        return self.model.model.language_model
+
+    @property
+    def feature_layer(self) -> int:
+        """The tower layer the connector reads (``hidden_states`` index)."""
+        return int(self.config.vision_feature_layer)
+
     def _vision_model(self):
         tower = self.model.model.vision_tower
         return getattr(tower, "vision_model", tower)  # transformers 4.x nests it
@@ -264,7 +279,7 @@ class LlavaAdapter(Adapter):
                                  self.vision_config.image_size // self.vision_config.patch_size)
 
     def decoder_module(self, kv_dtype: str = "float32", all_logits: bool = False) -> LlamaLikeDecoder:
-        return LlamaLikeDecoder(self.model.model.language_model, self.model.lm_head, self.text_config, kv_dtype=kv_dtype,
+        return LlamaLikeDecoder(self.language_model, self.model.lm_head, self.text_config, kv_dtype=kv_dtype,
                                 all_logits=all_logits).eval()
 
     def embedding_table(self) -> np.ndarray:
