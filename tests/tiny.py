@@ -208,36 +208,53 @@ IDEFICS3_TEMPLATE = (
 )
 
 
-def build_tiny_idefics3(out: Path, seed: int = 0, tile: int = 32, patch: int = 4, scale: int = 2, longest: int = 64) -> Path:
-    """A seeded random ``Idefics3ForConditionalGeneration``: images split into up to 2 x 2 tiles of ``tile`` px plus a
-    global view (``Idefics3ImageProcessorPil``, LANCZOS, longest edge ``longest``), an Idefics3 vision tower (64
-    patches per view), the pixel-shuffle connector (scale 2: 16 tokens per view), a Llama LM and Idefics3's chat
-    template, saved to ``out``."""
-    import torch
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
-    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+SMOLVLM_TEMPLATE = "<|im_start|>" + IDEFICS3_TEMPLATE  # SmolVLM's: Idefics3's turns after <|im_start|>
 
+
+def build_tiny_idefics3(out: Path, seed: int = 0, tile: int = 32, patch: int = 4, scale: int = 2, longest: int = 64,
+                        family: str = "idefics3") -> Path:
+    """A seeded random ``Idefics3ForConditionalGeneration`` (or ``SmolVLMForConditionalGeneration``, ``family``):
+    images split into tiles of ``tile`` px plus a global view (``Idefics3ImageProcessorPil`` / ``SmolVLM...``,
+    LANCZOS, longest edge ``longest``: up to 2 x 2 tiles at 64), the family's vision tower (64 patches per view), the
+    pixel-shuffle connector (scale 2: 16 tokens per view), a Llama LM and the family's chat template, saved to
+    ``out``. SmolVLM's processor also takes its video processor (torchvision) and needs num2words."""
+    import torch
+    import transformers
+    from transformers import LlamaConfig
+
+    if family == "idefics3":
+        from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig as VisionConfig
+        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as ImageProcessor
+    else:
+        from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfig as VisionConfig
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil as ImageProcessor
+    prefix = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[family]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     markers = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
     tok = build_tokenizer(out, extra_special=("<fake_token_around_image>", "<global-img>", "<end_of_utterance>", *markers))
     tok.eos_token = "<end_of_utterance>"
     image_token_id = tok.convert_tokens_to_ids("<image>")
-    vc = Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    vc = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               image_size=tile, patch_size=patch)
     tc = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                      vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    cfg = Idefics3Config(vision_config=vc.to_dict(), text_config=tc.to_dict(), image_token_id=image_token_id, scale_factor=scale,
-                         tie_word_embeddings=False)
+    cfg = getattr(transformers, f"{prefix}Config")(vision_config=vc.to_dict(), text_config=tc.to_dict(),
+                                                   image_token_id=image_token_id, scale_factor=scale, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(cfg).eval()
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(cfg).eval()
     _spread(model)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
-    ip = Idefics3ImageProcessorPil(size={"longest_edge": longest}, max_image_size={"longest_edge": tile})
-    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile // patch) ** 2 // scale ** 2,
-                             chat_template=IDEFICS3_TEMPLATE)
+    ip = ImageProcessor(size={"longest_edge": longest}, max_image_size={"longest_edge": tile})
+    seq = (tile // patch) ** 2 // scale ** 2
+    if family == "idefics3":
+        proc = transformers.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=seq, chat_template=IDEFICS3_TEMPLATE)
+    else:
+        from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+        proc = transformers.SmolVLMProcessor(image_processor=ip, tokenizer=tok, video_processor=SmolVLMVideoProcessor(),
+                                             image_seq_len=seq, chat_template=SMOLVLM_TEMPLATE)
     proc.save_pretrained(out)
     return out

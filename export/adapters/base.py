@@ -52,9 +52,10 @@ class ImageTextProcessor:
     """A checkpoint's tokenizer, image processor and chat template, for checkpoints whose full processor cannot load
     here (LLaVA-OneVision's bundles a video processor that needs torchvision); what the adapters read of a processor."""
 
-    def __init__(self, tokenizer, image_processor, image_token: str | None = None):
+    def __init__(self, tokenizer, image_processor, image_token: str | None = None, config: dict | None = None):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.config = config or {}  # processor_config.json
         self.chat_template = getattr(tokenizer, "chat_template", None)
         if image_token:
             self.image_token = image_token
@@ -83,9 +84,9 @@ def load_processor(path: str | Path):
         first = exc
     try:
         cfg = Path(path) / "processor_config.json"
-        token = json.loads(cfg.read_text()).get("image_token") if cfg.is_file() else None
+        config = json.loads(cfg.read_text()) if cfg.is_file() else {}
         return ImageTextProcessor(AutoTokenizer.from_pretrained(str(path)), AutoImageProcessor.from_pretrained(str(path)),
-                                  token)
+                                  config.get("image_token"), config)
     except Exception as exc:
         raise CheckpointError(f"cannot load the processor (tokenizer + image processor) of {path}: {first}; {exc}") from exc
 

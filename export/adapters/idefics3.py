@@ -57,11 +57,10 @@ class Idefics3Adapter(LlavaAdapter):
     def _check_supported(self) -> None:
         self.check_config(self.config)
         proc = self.processor
-        for attr in ("image_seq_len", "replace_image_token"):
-            if not hasattr(proc, attr):
-                raise CheckpointError(f"the checkpoint's processor has no {attr}: an Idefics3 / SmolVLM processor is needed")
-        if proc.image_seq_len != self._per_view:
-            raise CheckpointError(f"processor image_seq_len {proc.image_seq_len} != the model's {self._per_view} tokens per view")
+        seq = getattr(proc, "image_seq_len", None) or getattr(proc, "config", {}).get("image_seq_len")
+        if seq != self._per_view:
+            raise CheckpointError(f"processor image_seq_len {seq} != the model's {self._per_view} tokens per view "
+                                  "(an Idefics3 / SmolVLM processor is needed)")
         ip = proc.image_processor
         if not getattr(ip, "do_image_splitting", False):
             raise CheckpointError("Idefics3 / SmolVLM export needs do_image_splitting (whole-tile views); without it "
@@ -108,10 +107,6 @@ class Idefics3Adapter(LlavaAdapter):
         return int(self.vision_config.image_size)
 
     @property
-    def image_token(self) -> str:
-        return self.processor.image_token
-
-    @property
     def image_token_id(self) -> int:
         return int(self.config.image_token_id)
 
@@ -127,11 +122,11 @@ class Idefics3Adapter(LlavaAdapter):
         """Grid shape -> marker runs (token ids between the views' token runs), from the processor's own text."""
         from atp.runtime.tiling import grid_key
 
-        proc, tok = self.processor, self.tokenizer
+        tok = self.tokenizer
         g = self.tiling_spec().max_grid
         out = {}
         for rows, cols in [(0, 0)] + [(r, c) for r in range(1, g + 1) for c in range(1, g + 1)]:
-            text = proc.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
+            text = self._image_prompt(rows, cols)
             ids = tok(text, add_special_tokens=False)["input_ids"]
             runs, cur, prev_image = [], [], False
             for t in ids:
@@ -150,6 +145,16 @@ class Idefics3Adapter(LlavaAdapter):
                                       f"{self._per_view} image tokens")
             out[grid_key(rows, cols)] = runs
         return out
+
+    def _image_prompt(self, rows: int, cols: int) -> str:
+        """The processor's text for one image of a ``rows x cols`` grid (``(0, 0)``: the global view only)."""
+        if hasattr(self.processor, "replace_image_token"):
+            return self.processor.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
+        # the processor did not load (SmolVLM's video processor needs torchvision): its module's own rule
+        from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+        return get_image_prompt_string(rows, cols, self._per_view, fake_token_around_image="<fake_token_around_image>",
+                                       image_token=self.image_token, global_image_token="<global-img>")
 
     def token_layout(self) -> TokenLayout:
         return TokenLayout(self.image_token, self.image_token_id, tiles=self._max_views, tokens_per_tile=self._per_view,

@@ -56,6 +56,12 @@ def _idefics3(tmp):
     return build_tiny_idefics3(tmp)
 
 
+def _smolvlm(tmp):
+    from tests.tiny import build_tiny_idefics3
+
+    return build_tiny_idefics3(tmp, family="smolvlm", longest=96)
+
+
 def _llava_onevision(tmp):
     from tests.tiny import build_tiny_llava_onevision
 
@@ -76,8 +82,11 @@ ARCHS = {
     # N is the largest (2 x 2 tiles + the global view); each image has its own
     "idefics3": (_idefics3, "idefics3", 80, "attention_received",
                  "tiles + global view (LANCZOS), pixel shuffle, row/col + global-img markers, Llama LM, Idefics3 template"),
+    # longest edge 96: up to 3 x 3 tiles (N = 10 views x 16)
+    "smolvlm": (_smolvlm, "idefics3", 160, "attention_received",
+                "SmolVLM: Idefics3's rule up to 3 x 3 tiles, SmolVLM processor (video processor, num2words) and template"),
 }
-GATE_POSITION = {"llava-onevision": "after_connector", "idefics3": "after_connector"}  # the others: before_connector
+GATE_POSITION = {"llava-onevision": "after_connector", "idefics3": "after_connector", "smolvlm": "after_connector"}  # the others: before_connector
 
 
 def _hf_model(ckpt):
@@ -314,16 +323,16 @@ def test_unsupported_anyres_variants_are_refused(tmp_path, capsys, arch_name, ed
     assert rc == 2 and re.search(needle, err) and "Traceback" not in err and not out.exists(), err
 
 
-def test_onevision_exports_without_torchvision(tmp_path, monkeypatch):
-    """LLaVA-OneVision's processor bundles a video processor that needs torchvision (absent from the main job's
-    install): the adapter falls back to tokenizer + image processor + chat template, with the same prompt template,
-    image token and preprocessing spec."""
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "smolvlm"])
+def test_exports_without_torchvision(tmp_path, monkeypatch, arch_name):
+    """LLaVA-OneVision's and SmolVLM's processors bundle a video processor that needs torchvision (absent from the
+    main job's install): the adapter falls back to tokenizer + image processor + chat template, with the same prompt
+    template, image token, preprocessing spec and token layout (SmolVLM's marker runs)."""
     import transformers
 
     from atp.export.adapters import adapter_for_checkpoint
-    from tests.tiny import build_tiny_llava_onevision
 
-    ckpt = build_tiny_llava_onevision(tmp_path / "ckpt")
+    ckpt = ARCHS[arch_name][0](tmp_path / "ckpt")
     cls = adapter_for_checkpoint(ckpt)
     full = cls.from_checkpoint(ckpt)
 
@@ -333,5 +342,6 @@ def test_onevision_exports_without_torchvision(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_torchvision)
     part = cls.from_checkpoint(ckpt)
     assert type(part.processor).__name__ == "ImageTextProcessor"
-    assert part.prompt_template() == full.prompt_template() and "<|im_start|>user\n<image>\n{prompt}" in part.prompt_template()
+    assert part.prompt_template() == full.prompt_template() and "<image>" in part.prompt_template()
     assert part.preprocessing() == full.preprocessing() and part.image_token == full.image_token == "<image>"
+    assert part.token_layout() == full.token_layout()
