@@ -169,8 +169,16 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       tl.kept_policy = t.at("kept_policy").get<std::string>();
       tl.kind = t.value("kind", std::string("fixed"));
       tl.newline = t.value("newline", std::string());
-      if (tl.kind != "fixed" && tl.kind != "anyres")
-        fail(ATP_ERR_UNSUPPORTED, "this bundle's token layout is '" + tl.kind + "', which this runtime does not know (fixed, anyres)");
+      if (tl.kind != "fixed" && tl.kind != "anyres" && tl.kind != "tiled")
+        fail(ATP_ERR_UNSUPPORTED, "this bundle's token layout is '" + tl.kind + "', which this runtime does not know (fixed, anyres, tiled)");
+      if (t.contains("markers") && t["markers"].is_object())
+        for (auto it = t["markers"].begin(); it != t["markers"].end(); ++it) {
+          auto runs = it.value().get<std::vector<std::vector<int32_t>>>();
+          if (runs.size() < 2) fail(ATP_ERR_BUNDLE, "manifest: token_layout.markers['" + it.key() + "'] must be a list of marker runs");
+          tl.markers[it.key()] = std::move(runs);
+        }
+      if (tl.kind == "tiled" && tl.markers.empty())
+        fail(ATP_ERR_BUNDLE, "manifest: a tiled token_layout needs its marker runs (token_layout.markers)");
       if (tl.kind == "anyres" && tl.newline.empty())
         fail(ATP_ERR_BUNDLE, "manifest: an anyres token_layout needs its newline embedding file (token_layout.newline)");
       if (tl.kept_policy != "global_topk_ascending")
@@ -229,6 +237,14 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       if (out.anyres.crop < 1 || out.anyres.patch < 1 || out.anyres.crop % out.anyres.patch || out.anyres.pinpoints.empty())
         fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.anyres needs grid pinpoints and a crop divisible by the patch size");
     }
+    if (s.contains("tiling") && s["tiling"].is_object()) {
+      const json& t = s["tiling"];
+      out.tiling.longest_edge = t.at("longest_edge").get<int>();
+      out.tiling.tile = t.at("tile").get<int>();
+      out.tiling.resample = t.value("resample", 1);
+      if (out.tiling.tile < 1 || out.tiling.longest_edge < 1 || out.tiling.longest_edge > 8192 || out.tiling.tile > 8192)
+        fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.tiling needs a tile and a longest edge in 1..8192");
+    }
     auto size = s.at("image_size").get<std::vector<int>>();
     if (size.size() != 2) fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.image_size must be [H, W]");
     ps.out_height = size[0];
@@ -241,6 +257,12 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
     fail(ATP_ERR_BUNDLE, mpath + " lacks a field the runtime needs (" + std::string(e.what()) + "); re-export the bundle");
   }
   return out;
+}
+
+std::vector<Rgb8> image_views(const Rgb8& img, const Manifest& m) {
+  if (m.layout.kind == "tiled") return tiling_views(img, m.tiling);
+  if (m.layout.kind == "anyres") return anyres_views(img, m.anyres, m.pre.resample);
+  return {img};
 }
 
 }  // namespace atp_impl

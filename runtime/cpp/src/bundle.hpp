@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "anyres.hpp"
+#include "tiling.hpp"
 #include "image.hpp"
 #include "prompt.hpp"
 
@@ -35,10 +36,14 @@ struct Manifest {
   std::string embeddings_file, tokenizer_file;
   PreprocessSpec pre;
   AnyresSpec anyres;                   // preprocessing.anyres (LLaVA-NeXT), crop 0 when absent
+  TilingSpec tiling;                   // preprocessing.tiling (Idefics3 / SmolVLM), tile 0 when absent
   int max_sequence = 0;  // from manifest "limits.max_sequence" when present, else 0 (unlimited)
 
   std::string path(const std::string& rel) const { return dir + "/" + rel; }
 };
+
+/// One image's views for the vision graph: anyres (base view + tiles), tiled (tiles + global view) or the image.
+std::vector<Rgb8> image_views(const Rgb8& img, const Manifest& m);
 
 /// Read manifest.json, refuse unknown format versions, and (verify) check size + sha256 of every listed file.
 /// Errors are ATP_ERR_BUNDLE with the same wording as atp.bundle.read_manifest.

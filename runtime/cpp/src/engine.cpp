@@ -175,18 +175,30 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   std::vector<float> pixels;
   int64_t views = 1;
   AnyresTokens tokens;
+  const std::vector<std::vector<int32_t>>* markers = nullptr;
   int k_image = k;
-  if (m.layout.kind == "anyres") {  // atp.runtime.anyres: views, token order, this image's N and K
-    if (has_pixels_) fail(ATP_ERR_UNSUPPORTED, "this bundle tiles each image (anyres): give an image, not pixels");
+  if (m.layout.kind != "fixed") {  // several views per image: anyres (atp.runtime.anyres) or tiled (atp.runtime.tiling)
+    if (has_pixels_) fail(ATP_ERR_UNSUPPORTED, "this bundle makes several views of each image (" + m.layout.kind + "): give an image, not pixels");
     views = 0;
-    for (const Rgb8& view : anyres_views(image_, m.anyres, m.pre.resample)) {
+    for (const Rgb8& view : image_views(image_, m)) {
       std::vector<float> px = preprocess(view, m.pre);
       pixels.insert(pixels.end(), px.begin(), px.end());
       ++views;
     }
+  }
+  if (m.layout.kind == "anyres") {  // token order and this image's N
     tokens = anyres_token_layout(image_.height, image_.width, m.anyres);
     k_image = resolve_keep(int(tokens.size()));
-  } else {
+  } else if (m.layout.kind == "tiled") {  // the grid's marker runs, one more than the views
+    auto [rows, cols] = tiling_grid(image_.height, image_.width, m.tiling);
+    auto it = m.layout.markers.find(grid_key(rows, cols));
+    if (it == m.layout.markers.end())
+      fail(ATP_ERR_BUNDLE, "manifest: token_layout.markers has no entry for a " + grid_key(rows, cols) + " grid");
+    markers = &it->second;
+    if (size_t(views) + 1 != markers->size())
+      fail(ATP_ERR_BUNDLE, "manifest: the " + grid_key(rows, cols) + " marker runs do not match its " + std::to_string(views) + " views");
+    k_image = resolve_keep(int(views) * m.layout.tokens_per_tile);
+  } else if (m.layout.kind == "fixed") {
     pixels = has_pixels_ ? pixels_ : preprocess(image_, m.pre);
   }
   auto t1 = Clock::now();
@@ -212,6 +224,19 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
         slot.insert(slot.end(), b_.newline().row(0), b_.newline().row(0) + D);
         ++r;
       }
+    }
+  }
+  if (markers) {  // tiled: marker run v, then view v's kept tokens (ascending kept index), ...; the last run at the end
+    const size_t D = size_t(m.hidden_size), per_view = size_t(m.layout.tokens_per_tile);
+    slot.clear();
+    size_t i = 0;
+    for (size_t view = 0; view < markers->size(); ++view) {
+      for (int32_t id : (*markers)[view]) {
+        if (id < 0 || id >= table.rows) fail(ATP_ERR_BUNDLE, "manifest: marker token id " + std::to_string(id) + " is outside the vocabulary");
+        slot.insert(slot.end(), table.row(id), table.row(id) + D);
+      }
+      for (; view + 1 < markers->size() && i < size_t(v.k) && size_t(v.kept[i]) / per_view == view; ++i)
+        slot.insert(slot.end(), v.embeds.begin() + long(i * D), v.embeds.begin() + long((i + 1) * D));
     }
   }
   length = spliced_length(segments, {int64_t(slot.size() / size_t(m.hidden_size))});

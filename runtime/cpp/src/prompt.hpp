@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@ struct TokenLayout {
   std::string kept_policy = "global_topk_ascending";
   std::string kind = "fixed";  // or "anyres" (LLaVA-NeXT: base view + tiles, newline rows)
   std::string newline;         // bundle file of the [1, D] newline embedding (anyres)
+  std::map<std::string, std::vector<std::vector<int32_t>>> markers;  // tiled: "RxC" -> marker runs (views + 1)
 };
 
 struct Segment {
