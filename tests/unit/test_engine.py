@@ -276,16 +276,17 @@ def test_engine_help_examples_parse(capsys):
 
 
 @pytest.mark.trt
-@pytest.mark.parametrize("arch", ["next", "onevision"])
+@pytest.mark.parametrize("arch", ["next", "onevision", "idefics3"])
 def test_anyres_vision_graph_builds_with_view_and_token_profiles(tmp_path, arch):
     """LLaVA-NeXT / OneVision: the vision graph's views and token_index (OneVision: token_index and token_weight
     [M, 4]) vary per image; the profile spans 1..tiles views and 1..N tokens from the manifest's token layout, and
     TensorRT-RTX builds it."""
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
-    from tests.tiny import build_tiny_llava_next, build_tiny_llava_onevision
+    from tests.tiny import build_tiny_idefics3, build_tiny_llava_next, build_tiny_llava_onevision
 
-    ckpt = (build_tiny_llava_next if arch == "next" else build_tiny_llava_onevision)(tmp_path / "ckpt")
+    build = {"next": build_tiny_llava_next, "onevision": build_tiny_llava_onevision, "idefics3": build_tiny_idefics3}[arch]
+    ckpt = build(tmp_path / "ckpt")
     bundle = tmp_path / arch
     export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)
     m = read_manifest(bundle)
@@ -293,8 +294,11 @@ def test_anyres_vision_graph_builds_with_view_and_token_profiles(tmp_path, arch)
     tiles, n = m["token_layout"]["tiles"], m["pruning"]["num_visual_tokens"]
     assert prof["shapes"]["pixel_values"]["min"][0] == 1 and prof["shapes"]["pixel_values"]["max"][0] == tiles
     taps = [] if arch == "next" else [4]
-    assert prof["shapes"]["token_index"] == {"min": [1, *taps], "opt": [n, *taps], "max": [n, *taps]}
-    if taps:
+    if arch == "idefics3":  # every view's tokens: no layout input
+        assert set(prof["shapes"]) == {"pixel_values"}
+    else:
+        assert prof["shapes"]["token_index"] == {"min": [1, *taps], "opt": [n, *taps], "max": [n, *taps]}
+    if taps and arch != "idefics3":
         assert prof["shapes"]["token_weight"] == prof["shapes"]["token_index"]
     entry = E.build_bundle_engines(bundle, E.EngineConfig(target="desktop", graphs=("vision",)), builder=_rtx())
     assert (bundle / entry["graphs"]["vision"]["file"]).stat().st_size > 10_000
