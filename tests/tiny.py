@@ -12,6 +12,20 @@ CORPUS = [
 ]
 
 
+def _text_config(cls, tok, **extra):
+    """The tiny language model's config (2 layers, GQA 4/2 heads, 64 wide) for ``tok``'s vocabulary."""
+    return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+
+
+def _siglip_config(image_size: int, patch: int):
+    from transformers import SiglipVisionConfig
+
+    return SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=image_size, patch_size=patch)
+
+
 def build_tokenizer(out: Path, extra_special: tuple[str, ...] = ()):
     """Byte-level BPE trained on a fixed corpus (deterministic), with an <image> token (and ``extra_special``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -58,9 +72,7 @@ def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 32, patch: int 
     vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                           image_size=image_size, patch_size=patch)
     tcls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[text_model]
-    tc = tcls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
-              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    tc = _text_config(tcls, tok)
     cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id,
                       vision_feature_layer=-2, vision_feature_select_strategy="default")
     torch.manual_seed(seed)
@@ -89,7 +101,7 @@ def build_tiny_llava_siglip(out: Path, seed: int = 0, image_size: int = 32, patc
     CLS token; feature layer -1, select strategy ``"full"``), a Qwen2 LM, ``SiglipImageProcessorPil`` (plain resize
     to a square, mean/std 0.5) and a ChatML chat template, saved to ``out``."""
     import torch
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config, SiglipVisionConfig
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     out = Path(out)
@@ -97,11 +109,8 @@ def build_tiny_llava_siglip(out: Path, seed: int = 0, image_size: int = 32, patc
     tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>"))
     tok.eos_token = "<|im_end|>"
     image_token_id = tok.convert_tokens_to_ids("<image>")
-    vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            image_size=image_size, patch_size=patch)
-    tc = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                     vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vc = _siglip_config(image_size, patch)
+    tc = _text_config(Qwen2Config, tok)
     cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id, vision_feature_layer=-1,
                       vision_feature_select_strategy="full", projector_hidden_act="gelu")
     torch.manual_seed(seed)
@@ -140,9 +149,7 @@ def build_tiny_llava_next(out: Path, seed: int = 0, image_size: int = 32, patch:
     image_token_id = tok.convert_tokens_to_ids("<image>")
     vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                           image_size=image_size, patch_size=patch)
-    tc = MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2, sliding_window=None,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    tc = _text_config(MistralConfig, tok, sliding_window=None)
     cfg = LlavaNextConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id, vision_feature_layer=-2,
                           vision_feature_select_strategy="default", image_grid_pinpoints=NEXT_PINPOINTS)
     torch.manual_seed(seed)
@@ -165,7 +172,7 @@ def build_tiny_llava_onevision(out: Path, seed: int = 0, image_size: int = 32, p
     saved to ``out``."""
     import torch
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor,
-                              Qwen2Config, SiglipVisionConfig)
+                              Qwen2Config)
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
     from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
 
@@ -174,11 +181,8 @@ def build_tiny_llava_onevision(out: Path, seed: int = 0, image_size: int = 32, p
     tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>", "<video>"))
     tok.eos_token = "<|im_end|>"
     image_token_id = tok.convert_tokens_to_ids("<image>")
-    vc = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            image_size=image_size, patch_size=patch)
-    tc = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                     vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vc = _siglip_config(image_size, patch)
+    tc = _text_config(Qwen2Config, tok)
     aspect = f"anyres_max_{max_patches}"
     cfg = LlavaOnevisionConfig(vision_config=vc, text_config=tc, image_token_id=image_token_id,
                                video_token_id=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
@@ -237,9 +241,7 @@ def build_tiny_idefics3(out: Path, seed: int = 0, tile: int = 32, patch: int = 4
     image_token_id = tok.convert_tokens_to_ids("<image>")
     vc = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               image_size=tile, patch_size=patch)
-    tc = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                     vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    tc = _text_config(LlamaConfig, tok)
     cfg = getattr(transformers, f"{prefix}Config")(vision_config=vc.to_dict(), text_config=tc.to_dict(),
                                                    image_token_id=image_token_id, scale_factor=scale, tie_word_embeddings=False)
     torch.manual_seed(seed)
