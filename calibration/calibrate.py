@@ -148,7 +148,7 @@ class TorchVlm:
             self.clip_text = ClipTextEncoder(clip.model).eval()
             self.clip_tok = clip.hf_tokenizer()
         self.probe = adapter.decoder_module()  # FastV's partial LM pass
-        self.lm = adapter.model.model.language_model
+        self.lm = adapter.language_model
         self.head = adapter.model.lm_head
         self.table = adapter.model.get_input_embeddings().weight.detach()
         self.template = adapter.prompt_template()
@@ -445,6 +445,11 @@ def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite
             data, tensors)`` (e.g. ``quantization``).
     """
     out = Path(out)
+    kind = adapter.token_layout().kind
+    if kind != "fixed":
+        raise CalibrationError(f"retention calibration runs on one-view architectures so far; {adapter.name} makes "
+                               f"several views of each image (token layout {kind!r}): export without --calibration "
+                               "(the scorers' default parameters), or calibrate --bits only")
     if out.exists() and not overwrite:
         raise CalibrationError(f"{out} already exists; pass --overwrite or choose another --out")
     fingerprint = adapter_fingerprint(adapter)

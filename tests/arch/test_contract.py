@@ -345,3 +345,17 @@ def test_exports_without_torchvision(tmp_path, monkeypatch, arch_name):
     assert part.prompt_template() == full.prompt_template() and "<image>" in part.prompt_template()
     assert part.preprocessing() == full.preprocessing() and part.image_token == full.image_token == "<image>"
     assert part.token_layout() == full.token_layout()
+
+
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3"])
+def test_retention_calibration_refuses_multi_view_architectures(tmp_path, capsys, arch_name):
+    """Retention calibration runs one fixed view per image so far: a multi-view architecture is refused with what to
+    do instead (exit 2, no artifact)."""
+    from atp.cli import main
+
+    ckpt = ARCHS[arch_name][0](tmp_path / "ckpt")
+    out = tmp_path / "calib"
+    rc = main(["calibrate", str(ckpt), "--data", "easy-vqa", "--out", str(out), "--limit", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "one-view architectures so far" in err and "calibrate --bits only" in err, err
+    assert not out.exists() and not (tmp_path / "calib.partial").exists()
