@@ -20,11 +20,16 @@ class RandomScorer(Scorer):
 
     summary = "seeded random baseline: fixed random ranking of positions (seed 0)"
 
+    #: Positions the ranking covers: N varies per image for multi-view layouts (anyres, tiled), so the graph holds
+    #: one table and reads its first N entries (numpy's stream is sequential: the first N equal a draw of N).
+    max_tokens = 1 << 16
+
     def __init__(self, seed: int = 0):
         super().__init__()
         self.seed = seed
+        table = np.random.default_rng(seed).random(self.max_tokens).astype(np.float32)
+        self.register_buffer("ranking", torch.from_numpy(table), persistent=False)
 
     def forward(self, ctx: VisionContext) -> torch.Tensor:
-        n = int(ctx.features.shape[1])
-        ranking = torch.from_numpy(np.random.default_rng(self.seed).random(n).astype(np.float32))
-        return ranking[None].expand_as(ctx.features[..., 0])
+        n = ctx.features.shape[1]
+        return self.ranking[:n][None].expand_as(ctx.features[..., 0])

@@ -359,3 +359,29 @@ def test_retention_calibration_refuses_multi_view_architectures(tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and "one-view architectures so far" in err and "calibrate --bits only" in err, err
     assert not out.exists() and not (tmp_path / "calib.partial").exists()
+
+
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3"])
+def test_every_per_token_scorer_exports_and_runs_on_multi_view_images(tmp_path, arch_name):
+    """The scorers a multi-view image supports (N varies per image) export (each graph validated against PyTorch by
+    the exporter) and keep exactly K of this image's N tokens on images with different N."""
+    from atp.config import ExportConfig, PruningConfig, resolve_keep
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    ckpt = ARCHS[arch_name][0](tmp_path / "ckpt")
+    scorers = ("atp", "idp", "divprune", "visionzip", "qat", "random")
+    export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), tmp_path / "b",
+                  ExportConfig(pruning=PruningConfig(scorer="cls", extra_scorers=scorers)))
+    session = Session(tmp_path / "b")
+    ns = set()
+    for size in SIZES:
+        img = random_image(5, size)
+        for name in scorers:
+            vis = session.image_tokens(img, None, 0.25, "what colour is the circle", scorer=name)
+            ns.add(vis["n"])
+            idx = vis["kept_index"]
+            assert vis["k"] == len(idx) == resolve_keep(vis["n"], None, 0.25), (name, size)
+            assert (np.diff(idx) > 0).all() and idx.min() >= 0 and idx.max() < vis["n"], (name, size)
+    assert len(ns) >= 2
