@@ -445,7 +445,7 @@ def run_calibrate(adapter, cfg: RetentionCalibConfig, out: str | Path, overwrite
             data, tensors)`` (e.g. ``quantization``).
     """
     out = Path(out)
-    kind = adapter.token_layout().kind
+    kind = adapter.layout_kind
     if kind != "fixed":
         raise CalibrationError(f"retention calibration runs on one-view architectures so far; {adapter.name} makes "
                                f"several views of each image (token layout {kind!r}): export without --calibration "

@@ -92,7 +92,11 @@ class Session:
         self.image_token_id = spec.token_layout.placeholder_id
         self.eos_ids = set(spec.eos_token_ids)
         self.max_sequence = spec.max_sequence  # the LM's positions (0: unlimited)
-        self._anyres = self._newline = None
+        self._anyres = self._newline = self._tiling = None
+        if self.layout.kind == "tiled":  # read once: every request needs the splitting rule
+            from atp.runtime.tiling import TilingSpec
+
+            self._tiling = TilingSpec.from_dict(self.manifest["preprocessing"]["tiling"])
         if self.layout.kind == "anyres":  # read once: every request needs the views rule and the newline row
             from atp.runtime.anyres import AnyresSpec
 
@@ -183,7 +187,7 @@ class Session:
         batch's largest K: ``kept_index`` -1 and zero ``image_embeds`` past each row's K (its ``kept_count``).
         """
         graph = self.vision_graph(scorer)
-        images = 1 if layout or self.layout.kind != "fixed" else pixels.shape[0]  # a multi-view image is one image
+        images = 1 if self.layout.kind != "fixed" else pixels.shape[0]  # a multi-view image's views are one image
         text, extra = None, dict(layout or {})
         if self.needs_text(graph):
             text = np.repeat(self.text_embeds(prompt, graph), images, axis=0)
@@ -207,10 +211,10 @@ class Session:
             layout, row = graph_layout(size, self._anyres)
             n = len(row)
         markers = None
-        if self.layout.kind == "tiled":  # tiles + global view: N from the grid, marker runs between the views
-            from atp.runtime.tiling import TilingSpec, grid_key, grid_shape
+        if self._tiling is not None:  # tiles + global view: N from the grid, marker runs between the views
+            from atp.runtime.tiling import grid_key, grid_shape
 
-            rows, cols = grid_shape(size, TilingSpec.from_dict(self.manifest["preprocessing"]["tiling"]))
+            rows, cols = grid_shape(size, self._tiling)
             markers = self.layout.markers[grid_key(rows, cols)]
             n = (len(markers) - 1) * self.layout.tokens_per_tile
         k = self.resolve_keep(keep, keep_ratio, n)
@@ -228,7 +232,8 @@ class Session:
             from atp.runtime.tiling import slot
 
             embeds = slot(embeds, kept_index, self.layout.tokens_per_tile, markers, self.embeddings)
-        kept = k if row is not None or markers is not None else len(embeds)  # visual tokens the LM reads (VisionZip merge: dominant + contextual)
+        # visual tokens the LM reads (VisionZip merge: dominant + contextual; multi-view: K, not the newline / marker rows)
+        kept = k if self.layout.kind != "fixed" else len(embeds)
         return {"embeds": embeds, "kept_index": kept_index, "n": n, "k": k, "kept": kept, "preprocess": t1 - t0,
                 "vision": time.perf_counter() - t1}
 

@@ -74,12 +74,16 @@ def _tiled_size(h: int, w: int, tile: int) -> tuple[int, int]:
     return h, w
 
 
+def _grid(h: int, w: int, tile: int) -> tuple[int, int]:
+    """``(rows, cols)`` of tiles in an image already resized to whole tiles; ``(0, 0)``: it is one tile (global only)."""
+    if h > tile or w > tile:
+        return (h - tile) // tile + 1, (w - tile) // tile + 1
+    return 0, 0
+
+
 def grid_shape(size: tuple[int, int], spec: TilingSpec) -> tuple[int, int]:
     """``(rows, cols)`` of tiles for an ``(h, w)`` image; ``(0, 0)`` when it is only the global view."""
-    h, w = _tiled_size(*_first_size(*size, spec), spec.tile)
-    if h > spec.tile or w > spec.tile:
-        return (h - spec.tile) // spec.tile + 1, (w - spec.tile) // spec.tile + 1
-    return 0, 0
+    return _grid(*_tiled_size(*_first_size(*size, spec), spec.tile), spec.tile)
 
 
 def views(img, spec: TilingSpec) -> list:
@@ -92,9 +96,9 @@ def views(img, spec: TilingSpec) -> list:
     h, w = _tiled_size(h, w, spec.tile)
     img = img.resize((w, h), resample=resample)
     t = spec.tile
-    if h <= t and w <= t:
+    rows, cols = _grid(h, w, t)
+    if not rows:
         return [img]
-    rows, cols = (h - t) // t + 1, (w - t) // t + 1
     tiles = [img.crop((c * t, r * t, c * t + t, r * t + t)) for r in range(rows) for c in range(cols)]
     return [*tiles, img.resize((t, t), resample=resample)]
 

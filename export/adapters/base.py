@@ -99,12 +99,15 @@ class Adapter(ABC):
         model_types: ``config.json`` ``model_type`` values this adapter loads.
         summary: One line for ``atp-export list`` and the README table.
         gate_position: Where the gate sits (:data:`atp.export.vision.GATE_POSITIONS`).
+        layout_kind: How an image becomes visual tokens (:data:`atp.manifest.LAYOUT_KINDS`): ``fixed`` (one view),
+            ``anyres`` or ``tiled`` (several views, N per image).
     """
 
     name: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
     gate_position: ClassVar[str] = "before_connector"
+    layout_kind: ClassVar[str] = "fixed"
 
     model: torch.nn.Module
     processor: object

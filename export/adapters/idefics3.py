@@ -32,6 +32,9 @@ class Idefics3Adapter(LlavaAdapter):
     summary = ("Idefics3 / SmolVLM: tiles + global view, pixel-shuffle connector, row/col and global-img markers; "
                "one global top-K per image after the shuffle")
     gate_position = "after_connector"
+    gate_class = PixelShuffleGate
+    layout_kind = "tiled"
+    title = "Idefics3 / SmolVLM"
     text_model_types = ("llama",)
 
     hf_classes = {"idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration"}
@@ -158,7 +161,7 @@ class Idefics3Adapter(LlavaAdapter):
 
     def token_layout(self) -> TokenLayout:
         return TokenLayout(self.image_token, self.image_token_id, tiles=self._max_views, tokens_per_tile=self._per_view,
-                           kind="tiled", markers=self.markers())
+                           kind=self.layout_kind, markers=self.markers())
 
     def extra_arrays(self) -> dict:
         return {}
@@ -183,10 +186,7 @@ class Idefics3Adapter(LlavaAdapter):
         return VisionInputs(("pixel_values",), {"pixel_values": {0: "views"}}, (px,), images=1, tokens=3 * self._per_view)
 
     def vision_module(self, scorer: torch.nn.Module, clip=None, auto_keep=None):
-        if scorer.text_space == "clip" or auto_keep is not None or scorer.merges_tokens or scorer.needs_prompt:
-            raise CheckpointError(f"scorer {type(scorer).__name__} with these options is not supported for Idefics3 / "
-                                  "SmolVLM yet (CLIP text space, --keep auto, contextual merge and fastv need one fixed view)")
-        return PixelShuffleGate(self.tower(), connector=self.connector, scorer=scorer).eval()
+        return self.multi_view_module(scorer, auto_keep)
 
     def clip_patch_embedder(self, clip):
         raise CheckpointError("text relevance in CLIP space is not supported for Idefics3 / SmolVLM")

@@ -47,6 +47,8 @@ class LlavaAdapter(Adapter):
     name = "llava"
     model_types = ("llava",)
     hf_class = "LlavaForConditionalGeneration"
+    title = "LLaVA"  # in messages
+    gate_class = None  # multi-view subclasses: the vision graph's module over one image's views (atp.export.vision)
     summary = "LLaVA-1.5 / llava-interleave: one fixed-size view, CLIP (CLS) or SigLIP tower, MLP projector"
     text_model_types = ("llama", "mistral", "qwen2")
 
@@ -266,6 +268,18 @@ class LlavaAdapter(Adapter):
         g = torch.Generator().manual_seed(0)
         px = torch.randn(batch, 3, self.image_size, self.image_size, generator=g)
         return VisionInputs(("pixel_values",), {"pixel_values": {0: "batch"}}, (px,))
+
+    def multi_view_module(self, scorer: torch.nn.Module, auto_keep=None):
+        """The vision module of a multi-view architecture (``gate_class`` over one image's views); refuses what needs
+        one fixed view.
+
+        Raises:
+            CheckpointError: CLIP text space, ``--keep auto``, contextual merge or a prompt-reading scorer (FastV).
+        """
+        if scorer.text_space == "clip" or auto_keep is not None or scorer.merges_tokens or scorer.needs_prompt:
+            raise CheckpointError(f"scorer {type(scorer).__name__} with these options is not supported for {self.title} yet "
+                                  "(CLIP text space, --keep auto, contextual merge and fastv need one fixed view)")
+        return self.gate_class(self.tower(), connector=self.connector, scorer=scorer).eval()
 
     def clip_patch_embedder(self, clip):
         from atp.export.clip import ClipPatchEmbedder

@@ -31,6 +31,7 @@ class LlavaNextAdapter(LlavaAdapter):
     model_types = ("llava_next",)
     hf_class = "LlavaNextForConditionalGeneration"
     title = "LLaVA-NeXT"
+    layout_kind = "anyres"
     gate_class = TokenIndexGate  # the vision graph's module (atp.export.vision)
     summary = "LLaVA-NeXT: anyres base view + grid tiles, unpadded, image_newline per grid row; one global top-K per image"
 
@@ -81,7 +82,7 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def token_layout(self) -> TokenLayout:
         return TokenLayout(self.image_token, self.image_token_id, tiles=self._max_views, tokens_per_tile=self._per_view,
-                           kind="anyres", newline=f"{NEWLINE_NAME}.npy")
+                           kind=self.layout_kind, newline=f"{NEWLINE_NAME}.npy")
 
     def extra_arrays(self) -> dict[str, np.ndarray]:
         return {NEWLINE_NAME: self.model.model.image_newline.detach().float().numpy().reshape(1, -1)}  # [1, D]
@@ -101,8 +102,5 @@ class LlavaNextAdapter(LlavaAdapter):
                             (px, *(torch.from_numpy(v) for v in layout.values())), images=1, tokens=len(row))
 
     def vision_module(self, scorer: torch.nn.Module, clip=None, auto_keep=None):
-        if scorer.text_space == "clip" or auto_keep is not None or scorer.merges_tokens or scorer.needs_prompt:
-            raise CheckpointError(f"scorer {type(scorer).__name__} with these options is not supported for {self.title} yet "
-                                  "(CLIP text space, --keep auto, contextual merge and fastv need one fixed view)")
-        return self.gate_class(self.tower(), connector=self.connector, scorer=scorer).eval()
+        return self.multi_view_module(scorer, auto_keep)
 

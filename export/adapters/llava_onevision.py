@@ -18,6 +18,13 @@ from atp.export.vision import TapGate
 from atp.registry import ARCHITECTURES
 
 
+def anyres_max(config) -> int:
+    """N of ``vision_aspect_ratio == "anyres_max_N"`` (0 when it is not that form)."""
+    ratio = getattr(config, "vision_aspect_ratio", None) or ""
+    n = ratio[len("anyres_max_"):] if ratio.startswith("anyres_max_") else ""
+    return int(n) if n.isdigit() else 0
+
+
 @ARCHITECTURES.register("llava_onevision")
 class LlavaOnevisionAdapter(LlavaNextAdapter):
     """Adapter for ``model_type == "llava_onevision"`` checkpoints (single-image anyres path)."""
@@ -33,10 +40,9 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     @classmethod
     def check_aspect_ratio(cls, config) -> None:
-        ratio = getattr(config, "vision_aspect_ratio", None) or ""
-        if not (ratio.startswith("anyres_max_") and ratio[len("anyres_max_"):].isdigit()
-                and int(ratio[len("anyres_max_"):]) > 0):
-            raise CheckpointError(f"vision_aspect_ratio {ratio!r} is not supported for LLaVA-OneVision (anyres_max_N)")
+        if anyres_max(config) < 1:
+            raise CheckpointError(f"vision_aspect_ratio {getattr(config, 'vision_aspect_ratio', None)!r} is not supported "
+                                  "for LLaVA-OneVision (anyres_max_N)")
         if config.vision_feature_select_strategy != "full":
             raise CheckpointError("LLaVA-OneVision export needs vision_feature_select_strategy 'full' (every tower token, "
                                   "as the checkpoints ship)")
@@ -53,7 +59,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     def anyres_spec(self):
         from dataclasses import replace
 
-        return replace(super().anyres_spec(), max_patches=int(self.config.vision_aspect_ratio[len("anyres_max_"):]))
+        return replace(super().anyres_spec(), max_patches=anyres_max(self.config))
 
     def preprocessing(self) -> dict:
         pre = LlavaAdapter.preprocessing(self)

@@ -47,6 +47,11 @@ std::pair<int, int> tiled_size(int h, int w, int tile) {  // (h, w) after the re
   return {h, w};
 }
 
+std::pair<int, int> grid_of(int h, int w, int tile) {  // tiles of an image resized to whole tiles; (0, 0): one tile
+  if (h > tile || w > tile) return {(h - tile) / tile + 1, (w - tile) / tile + 1};
+  return {0, 0};
+}
+
 Rgb8 resized(const Rgb8& img, int w, int h, int resample) {  // Pillow: a same-size resize is a copy
   return (w == img.width && h == img.height) ? img : resize_pil(img, w, h, resample);
 }
@@ -55,8 +60,7 @@ Rgb8 resized(const Rgb8& img, int w, int h, int resample) {  // Pillow: a same-s
 std::pair<int, int> tiling_grid(int h, int w, const TilingSpec& spec) {
   auto [fh, fw] = first_size(h, w, spec);
   auto [th, tw] = tiled_size(fh, fw, spec.tile);
-  if (th > spec.tile || tw > spec.tile) return {(th - spec.tile) / spec.tile + 1, (tw - spec.tile) / spec.tile + 1};
-  return {0, 0};
+  return grid_of(th, tw, spec.tile);
 }
 
 std::vector<Rgb8> tiling_views(const Rgb8& img, const TilingSpec& spec) {
@@ -65,8 +69,8 @@ std::vector<Rgb8> tiling_views(const Rgb8& img, const TilingSpec& spec) {
   auto [th, tw] = tiled_size(fh, fw, spec.tile);
   Rgb8 b = resized(a, tw, th, spec.resample);
   const int t = spec.tile;
-  if (th <= t && tw <= t) return {b};
-  const int rows = (th - t) / t + 1, cols = (tw - t) / t + 1;
+  const auto [rows, cols] = grid_of(th, tw, t);
+  if (!rows) return {b};
   std::vector<Rgb8> out;
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) {
