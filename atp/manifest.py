@@ -25,6 +25,11 @@ READABLE_VERSIONS = (1, 2)
 #: Position schemes a decoder graph can take (``positions.scheme``).
 POSITION_SCHEMES = {
     "1d": "position_ids [B, S] int64: 0..L-1 over the spliced prompt (visual tokens included), then one per new token",
+    "mrope": "position_ids [3, B, S] int64 (t, h, w; Qwen2-VL M-RoPE, rotary frequencies split by positions.sections): "
+             "text tokens take one position on all three axes, counting on from the token before; a kept visual "
+             "token keeps its position in the full grid (start, start + row, start + col) whatever K is; the text "
+             "after the image starts at start + max(rows, cols) as in the dense model; each new token takes the "
+             "largest position so far + 1",
 }
 
 #: How an image becomes visual tokens (``token_layout.kind``).
@@ -37,6 +42,9 @@ LAYOUT_KINDS = {
     "tiled": "Idefics3 / SmolVLM image splitting: rows x cols tiles then a global view (preprocessing.tiling); per "
              "image N = views x tokens_per_tile; each view's kept tokens follow its marker run (markers[RxC]), the "
              "last run follows the global view",
+    "dynamic": "Qwen2-VL / Qwen2.5-VL dynamic resolution: one view resized to multiples of patch x merge within the "
+               "pixel bounds (preprocessing.dynamic); per image N = rows x cols merged tokens; one contiguous run of "
+               "kept tokens at the placeholder in raster order of the merged grid (tokens_per_tile: the largest N)",
 }
 
 #: Kept-token policies (``token_layout.kept_policy``).
@@ -92,12 +100,22 @@ class TokenLayout:
 
 @dataclass(frozen=True)
 class Positions:
-    """The decoder's position rule (``positions``): a key of :data:`POSITION_SCHEMES`."""
+    """The decoder's position rule (``positions``): a key of :data:`POSITION_SCHEMES`; ``sections`` (``mrope``): the
+    rotary frequency pairs of the t, h and w axes (sum = head_dim / 2)."""
 
     scheme: str = "1d"
+    sections: tuple[int, ...] = ()
+
+    @property
+    def axes(self) -> int:
+        """Rows of ``position_ids``: 1 (``[B, S]``) or 3 (``[3, B, S]``)."""
+        return 3 if self.scheme == "mrope" else 1
 
     def to_dict(self) -> dict:
-        return {"scheme": self.scheme, "rule": POSITION_SCHEMES[self.scheme]}
+        d = {"scheme": self.scheme, "rule": POSITION_SCHEMES[self.scheme]}
+        if self.sections:
+            d["sections"] = list(self.sections)
+        return d
 
 
 @dataclass(frozen=True)
@@ -207,10 +225,14 @@ def _layout(m: dict, version: int, n: int) -> TokenLayout:
 def _positions(m: dict, version: int) -> Positions:
     if version < 2:
         return Positions("1d")
-    scheme = _get(_get(m, "positions", dict, "manifest"), "scheme", str, "positions")
+    pos = _get(m, "positions", dict, "manifest")
+    scheme = _get(pos, "scheme", str, "positions")
     if scheme not in POSITION_SCHEMES:
         raise BundleError(f"manifest: positions.scheme {scheme!r} is not one this atp runs ({', '.join(POSITION_SCHEMES)})")
-    return Positions(scheme)
+    sections = _ids(pos, "sections", "positions")
+    if scheme == "mrope" and (len(sections) != 3 or not all(sections)):
+        raise BundleError("manifest: positions.sections must give the t, h and w rotary sections of an mrope scheme")
+    return Positions(scheme, sections)
 
 
 def _graphs(m: dict) -> dict[str, GraphInfo]:

@@ -55,6 +55,8 @@ def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2, kv_dt
     embeds = torch.randn(batch, seq, info["hidden_size"], generator=g) * 0.02
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
     pos = torch.arange(past, past + seq, dtype=torch.int64).expand(batch, -1).contiguous()
+    if adapter.positions().axes == 3:  # M-RoPE: [3, B, S], the axes apart so the graph cannot fold them
+        pos = torch.stack([pos, pos + 1, pos + 2])
     kv = [torch.randn(batch, info["num_kv_heads"], past, info["head_dim"], generator=g) for _ in range(2 * info["num_layers"])]
     if kv_dtype == "int8":
         kv = [t for x in kv for t in quantize_kv_torch(x)]
@@ -141,10 +143,12 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
     return graph
 
 
-def decoder_axes(past: list[str], present: list[str]) -> dict:
-    """Dynamic axes of a decoder graph (the decoder and the int8 prefill graph share them)."""
+def decoder_axes(past: list[str], present: list[str], position_axes: int = 1) -> dict:
+    """Dynamic axes of a decoder graph (the decoder and the int8 prefill graph share them); ``position_axes``: rows
+    of ``position_ids`` (3: M-RoPE ``[3, B, S]``)."""
+    pos = {0: "batch", 1: "sequence"} if position_axes == 1 else {1: "batch", 2: "sequence"}
     axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+            "position_ids": pos, "logits": {0: "batch"}}
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
     return axes
@@ -154,7 +158,7 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig, module=None, plan
     n_layers = adapter.model_info()["num_layers"]
     q = cfg.quantization
     past, present = kv_names(n_layers, q.kv)
-    axes = decoder_axes(past, present)
+    axes = decoder_axes(past, present, adapter.positions().axes)
     if q.decoder_graph == "fused":
         from atp.export.decoder_graph import save_fused_decoder
 

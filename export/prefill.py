@@ -37,7 +37,7 @@ def export_prefill(adapter, staging: Path, cfg) -> tuple[dict, object]:
     past, present = kv_names(adapter.model_info()["num_layers"])
     path = staging / PREFILL_FILE
     export_module(module, _decoder_example(adapter), path, input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
-                  output_names=["logits", *present], dynamic_axes=decoder_axes(past, present), opset=cfg.opset,
+                  output_names=["logits", *present], dynamic_axes=decoder_axes(past, present, adapter.positions().axes), opset=cfg.opset,
                   external_data_threshold=cfg.external_data_threshold, fixed_output_dims={"logits": {1: 1}})
     model = onnx.load(str(path), load_external_data=True)
     for ext in external_files(path):

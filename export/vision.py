@@ -173,3 +173,26 @@ class PixelShuffleGate(VisionGate):
                            saliency=lambda: flat(group(out.saliency()[..., None]).sum(dim=(2, 3))),
                            saliency_kind=out.saliency_kind, key_metric=lambda: flat(group(out.key_metric()).mean(dim=2)),
                            projected=flat(self.projector(out.features)))
+
+
+class MergerGate(VisionGate):
+    """The gate after a patch merger (Qwen2.5-VL): ``pixel_values [P, C*T*p*p]``, ``patch_pos [P, 2]`` and
+    ``window_id [P]`` (one image, block-major: each language-model token's m x m patches consecutive) make one
+    ``[1, N]`` row of the merged tokens the language model reads (N = P / m^2, raster order of the merged grid). The
+    merger runs on every patch; a token's saliency is the sum of its m^2 patches', its keys their mean, its features
+    their concatenation (the merger's input). ``kept_index`` indexes the N tokens."""
+
+    layout_inputs = 2
+    gate_position = "after_connector"
+
+    def tower_output(self, pixel_values: torch.Tensor, patch_pos: torch.Tensor, window_id: torch.Tensor) -> TowerOutput:
+        out = self.tower(pixel_values, patch_pos, window_id)
+        unit = int(self.projector.hidden_size // out.features.shape[-1])  # m^2 patches per merged token
+
+        def group(x):  # [1, P, ...] -> [1, N, m^2, ...]
+            return x.reshape(1, -1, unit, *x.shape[2:])
+
+        feats = out.features
+        return TowerOutput(features=feats.reshape(1, -1, unit * feats.shape[-1]), grid=out.grid,
+                           saliency=lambda: group(out.saliency()).sum(dim=2), saliency_kind=out.saliency_kind,
+                           key_metric=lambda: group(out.key_metric()).mean(dim=2), projected=self.projector(feats[0])[None])

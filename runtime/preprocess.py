@@ -84,8 +84,11 @@ def preprocess(image, spec: dict) -> np.ndarray:
 def preprocess_views(image, spec: dict) -> tuple[np.ndarray, tuple[int, int]]:
     """Image -> (``[V, 3, H, W]`` float32 views, the image's ``(height, width)``): one view for fixed-size
     preprocessing, base view + tiles for ``preprocessing.anyres`` (:mod:`atp.runtime.anyres`), tiles + global view
-    for ``preprocessing.tiling`` (:mod:`atp.runtime.tiling`)."""
+    for ``preprocessing.tiling`` (:mod:`atp.runtime.tiling`); for ``preprocessing.dynamic`` (Qwen2.5-VL,
+    :mod:`atp.runtime.dynamic`) the one view's ``[P, 3 * temporal * patch * patch]`` patches."""
     img = _rgb(image, spec)
+    if spec.get("dynamic"):
+        return _dynamic_view(img, spec), (img.height, img.width)
     if spec.get("tiling"):
         from atp.runtime.tiling import TilingSpec, views
 
@@ -124,6 +127,26 @@ def _view(img, spec: dict) -> np.ndarray:
     expected = tuple(spec["image_size"])
     if arr.shape[:2] != expected:
         raise InputError(f"preprocessed image is {arr.shape[:2]}, the vision graph wants {expected}")
+    return _normalized(arr, spec)
+
+
+def _dynamic_view(img, spec: dict) -> np.ndarray:
+    """Qwen2.5-VL: smart resize, rescale + normalise, block-major patches (:mod:`atp.runtime.dynamic`)."""
+    from PIL import Image
+
+    from atp.runtime.dynamic import DynamicSpec, patchify, smart_resize
+
+    d = DynamicSpec.from_dict(spec["dynamic"])
+    _check_pixels(img.width, img.height, "the image")
+    h, w = smart_resize(img.height, img.width, d)
+    _check_pixels(w, h, f"the {img.width}x{img.height} image resized for this model")
+    if (w, h) != img.size:
+        img = img.resize((w, h), resample=Image.Resampling(d.resample))
+    return patchify(_normalized(np.asarray(img, dtype=np.uint8), spec)[0], d)
+
+
+def _normalized(arr: np.ndarray, spec: dict) -> np.ndarray:
+    """``HxWx3`` uint8 -> ``[1, 3, H, W]`` float32, rescaled and normalised per the spec."""
     lut = _value_table(spec.get("rescale_factor"), spec.get("mean"), spec.get("std"))
     out = np.empty((1, 3, *arr.shape[:2]), np.float32)
     for c in range(3):  # uint8 -> float through a 256-entry table: the same float32 arithmetic, 4x fewer passes

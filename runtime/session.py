@@ -15,7 +15,7 @@ from atp.errors import ConfigError, InputError
 from atp.manifest import parse
 from atp.registry import BACKENDS
 from atp.runtime import positions
-from atp.runtime.prompt import plan, splice, text_around_image
+from atp.runtime.prompt import plan, splice, spliced_length, text_around_image
 from atp.runtime.sampling import Sampler, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,11 @@ class Session:
         self.image_token_id = spec.token_layout.placeholder_id
         self.eos_ids = set(spec.eos_token_ids)
         self.max_sequence = spec.max_sequence  # the LM's positions (0: unlimited)
-        self._anyres = self._newline = self._tiling = None
+        self._anyres = self._newline = self._tiling = self._dynamic = None
+        if self.layout.kind == "dynamic":  # Qwen2.5-VL: the resize rule, read once
+            from atp.runtime.dynamic import DynamicSpec
+
+            self._dynamic = DynamicSpec.from_dict(self.manifest["preprocessing"]["dynamic"])
         if self.layout.kind == "tiled":  # read once: every request needs the splitting rule
             from atp.runtime.tiling import TilingSpec
 
@@ -199,7 +203,8 @@ class Session:
                      raw_prompt: bool = False) -> dict:
         """Preprocess one image and run its vision graph: ``{"embeds": [L, D]`` what goes in the image slot (kept
         tokens, plus newline rows for anyres layouts), ``"kept_index"``, ``"n"`` (this image's visual tokens),
-        ``"k"``, and the preprocess / vision times in seconds}."""
+        ``"k"``, ``"grid"`` (the merged grid of a dynamic-resolution image, else None), and the preprocess / vision
+        times in seconds}."""
         from atp.runtime.preprocess import preprocess_views
 
         t0 = time.perf_counter()
@@ -210,6 +215,12 @@ class Session:
 
             layout, row = graph_layout(size, self._anyres)
             n = len(row)
+        grid = None
+        if self._dynamic is not None:  # one view at its own size: N from the merged grid, layout inputs from the grid
+            from atp.runtime.dynamic import token_grid, vision_layout
+
+            grid = token_grid(size, self._dynamic)
+            layout, n = vision_layout(grid, self._dynamic), grid[0] * grid[1]
         markers = None
         if self._tiling is not None:  # tiles + global view: N from the grid, marker runs between the views
             from atp.runtime.tiling import grid_key, grid_shape
@@ -234,13 +245,23 @@ class Session:
             embeds = slot(embeds, kept_index, self.layout.tokens_per_tile, markers, self.embeddings)
         # visual tokens the LM reads (VisionZip merge: dominant + contextual; multi-view: K, not the newline / marker rows)
         kept = k if self.layout.kind != "fixed" else len(embeds)
-        return {"embeds": embeds, "kept_index": kept_index, "n": n, "k": k, "kept": kept, "preprocess": t1 - t0,
-                "vision": time.perf_counter() - t1}
+        return {"embeds": embeds, "kept_index": kept_index, "n": n, "k": k, "kept": kept, "grid": grid,
+                "preprocess": t1 - t0, "vision": time.perf_counter() - t1}
 
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
         """``[1, L, D]``: the prompt's token embeddings with the K visual tokens spliced in per the bundle's token
         layout (:mod:`atp.runtime.prompt`)."""
         return splice(plan(ids, self.layout), [image_embeds], self.embeddings)
+
+    @staticmethod
+    def _image_slot(segments, vis: dict):
+        """The image's place in the spliced prompt, for position schemes that place visual tokens on their grid."""
+        if vis.get("grid") is None:
+            return None
+        from atp.runtime.positions import ImageSlot
+
+        start = spliced_length(segments[:next(i for i, s in enumerate(segments) if s.is_image)], [])
+        return ImageSlot(start, vis["kept_index"], vis["grid"])
 
     @property
     def scorers(self) -> list[str]:
@@ -335,14 +356,16 @@ class Session:
         t0 = time.perf_counter()
         vis = self.image_tokens(image, keep, keep_ratio, prompt, scorer, raw_prompt)
         t1, t2 = t0 + vis["preprocess"], t0 + vis["preprocess"] + vis["vision"]
-        embeds = self.inputs_embeds(ids, vis["embeds"])
+        segments = plan(ids, self.layout)
+        embeds = splice(segments, [vis["embeds"]], self.embeddings)
         length = embeds.shape[1]
         if self.max_sequence and length >= self.max_sequence:
             raise InputError(f"the prompt is {length} tokens with {vis['kept']} visual tokens, at or past the model's "
                              f"{self.max_sequence} positions (shorten the prompt or keep fewer visual tokens)")
         mask = np.ones((1, length), np.int64)
-        logits, past = self._step(embeds, mask, positions.prefill(self.positions, length), self._empty_past(1),
-                                  self.prefill_graph if length > 1 else "decoder")
+        pos = positions.prefill(self.positions, length, image=self._image_slot(segments, vis))
+        logits, past = self._step(embeds, mask, pos, self._empty_past(1), self.prefill_graph if length > 1 else "decoder")
+        next_pos = positions.next_position(pos)
         t3 = time.perf_counter()
         out: list[int] = []
         decode_times = []
@@ -357,7 +380,7 @@ class Session:
             s = time.perf_counter()
             mask = np.ones((1, length + len(out)), np.int64)
             logits, past = self._step(self.embeddings[[token]][None].astype(np.float32), mask,
-                                      positions.step(self.positions, length + len(out) - 1), past)
+                                      positions.step(self.positions, next_pos + len(out) - 1), past)
             decode_times.append(time.perf_counter() - s)
         t4 = time.perf_counter()
         ms = 1000.0

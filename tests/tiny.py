@@ -26,8 +26,8 @@ def _siglip_config(image_size: int, patch: int):
                               image_size=image_size, patch_size=patch)
 
 
-def build_tokenizer(out: Path, extra_special: tuple[str, ...] = ()):
-    """Byte-level BPE trained on a fixed corpus (deterministic), with an <image> token (and ``extra_special``)."""
+def build_tokenizer(out: Path, extra_special: tuple[str, ...] = (), image_token: str = "<image>"):
+    """Byte-level BPE trained on a fixed corpus (deterministic), with an image token (and ``extra_special``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,8 +38,8 @@ def build_tokenizer(out: Path, extra_special: tuple[str, ...] = ()):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
-    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+                                   pad_token="<pad>", extra_special_tokens={"image_token": image_token})
+    fast.add_special_tokens({"additional_special_tokens": [image_token]})
     return fast
 
 
@@ -258,5 +258,54 @@ def build_tiny_idefics3(out: Path, seed: int = 0, tile: int = 32, patch: int = 4
 
         proc = transformers.SmolVLMProcessor(image_processor=ip, tokenizer=tok, video_processor=SmolVLMVideoProcessor(),
                                              image_seq_len=seq, chat_template=SMOLVLM_TEMPLATE)
+    proc.save_pretrained(out)
+    return out
+
+
+# Qwen2.5-VL's template (ChatML with the default system turn; images as vision_start / image_pad / vision_end)
+QWEN_VL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tiny_qwen2_5_vl(out: Path, seed: int = 0, patch: int = 4, window: int = 16, max_pixels: int = 64 * 64) -> Path:
+    """A seeded random ``Qwen2_5_VLForConditionalGeneration``: the Qwen2.5-VL vision transformer (patch ``patch``,
+    temporal patch 2, 2 x 2 merger, windows of ``window`` px, layers 1 and 3 of 4 with full attention), a Qwen2.5-VL
+    text model (M-RoPE sections 2/3/3 of head_dim 16), ``Qwen2VLImageProcessorPil`` (smart resize to multiples of
+    2 * patch between 16 x 16 and ``max_pixels``) and a ChatML template with the default system turn, saved to ``out``."""
+    import torch
+    import transformers
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                                              "<|video_pad|>"), image_token="<|image_pad|>")
+    tok.eos_token = "<|im_end|>"
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    vc = Qwen2_5_VLVisionConfig(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=patch,
+                                window_size=window, out_hidden_size=64, fullatt_block_indexes=[1, 3])
+    tc = _text_config(Qwen2_5_VLTextConfig, tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                    "mrope_section": [2, 3, 3]})
+    cfg = transformers.Qwen2_5_VLConfig(vision_config=vc.to_dict(), text_config=tc.to_dict(),
+                                        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                                        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    _spread(model)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    size = {"shortest_edge": 16 * 16, "longest_edge": max_pixels}
+    ip = Qwen2VLImageProcessorPil(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
+    vp = Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
+    proc = transformers.Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=QWEN_VL_TEMPLATE)
     proc.save_pretrained(out)
     return out

@@ -1,0 +1,86 @@
+"""The Qwen2.5-VL vision transformer (``qwen2_5_vl_vision``) at any resolution in one graph.
+
+transformers runs it on ``pixel_values [P, 3 * T * p * p]`` + ``image_grid_thw``: a Conv3d patch embedding, 2-D
+rotary positions per patch, RMSNorm blocks that attend within windows of merged tokens except in
+``fullatt_block_indexes``, then the 2 x 2 patch merger. It reorders the patches window by window so each window is
+contiguous for its variable-length kernels, and orders the merged tokens back afterwards.
+
+Here the patches stay in the processor's block-major order and windowed layers use a mask (``window_id`` equal),
+which is the same attention: softmax over the same keys, only summed in another order (vs transformers: 1e-6). The
+rotary positions (``patch_pos``) and windows come from the grid alone (``atp.runtime.dynamic.vision_layout``), so one
+graph serves every image size. No CLS token: the saliency is the attention each patch receives at the last block
+(mean over queries and heads, under that block's mask), as for SigLIP.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from atp.export.towers.base import Tower, TowerOutput
+from atp.registry import TOWERS
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+@TOWERS.register("qwen2_5_vl")
+class Qwen25VisionTower(Tower):
+    """``(pixel_values [P, C*T*p*p], patch_pos [P, 2], window_id [P]) -> TowerOutput`` over the P patches (batch 1):
+    last-block features before the merger, attention received, keys."""
+
+    model_types = ("qwen2_5_vl_vision",)
+    has_cls = False
+    saliency_kind = "attention_received"
+
+    def __init__(self, visual, vision_config, feature_layer: int = -1, drop_cls: bool = False):
+        super().__init__()
+        if drop_cls or feature_layer != -1:
+            raise ValueError("the Qwen2.5-VL tower reads its last block (the merger's input) and has no CLS token")
+        self.patch_embed = visual.patch_embed
+        self.rotary = visual.rotary_pos_emb
+        self.blocks = visual.blocks
+        self.full = frozenset(int(i) for i in vision_config.fullatt_block_indexes)
+        self.heads = int(vision_config.num_heads)
+
+    def _qkv(self, blk, h, cos, sin):
+        p = h.shape[0]
+        q, k, v = blk.attn.qkv(blk.norm1(h)).reshape(p, 3, self.heads, -1).permute(1, 2, 0, 3).unbind(0)  # [H, P, hd]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def _probs(self, blk, h, cos, sin, bias):
+        q, k, v = self._qkv(blk, h, cos, sin)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * blk.attn.scaling
+        if bias is not None:
+            scores = scores + bias
+        return torch.softmax(scores, dim=-1), k, v
+
+    def _block(self, blk, h, cos, sin, bias):
+        probs, _, v = self._probs(blk, h, cos, sin, bias)
+        out = torch.matmul(probs, v).transpose(0, 1).reshape(h.shape[0], -1)
+        h = h + blk.attn.proj(out)
+        return h + blk.mlp(blk.norm2(h))
+
+    def forward(self, pixel_values: torch.Tensor, patch_pos: torch.Tensor, window_id: torch.Tensor) -> TowerOutput:
+        h = self.patch_embed(pixel_values)
+        cos, sin = self.rotary(h, patch_pos)  # [P, head_dim]
+        cos, sin = cos[None].float(), sin[None].float()
+        same = window_id[:, None] == window_id[None, :]
+        window = torch.where(same, torch.zeros((), dtype=h.dtype), torch.full((), torch.finfo(h.dtype).min, dtype=h.dtype))
+        biases = [None if i in self.full else window for i in range(len(self.blocks))]
+        for blk, bias in zip(list(self.blocks)[:-1], biases[:-1]):
+            h = self._block(blk, h, cos, sin, bias)
+        h_in, last, bias = h, self.blocks[-1], biases[-1]
+        h = self._block(last, h_in, cos, sin, bias)
+
+        def saliency():
+            return self._probs(last, h_in, cos, sin, bias)[0].mean(dim=(0, 1))[None]  # [1, P]
+
+        def keys():
+            return self._qkv(last, h_in, cos, sin)[1].mean(dim=0)[None]  # [1, P, head_dim]
+
+        return TowerOutput(features=h[None], grid=(0, 0), saliency=saliency, saliency_kind=self.saliency_kind,
+                           key_metric=keys)

@@ -1,0 +1,126 @@
+"""Qwen2-VL / Qwen2.5-VL dynamic resolution (numpy + Pillow, no torch): one view at the image's own size.
+
+An image is resized by ``smart_resize`` (both sides multiples of ``factor = patch * merge``, pixels within
+``[min_pixels, max_pixels]``, aspect kept as closely as possible; Pillow BICUBIC), rescaled and normalised, and cut into
+``patch x patch`` patches laid out **block-major**: the ``merge x merge`` patches of one language-model token are
+consecutive, tokens in raster order of the merged grid. Each patch is repeated ``temporal`` times (a still image is a
+one-step clip), so ``pixel_values`` is ``[P, 3 * temporal * patch * patch]`` exactly as ``Qwen2VLImageProcessorPil``
+gives it (the reference in tests/unit/test_dynamic.py).
+
+The vision graph also takes, per patch, its ``(row, col)`` on the patch grid (the tower's 2-D rotary positions) and its
+attention window (``window_id``: windowed layers attend within a ``window x window`` block of merged tokens, the
+last row / column of blocks cut short). Everything here derives from the grid alone; ``runtime/cpp`` will mirror it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from atp.errors import InputError
+
+MAX_ASPECT = 200  # transformers' smart_resize refuses a longer side over 200 x the shorter
+
+
+@dataclass(frozen=True)
+class DynamicSpec:
+    """``preprocessing.dynamic`` of a bundle.
+
+    Attributes:
+        patch: Patch side in pixels (14 for Qwen2.5-VL).
+        merge: Patches per language-model token along each side (2: a 2 x 2 merger).
+        temporal: Temporal patch size (frames per patch; a still image is repeated).
+        min_pixels: Fewest pixels after the resize.
+        max_pixels: Most pixels after the resize.
+        window: Windowed-attention block side, in merged tokens (``window_size // merge // patch``).
+        resample: Pillow filter of the resize (3 = BICUBIC).
+    """
+
+    patch: int
+    merge: int
+    temporal: int
+    min_pixels: int
+    max_pixels: int
+    window: int
+    resample: int = 3
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DynamicSpec":
+        return cls(int(d["patch"]), int(d["merge"]), int(d["temporal"]), int(d["min_pixels"]), int(d["max_pixels"]),
+                   int(d["window"]), int(d.get("resample", 3)))
+
+    def to_dict(self) -> dict:
+        return {"patch": self.patch, "merge": self.merge, "temporal": self.temporal, "min_pixels": self.min_pixels,
+                "max_pixels": self.max_pixels, "window": self.window, "resample": self.resample,
+                "order": "patches block-major (each merged token's merge x merge patches consecutive), tokens in raster "
+                         "order of the merged grid"}
+
+    @property
+    def factor(self) -> int:
+        """Both resized sides are multiples of this (``patch * merge``)."""
+        return self.patch * self.merge
+
+    @property
+    def max_tokens(self) -> int:
+        """The largest N: merged tokens of an image at ``max_pixels``."""
+        return self.max_pixels // (self.factor * self.factor)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch row of ``pixel_values``: ``3 * temporal * patch * patch``."""
+        return 3 * self.temporal * self.patch * self.patch
+
+
+def smart_resize(height: int, width: int, spec: DynamicSpec) -> tuple[int, int]:
+    """``(height, width)`` after the resize (transformers' ``smart_resize``, the same float arithmetic).
+
+    Raises:
+        InputError: an aspect ratio over 200.
+    """
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise InputError(f"the image is {width}x{height}: an aspect ratio over {MAX_ASPECT} is not supported by this "
+                         "model's processor (crop or pad it first)")
+    f = spec.factor
+    h_bar, w_bar = round(height / f) * f, round(width / f) * f
+    if h_bar * w_bar > spec.max_pixels:
+        beta = math.sqrt((height * width) / spec.max_pixels)
+        h_bar = max(f, math.floor(height / beta / f) * f)
+        w_bar = max(f, math.floor(width / beta / f) * f)
+    elif h_bar * w_bar < spec.min_pixels:
+        beta = math.sqrt(spec.min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / f) * f
+        w_bar = math.ceil(width * beta / f) * f
+    return h_bar, w_bar
+
+
+def token_grid(size: tuple[int, int], spec: DynamicSpec) -> tuple[int, int]:
+    """``(rows, cols)`` of the merged-token grid of an image of ``size = (height, width)``: N = rows * cols."""
+    h, w = smart_resize(*size, spec)
+    return h // spec.factor, w // spec.factor
+
+
+def patchify(chw: np.ndarray, spec: DynamicSpec) -> np.ndarray:
+    """``[3, H, W]`` normalised image -> ``[P, 3 * temporal * patch * patch]`` patches, block-major (the processor's
+    ``patchify``)."""
+    c, h, w = chw.shape
+    p, m = spec.patch, spec.merge
+    gh, gw = h // p, w // p
+    x = chw.reshape(c, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
+    x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], spec.temporal, p, p))
+    return np.ascontiguousarray(x.reshape(gh * gw, c * spec.temporal * p * p), dtype=np.float32)
+
+
+def vision_layout(grid: tuple[int, int], spec: DynamicSpec) -> dict[str, np.ndarray]:
+    """The vision graph's layout inputs for a merged grid ``(rows, cols)``: ``patch_pos [P, 2]`` int64 (each patch's
+    row and column on the patch grid, block-major) and ``window_id [P]`` int64 (its attention window: the
+    ``window x window`` block of merged tokens it lies in)."""
+    rows, cols = grid
+    m = spec.merge
+    r, c = np.divmod(np.arange(rows * cols, dtype=np.int64), cols)  # merged token -> (row, col)
+    q = np.arange(m * m, dtype=np.int64)
+    pos = np.stack([(r[:, None] * m + q[None] // m).reshape(-1), (c[:, None] * m + q[None] % m).reshape(-1)], axis=1)
+    blocks_per_row = -(-cols // spec.window)
+    window = (r // spec.window) * blocks_per_row + c // spec.window
+    return {"patch_pos": np.ascontiguousarray(pos), "window_id": np.repeat(window, m * m)}
