@@ -62,6 +62,12 @@ def _smolvlm(tmp):
     return build_tiny_idefics3(tmp, family="smolvlm", longest=96)
 
 
+def _qwen2_5_vl(tmp):
+    from tests.tiny import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp)
+
+
 def _llava_onevision(tmp):
     from tests.tiny import build_tiny_llava_onevision
 
@@ -85,8 +91,13 @@ ARCHS = {
     # longest edge 96: up to 3 x 3 tiles (N = 10 views x 16)
     "smolvlm": (_smolvlm, "idefics3", 160, "attention_received",
                 "SmolVLM: Idefics3's rule up to 3 x 3 tiles, SmolVLM processor (video processor, num2words) and template"),
+    # N is the largest (max_pixels 64 x 64: 8 x 8 merged tokens); each image has its own (smart resize)
+    "qwen2.5-vl": (_qwen2_5_vl, "qwen2_5_vl", 64, "attention_received",
+                   "dynamic resolution, window attention, 2 x 2 merger, M-RoPE (3-D positions), ChatML + system turn"),
 }
-GATE_POSITION = {"llava-onevision": "after_connector", "idefics3": "after_connector", "smolvlm": "after_connector"}  # the others: before_connector
+GATE_POSITION = {"llava-onevision": "after_connector", "idefics3": "after_connector", "smolvlm": "after_connector",
+                 "qwen2.5-vl": "after_connector"}  # the others: before_connector
+POSITION_SCHEME = {"qwen2.5-vl": "mrope"}  # the others: 1d
 
 
 def _hf_model(ckpt):
@@ -96,7 +107,7 @@ def _hf_model(ckpt):
 
     cls = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
            "llava_onevision": "LlavaOnevisionForConditionalGeneration", "idefics3": "Idefics3ForConditionalGeneration",
-           "smolvlm": "SmolVLMForConditionalGeneration"}
+           "smolvlm": "SmolVLMForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
     mt = json.loads((ckpt / "config.json").read_text())["model_type"]
     return getattr(transformers, cls[mt]).from_pretrained(ckpt, attn_implementation="eager").eval()
 
@@ -149,8 +160,9 @@ def test_greedy_ids_equal_transformers_generate(arch, size):
         assert ours.kept == n and ours.kept_index == list(range(n))
         assert ours.prompt_tokens == inputs["input_ids"].shape[1]  # newline rows included for anyres
         assert len(ours.token_ids) >= 5 and ours.token_ids == ref, (name, size, prompt)
-        pixels = inputs["pixel_values"].numpy()
-        np.testing.assert_allclose(_views(session, img)[0], pixels.reshape(-1, *pixels.shape[-3:]), atol=1e-5, rtol=0)
+        pixels, views = inputs["pixel_values"].numpy(), _views(session, img)[0]
+        assert views.size == pixels.size  # [V, 3, S, S] views, or [P, C*T*p*p] patches (Qwen2.5-VL)
+        np.testing.assert_allclose(views.reshape(pixels.shape), pixels, atol=1e-5, rtol=0)
 
 
 def _views(session, img):
@@ -160,7 +172,7 @@ def _views(session, img):
 
     pre = session.manifest["preprocessing"]
     px, size = preprocess_views(img, pre)
-    if session.layout.kind == "tiled":
+    if session.layout.kind in ("tiled", "dynamic"):
         return px, None
     if session.layout.kind == "anyres":
         spec = AnyresSpec.from_dict(pre["anyres"])
@@ -173,6 +185,8 @@ def _reference_saliency_and_features(model, px: torch.Tensor, index: np.ndarray 
     projected features, for one image's views and token order (``index``; None: LLaVA-OneVision, whose order and
     bilinear resize come from transformers' own ``pack_image_features``, run on [saliency, features] channels)."""
     cfg = model.config
+    if hasattr(model.model, "visual"):  # Qwen2.5-VL: transformers' own window order, rotary and merger
+        return _qwen_reference(model, px, size)
     if index is None and hasattr(model.model, "connector"):  # Idefics3 / SmolVLM: every view, after the pixel shuffle
         with torch.no_grad():
             out = model.model.vision_model(px, output_attentions=True)
@@ -201,6 +215,42 @@ def _reference_saliency_and_features(model, px: torch.Tensor, index: np.ndarray 
     return sal.reshape(-1)[idx], proj.reshape(-1, proj.shape[-1])[idx]
 
 
+def _qwen_reference(model, px: torch.Tensor, size):
+    """Qwen2.5-VL: attention received at the last block, computed from the inputs transformers gives that block
+    (window-ordered hidden states, its rotary cos / sin; the last block attends over the whole image), summed over
+    each merged token's patches and put back in raster order with transformers' own window index; the merged
+    features are transformers' ``pooler_output``."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    from transformers.vision_utils import get_vision_window_index
+
+    from atp.runtime.dynamic import DynamicSpec, smart_resize
+
+    visual, vc = model.model.visual, model.config.vision_config
+    assert len(vc.fullatt_block_indexes) and vc.fullatt_block_indexes[-1] == len(visual.blocks) - 1
+    ip_size = (vc.patch_size * vc.spatial_merge_size)
+    spec = DynamicSpec(vc.patch_size, vc.spatial_merge_size, 2, 16 * 16, 64 * 64, vc.window_size // ip_size)
+    h, w = smart_resize(*size, spec)
+    thw = torch.tensor([[1, h // vc.patch_size, w // vc.patch_size]])
+    seen = {}
+    hook = visual.blocks[-1].register_forward_pre_hook(lambda mod, a, kw: seen.update(h=a[0], pe=kw["position_embeddings"]),
+                                                       with_kwargs=True)
+    try:
+        with torch.no_grad():
+            merged = visual(px, grid_thw=thw).pooler_output
+    finally:
+        hook.remove()
+    blk = visual.blocks[-1]
+    with torch.no_grad():
+        x = blk.norm1(seen["h"])
+        q, k, _ = blk.attn.qkv(x).reshape(x.shape[0], 3, blk.attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = apply_rotary_pos_emb_vision(q, k, *seen["pe"])
+        probs = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) * blk.attn.scaling, dim=-1)
+    unit = vc.spatial_merge_size ** 2
+    window_index, _ = get_vision_window_index(thw, vc.spatial_merge_size, vc.window_size, vc.patch_size)
+    per_token = probs.mean(dim=(0, 1)).reshape(-1, unit).sum(-1)  # window order
+    return per_token[torch.argsort(window_index)], merged
+
+
 @pytest.mark.parametrize("ratio", [1 / 16, 0.25, 1.0])
 def test_vision_graph_keeps_the_reference_top_k(arch, ratio):
     from atp.config import resolve_keep
@@ -225,11 +275,12 @@ def test_vision_graph_keeps_the_reference_top_k(arch, ratio):
 def test_pruned_answer_equals_the_hf_lm_on_the_same_pruned_sequence(arch):
     """K honoured; the answer is the HF language model's on the pruned sequence (kept tokens at the placeholder,
     positions 0..L-1): the pruned semantics written in atp.runtime.positions, tested against PyTorch."""
-    name, _, _, session, model, _ = arch
+    name, _, _, session, model, processor = arch
     n = ARCHS[name][2]
     for k in (1, n // 4):
         img, prompt = random_image(11, SIZES[1]), PROMPTS[0]
         ours = session.generate(img, prompt, keep=k, max_new_tokens=8, ignore_eos=True)
+        k = min(k, ours.visual_tokens)  # a count above this image's N keeps all N
         assert ours.kept == k and len(ours.kept_index) == k and ours.kept_index == sorted(ours.kept_index)
         ids = session.prompt_ids(prompt)
         slot = session.image_tokens(img, k, None, prompt)["embeds"]  # K kept tokens (+ a newline per kept grid row)
@@ -237,13 +288,30 @@ def test_pruned_answer_equals_the_hf_lm_on_the_same_pruned_sequence(arch):
         assert ours.prompt_tokens == len(ids) - 1 + len(slot) and 0 <= markers <= (k if session.layout.newline else 0) + \
             (max(sum(map(len, runs)) for runs in session.layout.markers.values()) if session.layout.markers else 0)
         seq = torch.from_numpy(session.inputs_embeds(ids, session.image_tokens(img, k, None, prompt)["embeds"]))
+        pos = _pruned_positions(name, model, processor, img, prompt, ours.kept_index, seq.shape[1])
         out = []
         with torch.no_grad():
             for _ in range(8):
-                logits = model(inputs_embeds=seq, position_ids=torch.arange(seq.shape[1])[None]).logits[0, -1]
+                logits = model(inputs_embeds=seq, position_ids=pos).logits[0, -1]
                 out.append(int(logits.argmax()))
                 seq = torch.cat([seq, model.get_input_embeddings().weight[out[-1]][None, None]], dim=1)
+                pos = torch.cat([pos, pos.amax(dim=-1, keepdim=True) + 1], dim=-1)  # each new token: largest + 1
         assert ours.token_ids == out, (name, k)
+
+
+def _pruned_positions(name, model, processor, img, prompt, kept_index, length) -> torch.Tensor:
+    """The reference positions of a pruned prompt: 0..L-1 (1-D schemes), or (M-RoPE) transformers' own
+    ``get_rope_index`` of the dense prompt with the pruned visual tokens' columns dropped: kept tokens keep their grid
+    positions and the text after the image keeps its dense positions."""
+    if POSITION_SCHEME.get(name, "1d") == "1d":
+        return torch.arange(length)[None]
+    inputs = processor(images=img, text=_chat(processor, prompt), return_tensors="pt")
+    dense, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"])
+    image = (inputs["input_ids"][0] == model.config.image_token_id).nonzero()[:, 0]
+    drop = set(image.tolist()) - {int(image[i]) for i in kept_index}
+    cols = [c for c in range(dense.shape[-1]) if c not in drop]
+    assert len(cols) == length
+    return dense[:, :, cols]
 
 
 def test_bad_k_and_two_images_are_refused(arch):
@@ -267,7 +335,7 @@ def test_manifest_round_trips_through_the_schema(arch):
     assert raw["format_version"] == spec.format_version == FORMAT_VERSION
     assert spec.architecture == ARCHS[name][1]
     assert spec.token_layout.to_dict() == raw["token_layout"] and spec.token_layout.num_visual_tokens == ARCHS[name][2]
-    assert spec.positions.to_dict() == raw["positions"] and spec.positions.scheme == "1d"
+    assert spec.positions.to_dict() == raw["positions"] and spec.positions.scheme == POSITION_SCHEME.get(name, "1d")
     assert raw["graphs"]["vision"]["tower"]["saliency"] == ARCHS[name][3]
     assert raw["graphs"]["vision"]["gate_position"] == GATE_POSITION.get(name, "before_connector")
 
@@ -323,7 +391,7 @@ def test_unsupported_anyres_variants_are_refused(tmp_path, capsys, arch_name, ed
     assert rc == 2 and re.search(needle, err) and "Traceback" not in err and not out.exists(), err
 
 
-@pytest.mark.parametrize("arch_name", ["llava-onevision", "smolvlm"])
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "smolvlm", "qwen2.5-vl"])
 def test_exports_without_torchvision(tmp_path, monkeypatch, arch_name):
     """LLaVA-OneVision's and SmolVLM's processors bundle a video processor that needs torchvision (absent from the
     main job's install): the adapter falls back to tokenizer + image processor + chat template, with the same prompt
@@ -342,12 +410,12 @@ def test_exports_without_torchvision(tmp_path, monkeypatch, arch_name):
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_torchvision)
     part = cls.from_checkpoint(ckpt)
     assert type(part.processor).__name__ == "ImageTextProcessor"
-    assert part.prompt_template() == full.prompt_template() and "<image>" in part.prompt_template()
-    assert part.preprocessing() == full.preprocessing() and part.image_token == full.image_token == "<image>"
+    assert part.prompt_template() == full.prompt_template() and full.image_token in part.prompt_template()
+    assert part.preprocessing() == full.preprocessing() and part.image_token == full.image_token
     assert part.token_layout() == full.token_layout()
 
 
-@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3"])
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3", "qwen2.5-vl"])
 def test_retention_calibration_refuses_multi_view_architectures(tmp_path, capsys, arch_name):
     """Retention calibration runs one fixed view per image so far: a multi-view architecture is refused with what to
     do instead (exit 2, no artifact)."""
@@ -361,7 +429,7 @@ def test_retention_calibration_refuses_multi_view_architectures(tmp_path, capsys
     assert not out.exists() and not (tmp_path / "calib.partial").exists()
 
 
-@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3"])
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3", "qwen2.5-vl"])
 def test_every_per_token_scorer_exports_and_runs_on_multi_view_images(tmp_path, arch_name):
     """The scorers a multi-view image supports (N varies per image) export (each graph validated against PyTorch by
     the exporter) and keep exactly K of this image's N tokens on images with different N."""
