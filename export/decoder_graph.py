@@ -46,7 +46,7 @@ class _G:
         self._n = 0
 
     def const(self, name: str, arr) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        self.inits.append(numpy_helper.from_array(np.require(arr, requirements="C"), name))  # 0-d stays 0-d
         return name
 
     def node(self, op: str, inputs: list[str], outputs: list[str] | int = 1, domain: str = "", name: str | None = None,
@@ -90,6 +90,38 @@ def rope_caches(module, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(cos[:, :half]), np.ascontiguousarray(sin[:, :half])
 
 
+def _mrope(g: _G, cos_n: str, sin_n: str, sections: list[int], hd: int) -> tuple[str, str]:
+    """M-RoPE (Qwen2-VL): ``cos, sin [B, S, 1, head_dim]`` for ``position_ids [3, B, S]``, rotary frequency j taking
+    the position of axis a(j) (``sections``: how many frequencies each of t, h, w takes, in order), from the 1-D
+    caches: ``sum_a Gather(cache, pos[a]) * onehot_a``."""
+    axis = np.repeat(np.arange(3), sections)
+    pos = [g.node("Gather", ["position_ids", g.const(f"mrope.axis{a}", np.array(a, np.int64))], name=f"mrope/pos{a}", axis=0)[0]
+           for a in range(3)]
+    out = []
+    for name, cache in (("cos", cos_n), ("sin", sin_n)):
+        parts = []
+        for a in range(3):
+            val = g.node("Gather", [cache, pos[a]], name=f"mrope/{name}/gather{a}", axis=0)[0]
+            mask = g.const(f"mrope.{name}.mask{a}", (axis == a).astype(np.float32))
+            parts.append(g.node("Mul", [val, mask], name=f"mrope/{name}/mask{a}")[0])
+        half = g.node("Sum", parts, name=f"mrope/{name}/sum")[0]
+        full = g.node("Concat", [half, half], name=f"mrope/{name}/concat", axis=-1)[0]
+        out.append(g.node("Unsqueeze", [full, g.const(f"mrope.{name}.axes", np.array([2], np.int64))], name=f"mrope/{name}/unsq")[0])
+    return out[0], out[1]
+
+
+def _rotate(g: _G, x: str, heads: int, hd: int, rope: tuple[str, str], name: str) -> str:
+    """Rotate-half RoPE of ``x [B, S, heads * hd]`` with ``cos, sin [B, S, 1, hd]``: ``x * cos + rotate_half(x) * sin``."""
+    cos, sin = rope
+    shape = g.const(f"{name}.heads_shape", np.array([0, 0, heads, hd], np.int64))
+    xh = g.node("Reshape", [x, shape], name=f"{name}/Reshape")[0]
+    x1, x2 = g.node("Split", [xh], 2, name=f"{name}/Split", axis=-1, num_outputs=2)
+    rot = g.node("Concat", [g.node("Neg", [x2], name=f"{name}/Neg")[0], x1], name=f"{name}/Concat", axis=-1)[0]
+    y = g.node("Add", [g.node("Mul", [xh, cos], name=f"{name}/MulCos")[0], g.node("Mul", [rot, sin], name=f"{name}/MulSin")[0]],
+               name=f"{name}/Add")[0]
+    return g.node("Reshape", [y, g.const(f"{name}.flat_shape", np.array([0, 0, heads * hd], np.int64))], name=f"{name}/Flat")[0]
+
+
 def build_fused_decoder(module, max_positions: int | None = None, opset: int = 21) -> onnx.ModelProto:
     """ONNX model (weights inside) of ``module`` (a :class:`~atp.export.decoder.LlamaLikeDecoder`).
 
@@ -106,6 +138,8 @@ def build_fused_decoder(module, max_positions: int | None = None, opset: int = 2
     g = _G()
     cos, sin = rope_caches(module, max_positions or module.max_positions)
     cos_n, sin_n = g.const("rope.cos_cache", cos), g.const("rope.sin_cache", sin)
+    sections = getattr(module.rotary_emb, "mrope_section", None)
+    rope = _mrope(g, cos_n, sin_n, list(sections), hd) if sections else None  # M-RoPE: rotary outside the attention op
     # seqlens_k = (number of real tokens) - 1 per row, total_sequence_length = mask length (int32 scalar).
     msum = g.node("ReduceSum", ["attention_mask", g.const("axes1", np.array([1], np.int64))], name="mask/ReduceSum", keepdims=0)[0]
     last = g.node("Sub", [msum, g.const("one_i64", np.array(1, np.int64))], name="mask/Sub")[0]
@@ -134,10 +168,14 @@ def build_fused_decoder(module, max_positions: int | None = None, opset: int = 2
         q = _linear(g, x, attn.q_proj, f"{p}.q_proj")
         k = _linear(g, x, attn.k_proj, f"{p}.k_proj")
         v = _linear(g, x, attn.v_proj, f"{p}.v_proj")
+        rotary = [cos_n, sin_n, "position_ids"]
+        if rope is not None:
+            q, k, rotary = _rotate(g, q, hq, hd, rope, f"{p}/q"), _rotate(g, k, hkv, hd, rope, f"{p}/k"), []
         a = g.node("GroupQueryAttention",
-                   [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos_n, sin_n, "position_ids"],
+                   [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, *rotary],
                    [f"{p}/attn", f"present.{i}.key", f"present.{i}.value"], domain=MS, name=f"{p}/GroupQueryAttention",
-                   num_heads=hq, kv_num_heads=hkv, do_rotary=1, rotary_interleaved=0, scale=float(hd) ** -0.5)[0]
+                   num_heads=hq, kv_num_heads=hkv, do_rotary=int(rope is None), rotary_interleaved=0,
+                   scale=float(hd) ** -0.5)[0]
         o = _linear(g, a, attn.o_proj, f"{p}.o_proj")
         gamma = g.const(f"layers.{i}.post_attention_layernorm.weight", layer.post_attention_layernorm.weight.detach().float().numpy())
         x, h = g.node("SkipSimplifiedLayerNormalization", [o, h, gamma], [f"layers.{i}/ln2", "", "", f"layers.{i}/h_attn"],
@@ -162,7 +200,8 @@ def build_fused_decoder(module, max_positions: int | None = None, opset: int = 2
     f = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("inputs_embeds", f, ["batch", "sequence", d]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence"]),
-              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"])]
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64,
+                                            ["batch", "sequence"] if rope is None else [3, "batch", "sequence"])]
     outputs = [helper.make_tensor_value_info("logits", f, ["batch", 1, vocab])]
     for i in range(len(layers)):
         for part in ("key", "value"):

@@ -120,6 +120,8 @@ class Session:
             return k
         if keep_ratio is not None and keep is None:
             return resolve_keep(n, None, keep_ratio)
+        if k > n:
+            log.info("keep %d is more than this image's %d visual tokens: keeping all %d", k, n, n)
         return min(k, n)
 
     def prompt_ids(self, prompt: str, raw_prompt: bool = False) -> list[int]:

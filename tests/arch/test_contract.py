@@ -453,3 +453,31 @@ def test_every_per_token_scorer_exports_and_runs_on_multi_view_images(tmp_path, 
             assert vis["k"] == len(idx) == resolve_keep(vis["n"], None, 0.25), (name, size)
             assert (np.diff(idx) > 0).all() and idx.min() >= 0 and idx.max() < vis["n"], (name, size)
     assert len(ns) >= 2
+
+
+def test_qwen_fused_decoder_equals_transformers_and_the_traced_graph(tmp_path):
+    """M-RoPE in the fused decoder graph (rotary outside GroupQueryAttention, from [3, B, S] positions): fp32 greedy
+    ids equal transformers generate; int4 fused equals int4 traced (the same MatMulNBits weights); pruned runs too."""
+    from atp.config import ExportConfig, QuantConfig
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    ckpt = _qwen2_5_vl(tmp_path / "ckpt")
+    sessions = {}
+    for weights, graph in (("fp32", "fused"), ("int4", "fused"), ("int4", "traced")):
+        out = tmp_path / f"{weights}-{graph}"
+        export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), out,
+                      ExportConfig(quantization=QuantConfig(weights=weights, decoder_graph=graph)))
+        sessions[weights, graph] = Session(out)
+    model, processor = _hf_model(ckpt), _pil_processor(ckpt)
+    for size in SIZES[1:]:
+        img = random_image(2, size)
+        inputs = processor(images=img, text=_chat(processor, PROMPTS[1]), return_tensors="pt")
+        with torch.no_grad():
+            ref = model.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+        assert sessions["fp32", "fused"].generate(img, PROMPTS[1], max_new_tokens=10).token_ids == ref, size
+        for keep in (None, 3):
+            a = sessions["int4", "fused"].generate(img, PROMPTS[1], keep=keep, max_new_tokens=10, ignore_eos=True)
+            b = sessions["int4", "traced"].generate(img, PROMPTS[1], keep=keep, max_new_tokens=10, ignore_eos=True)
+            assert a.token_ids == b.token_ids and a.kept_index == b.kept_index, (size, keep)
