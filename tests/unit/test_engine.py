@@ -302,3 +302,26 @@ def test_anyres_vision_graph_builds_with_view_and_token_profiles(tmp_path, arch)
         assert prof["shapes"]["token_weight"] == prof["shapes"]["token_index"]
     entry = E.build_bundle_engines(bundle, E.EngineConfig(target="desktop", graphs=("vision",)), builder=_rtx())
     assert (bundle / entry["graphs"]["vision"]["file"]).stat().st_size > 10_000
+
+
+@pytest.mark.trt
+def test_dynamic_resolution_vision_graph_builds_with_patch_profiles(tmp_path):
+    """Qwen2.5-VL: pixel_values [P, C*T*p*p], patch_pos [P, 2] and window_id [P] vary with the image; the profile spans
+    one merged token's patches up to the pixel bound's N (min / opt / max), and TensorRT-RTX builds the graph."""
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from tests.tiny import build_tiny_qwen2_5_vl
+
+    ckpt = build_tiny_qwen2_5_vl(tmp_path / "ckpt")
+    bundle = tmp_path / "qwen"
+    export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)
+    m = read_manifest(bundle)
+    (prof,) = E.graph_profiles(m, "vision", E.EngineConfig(target="desktop"))
+    n, dim = m["pruning"]["num_visual_tokens"], m["preprocessing"]["dynamic"]
+    patch_dim = 3 * dim["temporal"] * dim["patch"] ** 2
+    opt = 4 * max(n // 2, m["pruning"]["default_keep"])
+    assert prof["shapes"]["pixel_values"] == {"min": [4, patch_dim], "opt": [opt, patch_dim], "max": [4 * n, patch_dim]}
+    assert prof["shapes"]["patch_pos"]["max"] == [4 * n, 2] and prof["shapes"]["window_id"]["max"] == [4 * n]
+    assert prof["values"]["keep"] == {"min": [1], "opt": [m["pruning"]["default_keep"]], "max": [n]}
+    entry = E.build_bundle_engines(bundle, E.EngineConfig(target="desktop", graphs=("vision",)), builder=_rtx())
+    assert (bundle / entry["graphs"]["vision"]["file"]).stat().st_size > 10_000
