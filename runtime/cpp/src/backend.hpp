@@ -25,19 +25,20 @@ class DecoderState {
   virtual ~DecoderState() = default;
   /// Forget the KV cache (start of a request).
   virtual void reset() = 0;
-  /// Feed n new token embeddings [n, D] at positions past..past+n-1 (past = tokens fed since reset);
-  /// writes the last position's logits [V].
-  virtual void step(const float* embeds, int64_t n, std::vector<float>& logits) = 0;
+  /// Feed n new token embeddings [n, D] at `positions` (position_ids, [axes, n] axis-major: axes 1 for "1d", 3 for
+  /// "mrope"; atp_impl positions.hpp); writes the last position's logits [V].
+  virtual void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) = 0;
 };
 
 class Backend {
  public:
   virtual ~Backend() = default;
-  /// Vision graph `graph` (manifest key) on pixels [views, 3, H, W] (one image: 1 view, or an anyres image's views)
-  /// with keep K; text [1, D] when the graph takes text_embeds; the layout inputs (token_index, token_weight) of an
-  /// anyres image when the graph takes them.
+  /// Vision graph `graph` (manifest key) on pixels [views, 3, H, W] (one image: 1 view, or an anyres image's views;
+  /// a dynamic-resolution image: its patches [views = P, C*T*p*p]) with keep K; text [1, D] when the graph takes
+  /// text_embeds; the layout inputs of an anyres image (token_index, token_weight) or a dynamic-resolution one
+  /// (patch_pos, window_id) when the graph takes them.
   virtual VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep,
-                                  const float* text, const AnyresTokens* layout) = 0;
+                                  const float* text, const AnyresTokens* layout, const DynamicLayout* dynamic = nullptr) = 0;
   virtual std::unique_ptr<DecoderState> new_decoder() = 0;
   /// Longest sequence the decoder accepts (engine profile), 0 = unlimited.
   virtual int max_sequence() const { return 0; }

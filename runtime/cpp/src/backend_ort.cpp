@@ -117,16 +117,32 @@ class OrtBackend : public Backend {
   }
 
   VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep, const float* text,
-                          const AnyresTokens* layout) override {
+                          const AnyresTokens* layout, const DynamicLayout* dynamic) override {
     Ort::Session& s = session(graph);
     const GraphInfo& g = m_.graphs.at(graph);
     auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     int64_t pshape[4] = {views, 3, m_.pre.out_height, m_.pre.out_width};
     size_t pcount = size_t(views) * size_t(3) * size_t(m_.pre.out_height) * size_t(m_.pre.out_width);
+    size_t prank = 4;
+    if (dynamic) {  // patches [P, C*T*p*p]
+      pshape[1] = m_.dynamic.patch_dim();
+      pcount = size_t(views) * size_t(pshape[1]);
+      prank = 2;
+    }
     std::vector<Ort::Value> feeds;
     std::vector<const char*> names;
-    feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(pixels), pcount, pshape, 4));
+    feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(pixels), pcount, pshape, prank));
     names.push_back("pixel_values");
+    int64_t posshape[2] = {dynamic ? dynamic->patches() : 0, 2}, widshape[1] = {dynamic ? dynamic->patches() : 0};
+    if (g.has_input("patch_pos")) {
+      if (!dynamic || dynamic->patches() != views) fail(ATP_ERR_INTERNAL, "vision graph takes patch_pos but no layout was computed");
+      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(dynamic->patch_pos.data()), dynamic->patch_pos.size(),
+                                                        posshape, 2));
+      names.push_back("patch_pos");
+      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(dynamic->window_id.data()), dynamic->window_id.size(),
+                                                        widshape, 1));
+      names.push_back("window_id");
+    }
     int64_t ishape[2] = {layout ? int64_t(layout->size()) : 0, layout ? int64_t(layout->taps) : 0};
     const size_t irank = layout && layout->taps > 1 ? 2 : 1;
     if (g.has_input("token_index")) {
@@ -190,13 +206,20 @@ class OrtDecoder : public DecoderState {
         past_["past_key_values." + std::to_string(i) + "." + kv] = Ort::Value::CreateTensor<float>(alloc, shape, 4);
   }
 
-  void step(const float* embeds, int64_t n, std::vector<float>& logits) override {
+  void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) override {
     const Manifest& m = b_.m_;
     auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     int64_t total = past_len_ + n;
     mask_.assign(size_t(total), 1);
-    positions_1d(past_len_, n, pos_);
-    int64_t eshape[3] = {1, n, m.hidden_size}, mshape[2] = {1, total}, pshape[2] = {1, n};
+    pos_ = positions;
+    const bool mrope = m.position_scheme == "mrope";
+    if (pos_.size() != size_t((mrope ? 3 : 1) * n)) fail(ATP_ERR_INTERNAL, "decoder step given position_ids of the wrong size");
+    int64_t eshape[3] = {1, n, m.hidden_size}, mshape[2] = {1, total}, pshape[3] = {1, n, 0};
+    if (mrope) {
+      pshape[0] = 3;
+      pshape[1] = 1;
+      pshape[2] = n;
+    }
     std::vector<Ort::Value> feeds;
     std::vector<const char*> names;
     for (const std::string& name : b_.dec_inputs_) {
@@ -206,7 +229,7 @@ class OrtDecoder : public DecoderState {
       else if (name == "attention_mask")
         feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, mask_.data(), mask_.size(), mshape, 2));
       else if (name == "position_ids")
-        feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, pos_.data(), pos_.size(), pshape, 2));
+        feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, pos_.data(), pos_.size(), pshape, mrope ? 3 : 2));
       else {
         auto it = past_.find(name);
         if (it == past_.end()) fail(ATP_ERR_BUNDLE, "decoder input " + name + " is not one the runtime knows how to feed");

@@ -97,7 +97,7 @@ class TrtDecoder : public DecoderState {
     if (stream_) cudaStreamDestroy(stream_);
   }
   void reset() override { past_ = 0; }
-  void step(const float* embeds, int64_t n, std::vector<float>& logits) override;
+  void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) override;
 
  private:
   TrtBackend& b_;
@@ -149,9 +149,10 @@ class TrtBackend : public Backend {
   }
 
   VisionOutput run_vision(const std::string& graph, const float* pixels, int64_t views, int64_t keep, const float* text,
-                          const AnyresTokens* layout) override {
-    if (views != 1 || layout)
-      fail(ATP_ERR_UNSUPPORTED, "the TensorRT backend runs one-view bundles only so far (anyres: use the ort backend)");
+                          const AnyresTokens* layout, const DynamicLayout* dynamic) override {
+    if (views != 1 || layout || dynamic)
+      fail(ATP_ERR_UNSUPPORTED, "the TensorRT backend runs one-view bundles only so far (anyres, tiled and dynamic "
+                                "resolution: use the ort backend)");
     auto it = engines_.find(graph);
     if (it == engines_.end()) fail(ATP_ERR_UNSUPPORTED, "no TensorRT engine for vision graph '" + graph + "'");
     std::unique_ptr<nvinfer1::IExecutionContext> ctx(it->second->createExecutionContext());
@@ -227,7 +228,7 @@ TrtDecoder::TrtDecoder(TrtBackend& b) : b_(b) {
   for (auto& side : kv_) side.resize(size_t(2 * b.m_.num_layers));
 }
 
-void TrtDecoder::step(const float* embeds, int64_t n, std::vector<float>& logits) {
+void TrtDecoder::step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) {
   const Manifest& m = b_.m_;
   nvinfer1::ICudaEngine& e = *b_.engines_.at("decoder");
   nvinfer1::IExecutionContext* ctx = (past_ == 0 || e.getNbOptimizationProfiles() < 2) ? prefill_.get() : decode_.get();
@@ -235,8 +236,9 @@ void TrtDecoder::step(const float* embeds, int64_t n, std::vector<float>& logits
   embeds_.reserve(size_t(n * D) * 4);
   mask_.reserve(size_t(total) * 8);
   pos_.reserve(size_t(n) * 8);
-  std::vector<int64_t> mask(static_cast<size_t>(total), 1), pos;
-  positions_1d(past_, n, pos);
+  if (m.position_scheme != "1d") fail(ATP_ERR_UNSUPPORTED, "the TensorRT backend runs 1-D positions only so far (mrope: use the ort backend)");
+  std::vector<int64_t> mask(static_cast<size_t>(total), 1);
+  const std::vector<int64_t>& pos = positions;
   cuda_check(cudaMemcpyAsync(embeds_.ptr, embeds, size_t(n * D) * 4, cudaMemcpyHostToDevice, stream_), "copy embeds");
   cuda_check(cudaMemcpyAsync(mask_.ptr, mask.data(), mask.size() * 8, cudaMemcpyHostToDevice, stream_), "copy mask");
   cuda_check(cudaMemcpyAsync(pos_.ptr, pos.data(), pos.size() * 8, cudaMemcpyHostToDevice, stream_), "copy positions");

@@ -169,8 +169,8 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       tl.kept_policy = t.at("kept_policy").get<std::string>();
       tl.kind = t.value("kind", std::string("fixed"));
       tl.newline = t.value("newline", std::string());
-      if (tl.kind != "fixed" && tl.kind != "anyres" && tl.kind != "tiled")
-        fail(ATP_ERR_UNSUPPORTED, "this bundle's token layout is '" + tl.kind + "', which this runtime does not know (fixed, anyres, tiled)");
+      if (tl.kind != "fixed" && tl.kind != "anyres" && tl.kind != "tiled" && tl.kind != "dynamic")
+        fail(ATP_ERR_UNSUPPORTED, "this bundle's token layout is '" + tl.kind + "', which this runtime does not know (fixed, anyres, tiled, dynamic)");
       if (t.contains("markers") && t["markers"].is_object())
         for (auto it = t["markers"].begin(); it != t["markers"].end(); ++it) {
           auto runs = it.value().get<std::vector<std::vector<int32_t>>>();
@@ -190,8 +190,11 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
         fail(ATP_ERR_BUNDLE, "manifest: token_layout holds " + std::to_string(int64_t(tl.tiles) * tl.tokens_per_tile) +
                                  " visual tokens, pruning.num_visual_tokens says " + std::to_string(out.num_visual_tokens));
       out.position_scheme = m.at("positions").at("scheme").get<std::string>();
-      if (out.position_scheme != "1d")
-        fail(ATP_ERR_BUNDLE, "manifest: positions.scheme '" + out.position_scheme + "' is not one this atp runs (1d)");
+      if (out.position_scheme != "1d" && out.position_scheme != "mrope")
+        fail(ATP_ERR_BUNDLE, "manifest: positions.scheme '" + out.position_scheme + "' is not one this atp runs (1d, mrope)");
+      if (m.at("positions").contains("sections")) out.position_sections = m["positions"]["sections"].get<std::vector<int>>();
+      if (out.position_scheme == "mrope" && out.position_sections.size() != 3)
+        fail(ATP_ERR_BUNDLE, "manifest: positions.sections must give the t, h and w rotary sections of an mrope scheme");
     }
     const json& vision = m.at("graphs").at("vision");
     if (vision.contains("tower") && vision["tower"].is_object()) out.saliency = vision["tower"].value("saliency", std::string());
@@ -245,6 +248,20 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       if (out.tiling.tile < 1 || out.tiling.longest_edge < 1 || out.tiling.longest_edge > 8192 || out.tiling.tile > 8192)
         fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.tiling needs a tile and a longest edge in 1..8192");
     }
+    if (s.contains("dynamic") && s["dynamic"].is_object()) {
+      const json& d = s["dynamic"];
+      DynamicSpec& ds = out.dynamic;
+      ds.patch = d.at("patch").get<int>();
+      ds.merge = d.at("merge").get<int>();
+      ds.temporal = d.at("temporal").get<int>();
+      ds.window = d.at("window").get<int>();
+      ds.resample = d.value("resample", 3);
+      ds.min_pixels = d.at("min_pixels").get<int64_t>();
+      ds.max_pixels = d.at("max_pixels").get<int64_t>();
+      if (ds.patch < 1 || ds.merge < 1 || ds.temporal < 1 || ds.window < 1 || ds.patch > 1024 || ds.merge > 16 || ds.temporal > 16 ||
+          ds.min_pixels < 1 || ds.max_pixels < ds.min_pixels || ds.max_pixels > int64_t(8192) * 8192)
+        fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.dynamic needs patch, merge, temporal, window >= 1 and pixel bounds in 1..67M");
+    }
     auto size = s.at("image_size").get<std::vector<int>>();
     if (size.size() != 2) fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.image_size must be [H, W]");
     ps.out_height = size[0];
@@ -257,6 +274,33 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
     fail(ATP_ERR_BUNDLE, mpath + " lacks a field the runtime needs (" + std::string(e.what()) + "); re-export the bundle");
   }
   return out;
+}
+
+std::vector<float> image_pixels(const Rgb8& img, const Manifest& m, int64_t& rows, std::pair<int, int>* grid) {
+  std::vector<float> px;
+  if (m.layout.kind == "dynamic") {  // one view at its own size (atp.runtime.preprocess._dynamic_view)
+    if (!m.dynamic.enabled()) fail(ATP_ERR_BUNDLE, "manifest: a dynamic token layout needs preprocessing.dynamic");
+    auto [h, w] = smart_resize(img.height, img.width, m.dynamic);
+    PreprocessSpec ps = m.pre;
+    ps.resize_shortest = 0;
+    ps.resize_width = w;
+    ps.resize_height = h;
+    ps.resample = m.dynamic.resample;
+    ps.crop_width = ps.crop_height = 0;
+    ps.out_height = h;
+    ps.out_width = w;
+    px = patchify(preprocess(img, ps), h, w, m.dynamic);
+    rows = int64_t(px.size()) / m.dynamic.patch_dim();
+    if (grid) *grid = {h / m.dynamic.factor(), w / m.dynamic.factor()};
+    return px;
+  }
+  rows = 0;
+  for (const Rgb8& view : image_views(img, m)) {
+    std::vector<float> v = preprocess(view, m.pre);
+    px.insert(px.end(), v.begin(), v.end());
+    ++rows;
+  }
+  return px;
 }
 
 std::vector<Rgb8> image_views(const Rgb8& img, const Manifest& m) {

@@ -347,12 +347,8 @@ atp_status atp_bundle_preprocess_file(const atp_bundle* b, const char* path, flo
     need(b, "bundle");
     need(path, "path");
     need(count, "count");
-    std::vector<float> px;
-    const atp_impl::Manifest& m = b->impl->manifest();
-    for (const atp_impl::Rgb8& view : atp_impl::image_views(atp_impl::load_image_file(path), m)) {
-      std::vector<float> v = atp_impl::preprocess(view, m.pre);
-      px.insert(px.end(), v.begin(), v.end());
-    }
+    int64_t rows = 0;
+    std::vector<float> px = atp_impl::image_pixels(atp_impl::load_image_file(path), b->impl->manifest(), rows);
     *count = px.size();
     if (cap) {
       need(chw, "chw");

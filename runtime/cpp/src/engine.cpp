@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "anyres.hpp"
+#include "positions.hpp"
 #include "unicode.hpp"
 
 namespace atp_impl {
@@ -177,16 +178,16 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   AnyresTokens tokens;
   const std::vector<std::vector<int32_t>>* markers = nullptr;
   int k_image = k;
-  if (m.layout.kind != "fixed") {  // several views per image: anyres (atp.runtime.anyres) or tiled (atp.runtime.tiling)
-    if (has_pixels_) fail(ATP_ERR_UNSUPPORTED, "this bundle makes several views of each image (" + m.layout.kind + "): give an image, not pixels");
-    views = 0;
-    for (const Rgb8& view : image_views(image_, m)) {
-      std::vector<float> px = preprocess(view, m.pre);
-      pixels.insert(pixels.end(), px.begin(), px.end());
-      ++views;
-    }
+  DynamicLayout dyn;
+  std::pair<int, int> grid{0, 0};
+  if (m.layout.kind != "fixed") {  // several views per image (anyres, tiled), or patches at the image's own size (dynamic)
+    if (has_pixels_) fail(ATP_ERR_UNSUPPORTED, "this bundle preprocesses each image its own way (" + m.layout.kind + "): give an image, not pixels");
+    pixels = image_pixels(image_, m, views, &grid);
   }
-  if (m.layout.kind == "anyres") {  // token order and this image's N
+  if (m.layout.kind == "dynamic") {  // the merged grid: this image's N and the layout inputs (atp.runtime.dynamic)
+    dyn = dynamic_layout(grid.first, grid.second, m.dynamic);
+    k_image = resolve_keep(grid.first * grid.second);
+  } else if (m.layout.kind == "anyres") {  // token order and this image's N
     tokens = anyres_token_layout(image_.height, image_.width, m.anyres);
     k_image = resolve_keep(int(tokens.size()));
   } else if (m.layout.kind == "tiled") {  // the grid's marker runs, one more than the views
@@ -205,7 +206,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   std::vector<float> text;
   if (m.graphs.at(vision_graph_).has_input("text_embeds")) text = text_embeds();
   VisionOutput v = b_.backend().run_vision(vision_graph_, pixels.data(), views, k_image, text.empty() ? nullptr : text.data(),
-                                           tokens.size() ? &tokens : nullptr);
+                                           tokens.size() ? &tokens : nullptr, dyn.patches() ? &dyn : nullptr);
   auto t2 = Clock::now();
   const std::vector<std::string>& vouts = m.graphs.at(vision_graph_).outputs;
   const bool auto_k = std::find(vouts.begin(), vouts.end(), "kept_count") != vouts.end();  // atp-export onnx --keep auto
@@ -243,8 +244,22 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   std::vector<float> embeds = splice(segments, {&slot}, table, size_t(m.hidden_size));
 
   std::vector<float> logits;
+  std::vector<int64_t> pos;
+  const int axes = m.position_scheme == "mrope" ? 3 : 1;
+  if (axes == 3) {  // kept tokens at their grid positions (positions.hpp)
+    ImageSlot slot_at{0, &v.kept, grid.first, grid.second};
+    for (const Segment& s : segments) {
+      if (s.is_image()) break;
+      slot_at.start += int64_t(s.ids.size());
+    }
+    if (grid.second < 1) fail(ATP_ERR_BUNDLE, "manifest: mrope positions need a dynamic-resolution token layout");
+    positions_mrope(slot_at, length, pos);
+  } else {
+    positions_1d(0, length, pos);
+  }
+  int64_t next = next_position(pos);
   dec_->reset();
-  dec_->step(embeds.data(), length, logits);
+  dec_->step(embeds.data(), length, pos, logits);
   auto t3 = Clock::now();
 
   out_.clear();
@@ -271,7 +286,8 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
     if (stop) break;
     if (token < 0 || token >= table.rows) fail(ATP_ERR_BACKEND, "decoder produced token id " + std::to_string(token) + " beyond the embedding table");
     auto s = Clock::now();
-    dec_->step(table.row(token), 1, logits);
+    positions_step(next++, axes, pos);
+    dec_->step(table.row(token), 1, pos, logits);
     decode_ms.push_back(ms_between(s, Clock::now()));
   }
   auto t4 = Clock::now();

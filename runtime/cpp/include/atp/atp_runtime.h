@@ -187,7 +187,8 @@ ATP_API atp_status atp_tokenizer_decode(const atp_tokenizer* tok, const int32_t*
                                         int skip_special_tokens, char* text, size_t capacity, size_t* length);
 
 /* Preprocess an image file per the bundle's manifest into float32 [3, H, W] (for checks against Python); bundles
-   with several views per image (anyres, tiled) give all of them, [V, 3, H, W] (*count = V * 3 * H * W). */
+   with several views per image (anyres, tiled) give all of them, [V, 3, H, W] (*count = V * 3 * H * W);
+   dynamic-resolution bundles (Qwen2.5-VL) give the image's patches, [P, 3 * T * p * p]. */
 ATP_API atp_status atp_bundle_preprocess_file(const atp_bundle* bundle, const char* path, float* chw,
                                               size_t capacity, size_t* count);
 

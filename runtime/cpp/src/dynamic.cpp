@@ -1,0 +1,69 @@
+#include "dynamic.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "common.hpp"
+
+namespace atp_impl {
+
+std::pair<int, int> smart_resize(int height, int width, const DynamicSpec& spec) {
+  if (double(std::max(height, width)) / double(std::min(height, width)) > 200.0)
+    fail(ATP_ERR_INPUT, "the image is " + std::to_string(width) + "x" + std::to_string(height) +
+                            ": an aspect ratio over 200 is not supported by this model's processor (crop or pad it first)");
+  const int f = spec.factor();
+  int64_t h = int64_t(std::nearbyint(double(height) / f)) * f, w = int64_t(std::nearbyint(double(width) / f)) * f;
+  if (h * w > spec.max_pixels) {
+    const double beta = std::sqrt(double(int64_t(height) * width) / double(spec.max_pixels));
+    h = std::max<int64_t>(f, int64_t(std::floor(double(height) / beta / f)) * f);
+    w = std::max<int64_t>(f, int64_t(std::floor(double(width) / beta / f)) * f);
+  } else if (h * w < spec.min_pixels) {
+    const double beta = std::sqrt(double(spec.min_pixels) / double(int64_t(height) * width));
+    h = int64_t(std::ceil(double(height) * beta / f)) * f;
+    w = int64_t(std::ceil(double(width) * beta / f)) * f;
+  }
+  return {int(h), int(w)};
+}
+
+std::vector<float> patchify(const std::vector<float>& chw, int height, int width, const DynamicSpec& spec) {
+  const int p = spec.patch, m = spec.merge, T = spec.temporal;
+  const int gh = height / p, gw = width / p;
+  std::vector<float> out(size_t(gh) * size_t(gw) * size_t(spec.patch_dim()));
+  float* dst = out.data();
+  for (int bh = 0; bh < gh / m; ++bh)
+    for (int bw = 0; bw < gw / m; ++bw)
+      for (int mh = 0; mh < m; ++mh)
+        for (int mw = 0; mw < m; ++mw) {  // one patch: (c, t, y, x)
+          const int y0 = (bh * m + mh) * p, x0 = (bw * m + mw) * p;
+          for (int c = 0; c < 3; ++c)
+            for (int t = 0; t < T; ++t)
+              for (int y = 0; y < p; ++y) {
+                const float* src = &chw[(size_t(c) * size_t(height) + size_t(y0 + y)) * size_t(width) + size_t(x0)];
+                dst = std::copy(src, src + p, dst);
+              }
+        }
+  return out;
+}
+
+DynamicLayout dynamic_layout(int rows, int cols, const DynamicSpec& spec) {
+  DynamicLayout d;
+  d.rows = rows;
+  d.cols = cols;
+  const int m = spec.merge, unit = m * m, win = spec.window;
+  const int64_t blocks_per_row = (cols + win - 1) / win;
+  d.patch_pos.reserve(size_t(rows) * size_t(cols) * size_t(unit) * 2);
+  d.window_id.reserve(size_t(rows) * size_t(cols) * size_t(unit));
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      const int64_t window = int64_t(r / win) * blocks_per_row + c / win;
+      for (int q = 0; q < unit; ++q) {
+        d.patch_pos.push_back(int64_t(r) * m + q / m);
+        d.patch_pos.push_back(int64_t(c) * m + q % m);
+        d.window_id.push_back(window);
+      }
+    }
+  return d;
+}
+
+}  // namespace atp_impl

@@ -1,0 +1,34 @@
+// Qwen2-VL / Qwen2.5-VL dynamic resolution (mirror of atp/runtime/dynamic.py): smart resize, block-major patches and
+// the vision graph's layout inputs (per-patch rotary positions and attention windows), from the grid alone.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace atp_impl {
+
+struct DynamicSpec {
+  int patch = 0, merge = 0, temporal = 0, window = 0, resample = 3;
+  int64_t min_pixels = 0, max_pixels = 0;
+  bool enabled() const { return patch > 0; }
+  int factor() const { return patch * merge; }
+  int64_t patch_dim() const { return int64_t(3) * temporal * patch * patch; }
+};
+
+/// (height, width) after the resize (transformers' smart_resize, the same double arithmetic; Python's round half to
+/// even). Error ATP_ERR_INPUT for an aspect ratio over 200.
+std::pair<int, int> smart_resize(int height, int width, const DynamicSpec& spec);
+
+/// [3, H, W] normalised image -> [P, 3 * temporal * patch * patch] patches, block-major.
+std::vector<float> patchify(const std::vector<float>& chw, int height, int width, const DynamicSpec& spec);
+
+/// The vision graph's layout inputs for a merged grid (rows, cols): patch_pos [P, 2], window_id [P].
+struct DynamicLayout {
+  int rows = 0, cols = 0;
+  std::vector<int64_t> patch_pos, window_id;
+  int64_t patches() const { return int64_t(window_id.size()); }
+};
+DynamicLayout dynamic_layout(int rows, int cols, const DynamicSpec& spec);
+
+}  // namespace atp_impl
