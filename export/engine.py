@@ -209,11 +209,11 @@ def graph_profiles(manifest: dict, key: str, cfg: EngineConfig) -> list[dict]:
         # the manifest's token layout (tiles = the most views, N = the most tokens)
         # the manifest's token layout (tiles = the most views, N = the most tokens); dynamic resolution (Qwen2.5-VL):
         # one image's patches, from one merged token (merge^2 patches) to the pixel bound's N (opt: half of it, and at
-        # least the default K, which TopK needs at every profile point)
+        # least the default K, which TopK needs at every profile point); its attention windows, at most one per token
         tiles = int((manifest.get("token_layout") or {}).get("tiles", 1))
         unit = int(((manifest.get("preprocessing") or {}).get("dynamic") or {}).get("merge", 1)) ** 2
         ranges = [{"name": "vision", "batch": b, "keep": (1, default_keep, n), "views": (1, tiles, tiles), "tokens": (1, n, n),
-                   "patches": (unit, unit * max(1, n // 2, default_keep), unit * n)}]
+                   "patches": (unit, unit * max(1, n // 2, default_keep), unit * n), "windows": (1, max(1, n // 8), n)}]
     elif key == "decoder":
         s, c = cfg.max_sequence, cfg.max_context
         ranges = [

@@ -176,17 +176,19 @@ class PixelShuffleGate(VisionGate):
 
 
 class MergerGate(VisionGate):
-    """The gate after a patch merger (Qwen2.5-VL): ``pixel_values [P, C*T*p*p]``, ``patch_pos [P, 2]`` and
-    ``window_id [P]`` (one image, block-major: each language-model token's m x m patches consecutive) make one
+    """The gate after a patch merger (Qwen2.5-VL): ``pixel_values [P, C*T*p*p]``, ``patch_pos [P, 2]`` and the
+    windows ``window_index [W, L]`` / ``window_inverse [P]`` (one image, block-major: each language-model token's
+    m x m patches consecutive; :func:`atp.runtime.dynamic.vision_layout`) make one
     ``[1, N]`` row of the merged tokens the language model reads (N = P / m^2, raster order of the merged grid). The
     merger runs on every patch; a token's saliency is the sum of its m^2 patches', its keys their mean, its features
     their concatenation (the merger's input). ``kept_index`` indexes the N tokens."""
 
-    layout_inputs = 2
+    layout_inputs = 3
     gate_position = "after_connector"
 
-    def tower_output(self, pixel_values: torch.Tensor, patch_pos: torch.Tensor, window_id: torch.Tensor) -> TowerOutput:
-        out = self.tower(pixel_values, patch_pos, window_id)
+    def tower_output(self, pixel_values: torch.Tensor, patch_pos: torch.Tensor, window_index: torch.Tensor,
+                     window_inverse: torch.Tensor) -> TowerOutput:
+        out = self.tower(pixel_values, patch_pos, window_index, window_inverse)
         unit = int(self.projector.hidden_size // out.features.shape[-1])  # m^2 patches per merged token
 
         def group(x):  # [1, P, ...] -> [1, N, m^2, ...]

@@ -7,9 +7,10 @@ consecutive, tokens in raster order of the merged grid. Each patch is repeated `
 one-step clip), so ``pixel_values`` is ``[P, 3 * temporal * patch * patch]`` exactly as ``Qwen2VLImageProcessorPil``
 gives it (the reference in tests/unit/test_dynamic.py).
 
-The vision graph also takes, per patch, its ``(row, col)`` on the patch grid (the tower's 2-D rotary positions) and its
-attention window (``window_id``: windowed layers attend within a ``window x window`` block of merged tokens, the
-last row / column of blocks cut short). Everything here derives from the grid alone; ``runtime/cpp`` will mirror it.
+The vision graph also takes, per patch, its ``(row, col)`` on the patch grid (the tower's 2-D rotary positions), and
+the attention windows as gather indices (:func:`vision_layout`: windowed layers attend within a ``window x window``
+block of merged tokens, the last row / column of blocks cut short). Everything here derives from the grid alone;
+``runtime/cpp/src/dynamic.cpp`` mirrors it.
 """
 
 from __future__ import annotations
@@ -113,14 +114,36 @@ def patchify(chw: np.ndarray, spec: DynamicSpec) -> np.ndarray:
 
 
 def vision_layout(grid: tuple[int, int], spec: DynamicSpec) -> dict[str, np.ndarray]:
-    """The vision graph's layout inputs for a merged grid ``(rows, cols)``: ``patch_pos [P, 2]`` int64 (each patch's
-    row and column on the patch grid, block-major) and ``window_id [P]`` int64 (its attention window: the
-    ``window x window`` block of merged tokens it lies in)."""
+    """The vision graph's layout inputs for a merged grid ``(rows, cols)``:
+
+    - ``patch_pos [P, 2]`` int64: each patch's row and column on the patch grid (block-major), the tower's rotary
+      positions;
+    - ``window_index [W, L]`` int64: the patches of each attention window (a ``window x window`` block of merged tokens,
+      windows row by row, merged tokens row by row inside, each token's merge^2 patches together), padded with P (a
+      zero row) to ``L = window^2 * merge^2``;
+    - ``window_inverse [P]`` int64: where each patch sits in the flattened ``[W * L]`` windows.
+
+    Windowed blocks gather ``[W, L]`` rows and attend within each (padding keys masked), so their cost is P * L, not
+    P^2; the windows are transformers' (``get_vision_window_index``)."""
     rows, cols = grid
-    m = spec.merge
+    m, win = spec.merge, spec.window
+    unit = m * m
     r, c = np.divmod(np.arange(rows * cols, dtype=np.int64), cols)  # merged token -> (row, col)
-    q = np.arange(m * m, dtype=np.int64)
+    q = np.arange(unit, dtype=np.int64)
     pos = np.stack([(r[:, None] * m + q[None] // m).reshape(-1), (c[:, None] * m + q[None] % m).reshape(-1)], axis=1)
-    blocks_per_row = -(-cols // spec.window)
-    window = (r // spec.window) * blocks_per_row + c // spec.window
-    return {"patch_pos": np.ascontiguousarray(pos), "window_id": np.repeat(window, m * m)}
+    per_row = -(-cols // win)
+    window = (r // win) * per_row + c // win
+    order = np.argsort(window, kind="stable")  # merged tokens window by window, raster order inside
+    counts = np.bincount(window, minlength=int(window.max()) + 1 if len(window) else 0)
+    counts = counts[counts > 0]
+    slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)  # rank inside its window
+    w_of = window[order]
+    dense = np.unique(w_of, return_inverse=True)[1]  # windows numbered 0..W-1 in order
+    length = win * win * unit
+    index = np.full((len(counts), length), rows * cols * unit, np.int64)
+    patches = order[:, None] * unit + q[None]  # [tokens, unit] patch ids, window order
+    flat = dense[:, None] * length + slot[:, None] * unit + q[None]
+    index.reshape(-1)[flat.reshape(-1)] = patches.reshape(-1)
+    inverse = np.empty(rows * cols * unit, np.int64)
+    inverse[patches.reshape(-1)] = flat.reshape(-1)
+    return {"patch_pos": np.ascontiguousarray(pos), "window_index": index, "window_inverse": inverse}

@@ -2,7 +2,7 @@
 patch merger and M-RoPE positions.
 
 One vision graph serves every image size in the processor's pixel range: it takes the processor's patches
-``pixel_values [P, 3 * T * p * p]`` with ``patch_pos [P, 2]`` and ``window_id [P]`` (from the grid alone:
+``pixel_values [P, 3 * T * p * p]`` with ``patch_pos [P, 2]`` and the attention windows (from the grid alone:
 ``atp.runtime.dynamic``), runs the tower (``atp.export.towers.qwen2_5_vl``) and the merger on every patch, and gates
 over the N = P / 4 merged tokens the language model reads (``gate_position: after_connector``), one top-K per image.
 The prompt holds ``<|vision_start|><|image_pad|><|vision_end|>``; the kept tokens replace the one ``<|image_pad|>``
@@ -67,6 +67,9 @@ class Qwen25VLAdapter(LlavaAdapter):
                                   f"tower's {ours}")
         if vc.window_size % self.dynamic_spec().factor:
             raise CheckpointError(f"window_size {vc.window_size} is not a whole number of merged tokens")
+        if len(vc.fullatt_block_indexes) == 0 or vc.depth - 1 not in vc.fullatt_block_indexes:
+            raise CheckpointError("atp reads the gate's saliency at the tower's last block, which must be a full-attention "
+                                  f"block (fullatt_block_indexes {list(vc.fullatt_block_indexes)}, depth {vc.depth})")
 
     # ------------------------------------------------------------------ facts
     @property
@@ -147,18 +150,19 @@ class Qwen25VLAdapter(LlavaAdapter):
         return self.model.model.visual.merger
 
     def vision_inputs(self, batch: int = 2) -> VisionInputs:
-        """``pixel_values [P, C*T*p*p]``, ``patch_pos [P, 2]``, ``window_id [P]``: one image's patches (an
-        :data:`EXAMPLE_GRID` of merged tokens in the example)."""
+        """``pixel_values [P, C*T*p*p]``, ``patch_pos [P, 2]``, ``window_index [W, L]``, ``window_inverse [P]``: one
+        image's patches and windows (an :data:`EXAMPLE_GRID` of merged tokens in the example: 6 windows)."""
         from atp.runtime.dynamic import vision_layout
 
         spec = self.dynamic_spec()
         lay = vision_layout(EXAMPLE_GRID, spec)
         g = torch.Generator().manual_seed(0)
-        p = len(lay["window_id"])
+        p = len(lay["window_inverse"])
         px = torch.randn(p, spec.patch_dim, generator=g)
-        axes = {"pixel_values": {0: "patches"}, "patch_pos": {0: "patches"}, "window_id": {0: "patches"}}
-        return VisionInputs(("pixel_values", "patch_pos", "window_id"), axes,
-                            (px, torch.from_numpy(lay["patch_pos"]), torch.from_numpy(lay["window_id"])), images=1,
+        axes = {"pixel_values": {0: "patches"}, "patch_pos": {0: "patches"}, "window_index": {0: "windows"},
+                "window_inverse": {0: "patches"}}
+        names = ("pixel_values", "patch_pos", "window_index", "window_inverse")
+        return VisionInputs(names, axes, (px, *(torch.from_numpy(lay[n]) for n in names[1:])), images=1,
                             tokens=EXAMPLE_GRID[0] * EXAMPLE_GRID[1])
 
     def vision_module(self, scorer: torch.nn.Module, clip=None, auto_keep=None):

@@ -58,8 +58,9 @@ def test_extreme_aspect_ratio_is_refused_with_the_reason():
 @pytest.mark.parametrize("grid", [(4, 6), (1, 26), (11, 5), (2, 2), (7, 7)])
 @pytest.mark.parametrize("window", [1, 2, 4])
 def test_vision_layout_equals_transformers(grid, window):
-    """patch_pos = transformers' rotary position ids; window_id groups the patches exactly as transformers' windows
-    (``get_vision_window_index``: the same patches share a window)."""
+    """patch_pos = transformers' rotary position ids; window_index holds transformers' windows
+    (``get_vision_window_index``), in its order, each padded with P to window^2 * merge^2; window_inverse puts every
+    patch back."""
     import torch
     from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
@@ -67,15 +68,18 @@ def test_vision_layout_equals_transformers(grid, window):
     spec = DynamicSpec(patch, 2, 2, 16, 10**9, window)
     thw = torch.tensor([[1, grid[0] * 2, grid[1] * 2]])
     lay = vision_layout(grid, spec)
+    p = grid[0] * grid[1] * 4
     np.testing.assert_array_equal(lay["patch_pos"], get_vision_position_ids(thw, 2).numpy())
     order, cu = get_vision_window_index(thw, 2, window * 2 * patch, patch)
-    unit_window = np.empty(grid[0] * grid[1], np.int64)
-    for w, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        unit_window[order[a // 4:b // 4].numpy()] = w  # cu counts patches; order indexes merged units
-    ours = lay["window_id"][::4]
-    assert (lay["window_id"].reshape(-1, 4) == ours[:, None]).all()
-    pairs = {(int(a), int(b)) for a, b in zip(ours, unit_window)}
-    assert len(pairs) == len(set(ours)) == len(set(unit_window.tolist()))  # the same partition
+    units = order.numpy()
+    want = [np.concatenate([units[a // 4:b // 4, None] * 4 + np.arange(4)]).reshape(-1)
+            for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
+    index = lay["window_index"]
+    assert index.shape == (len(want), window * window * 4)
+    for row, w in zip(index, want):
+        np.testing.assert_array_equal(row[row < p], w)
+        assert (row[len(w):] == p).all()
+    np.testing.assert_array_equal(index.reshape(-1)[lay["window_inverse"]], np.arange(p))
 
 
 def test_mrope_positions_of_a_dense_prompt_equal_get_rope_index(tmp_path):

@@ -306,7 +306,8 @@ def test_anyres_vision_graph_builds_with_view_and_token_profiles(tmp_path, arch)
 
 @pytest.mark.trt
 def test_dynamic_resolution_vision_graph_builds_with_patch_profiles(tmp_path):
-    """Qwen2.5-VL: pixel_values [P, C*T*p*p], patch_pos [P, 2] and window_id [P] vary with the image; the profile spans
+    """Qwen2.5-VL: pixel_values [P, C*T*p*p], patch_pos [P, 2], window_inverse [P] and window_index [W, L] vary with
+    the image; the profile spans
     one merged token's patches up to the pixel bound's N (min / opt / max), and TensorRT-RTX builds the graph."""
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
@@ -321,7 +322,9 @@ def test_dynamic_resolution_vision_graph_builds_with_patch_profiles(tmp_path):
     patch_dim = 3 * dim["temporal"] * dim["patch"] ** 2
     opt = 4 * max(n // 2, m["pruning"]["default_keep"])
     assert prof["shapes"]["pixel_values"] == {"min": [4, patch_dim], "opt": [opt, patch_dim], "max": [4 * n, patch_dim]}
-    assert prof["shapes"]["patch_pos"]["max"] == [4 * n, 2] and prof["shapes"]["window_id"]["max"] == [4 * n]
+    assert prof["shapes"]["patch_pos"]["max"] == [4 * n, 2] and prof["shapes"]["window_inverse"]["max"] == [4 * n]
+    length = dim["window"] ** 2 * 4
+    assert prof["shapes"]["window_index"] == {"min": [1, length], "opt": [max(1, n // 8), length], "max": [n, length]}
     assert prof["values"]["keep"] == {"min": [1], "opt": [m["pruning"]["default_keep"]], "max": [n]}
     entry = E.build_bundle_engines(bundle, E.EngineConfig(target="desktop", graphs=("vision",)), builder=_rtx())
     assert (bundle / entry["graphs"]["vision"]["file"]).stat().st_size > 10_000

@@ -133,15 +133,17 @@ class OrtBackend : public Backend {
     std::vector<const char*> names;
     feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(pixels), pcount, pshape, prank));
     names.push_back("pixel_values");
-    int64_t posshape[2] = {dynamic ? dynamic->patches() : 0, 2}, widshape[1] = {dynamic ? dynamic->patches() : 0};
-    if (g.has_input("patch_pos")) {
+    int64_t posshape[2] = {dynamic ? dynamic->patches() : 0, 2}, invshape[1] = {dynamic ? dynamic->patches() : 0};
+    int64_t winshape[2] = {dynamic ? dynamic->windows : 0, dynamic ? dynamic->length : 0};
+    if (g.has_input("patch_pos")) {  // dynamic resolution: rotary positions and attention windows (dynamic.hpp)
       if (!dynamic || dynamic->patches() != views) fail(ATP_ERR_INTERNAL, "vision graph takes patch_pos but no layout was computed");
-      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(dynamic->patch_pos.data()), dynamic->patch_pos.size(),
-                                                        posshape, 2));
-      names.push_back("patch_pos");
-      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(dynamic->window_id.data()), dynamic->window_id.size(),
-                                                        widshape, 1));
-      names.push_back("window_id");
+      auto add = [&](const char* name, const std::vector<int64_t>& v, const int64_t* shape, size_t rank) {
+        feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(v.data()), v.size(), shape, rank));
+        names.push_back(name);
+      };
+      add("patch_pos", dynamic->patch_pos, posshape, 2);
+      add("window_index", dynamic->window_index, winshape, 2);
+      add("window_inverse", dynamic->window_inverse, invshape, 1);
     }
     int64_t ishape[2] = {layout ? int64_t(layout->size()) : 0, layout ? int64_t(layout->taps) : 0};
     const size_t irank = layout && layout->taps > 1 ? 2 : 1;

@@ -51,18 +51,29 @@ DynamicLayout dynamic_layout(int rows, int cols, const DynamicSpec& spec) {
   d.rows = rows;
   d.cols = cols;
   const int m = spec.merge, unit = m * m, win = spec.window;
-  const int64_t blocks_per_row = (cols + win - 1) / win;
-  d.patch_pos.reserve(size_t(rows) * size_t(cols) * size_t(unit) * 2);
-  d.window_id.reserve(size_t(rows) * size_t(cols) * size_t(unit));
+  const int64_t P = int64_t(rows) * cols * unit, wrows = (rows + win - 1) / win, wcols = (cols + win - 1) / win;
+  d.length = int64_t(win) * win * unit;
+  d.windows = wrows * wcols;  // every window holds at least one token: the grid is cut into win x win blocks
+  d.patch_pos.reserve(size_t(P) * 2);
   for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) {
-      const int64_t window = int64_t(r / win) * blocks_per_row + c / win;
+    for (int c = 0; c < cols; ++c)
       for (int q = 0; q < unit; ++q) {
         d.patch_pos.push_back(int64_t(r) * m + q / m);
         d.patch_pos.push_back(int64_t(c) * m + q % m);
-        d.window_id.push_back(window);
       }
-    }
+  d.window_index.assign(size_t(d.windows * d.length), P);
+  d.window_inverse.assign(size_t(P), 0);
+  for (int64_t w = 0; w < d.windows; ++w) {  // windows row by row, tokens row by row inside, each token's patches together
+    int64_t slot = w * d.length;
+    const int64_t r0 = (w / wcols) * win, c0 = (w % wcols) * win;
+    for (int64_t r = r0; r < std::min<int64_t>(r0 + win, rows); ++r)
+      for (int64_t c = c0; c < std::min<int64_t>(c0 + win, cols); ++c)
+        for (int q = 0; q < unit; ++q, ++slot) {
+          const int64_t patch = (r * cols + c) * unit + q;
+          d.window_index[size_t(slot)] = patch;
+          d.window_inverse[size_t(patch)] = slot;
+        }
+  }
   return d;
 }
 

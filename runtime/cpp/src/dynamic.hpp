@@ -23,11 +23,13 @@ std::pair<int, int> smart_resize(int height, int width, const DynamicSpec& spec)
 /// [3, H, W] normalised image -> [P, 3 * temporal * patch * patch] patches, block-major.
 std::vector<float> patchify(const std::vector<float>& chw, int height, int width, const DynamicSpec& spec);
 
-/// The vision graph's layout inputs for a merged grid (rows, cols): patch_pos [P, 2], window_id [P].
+/// The vision graph's layout inputs for a merged grid (rows, cols): patch_pos [P, 2], window_index [W, L] (each
+/// window's patches, padded with P to L = window^2 * merge^2), window_inverse [P] (each patch's place in [W * L]).
 struct DynamicLayout {
   int rows = 0, cols = 0;
-  std::vector<int64_t> patch_pos, window_id;
-  int64_t patches() const { return int64_t(window_id.size()); }
+  int64_t windows = 0, length = 0;
+  std::vector<int64_t> patch_pos, window_index, window_inverse;
+  int64_t patches() const { return int64_t(window_inverse.size()); }
 };
 DynamicLayout dynamic_layout(int rows, int cols, const DynamicSpec& spec);
 
