@@ -70,25 +70,24 @@ def analytic_flops(cost: dict, model: dict, k: int, prompt_tokens: int) -> dict:
 
 def benchmark(session, image, prompt: str, keep_ratios, repeats: int = 5, decode_tokens: int = 16, scorer=None) -> dict:
     """Measure every keep ratio; returns ``{"machine", "rows": [...]}`` with ratios against the first."""
-    from atp.runtime.preprocess import preprocess
+    from atp.runtime.preprocess import load_image
 
     m = session.manifest
+    image = load_image(image)
     ids = session.prompt_ids(prompt)
-    pixels = preprocess(image, m["preprocessing"])
     info = m["model"]
     cases = []
-    for r in keep_ratios:
-        k = session.resolve_keep(keep_ratio=r)
-        embeds = session.inputs_embeds(ids, session.run_vision(pixels, k, prompt, scorer)[0][0])
-        cases.append({"keep_ratio": r, "k": k, "embeds": embeds, "vision": [], "prefill": [], "ttft": [], "decode": []})
+    for r in keep_ratios:  # K is a share of this image's N (multi-view and dynamic-resolution images have their own)
+        vis = session.image_tokens(image, None, r, prompt, scorer)
+        embeds, pos = session.prompt_inputs(ids, vis)
+        cases.append({"keep_ratio": r, "k": vis["k"], "n": vis["n"], "embeds": embeds, "positions": pos, "vision": [],
+                      "prefill": [], "ttft": [], "decode": []})
 
     def once(c):
-        t = time.perf_counter()
-        session.run_vision(pixels, c["k"], prompt, scorer)
-        c["vision"].append((time.perf_counter() - t) * 1e3)
+        c["vision"].append(session.image_tokens(image, c["k"], None, prompt, scorer)["vision"] * 1e3)
         n = c["embeds"].shape[1]
         t = time.perf_counter()
-        session._step(c["embeds"], np.ones((1, n), np.int64), np.arange(n)[None], session._empty_past(1))
+        session._step(c["embeds"], np.ones((1, n), np.int64), c["positions"], session._empty_past(1))
         c["prefill"].append((time.perf_counter() - t) * 1e3)
         res = session.generate(image, prompt, keep=c["k"], max_new_tokens=decode_tokens, ignore_eos=True, scorer=scorer)
         c["ttft"].append(res.timings["ttft"])
@@ -104,7 +103,7 @@ def benchmark(session, image, prompt: str, keep_ratios, repeats: int = 5, decode
     rows = []
     for c in cases:
         n = c["embeds"].shape[1]
-        row = {"keep_ratio": c["keep_ratio"], "k": c["k"], "prompt_tokens": n,
+        row = {"keep_ratio": c["keep_ratio"], "k": c["k"], "n": c["n"], "prompt_tokens": n,
                "kv_bytes": kv_bytes_per_token(m) * n,
                "flops": analytic_flops(info["cost"], info, c["k"], n) if "cost" in info else None}
         for key in ("vision", "prefill", "ttft", "decode"):

@@ -255,6 +255,13 @@ class Session:
         layout (:mod:`atp.runtime.prompt`)."""
         return splice(plan(ids, self.layout), [image_embeds], self.embeddings)
 
+    def prompt_inputs(self, ids: list[int], vis: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The prefill step's ``inputs_embeds [1, L, D]`` (prompt ``ids`` with one image's slot from
+        :meth:`image_tokens` spliced in) and ``position_ids`` (:mod:`atp.runtime.positions`)."""
+        segments = plan(ids, self.layout)
+        embeds = splice(segments, [vis["embeds"]], self.embeddings)
+        return embeds, positions.prefill(self.positions, embeds.shape[1], image=self._image_slot(segments, vis))
+
     @staticmethod
     def _image_slot(segments, vis: dict):
         """The image's place in the spliced prompt, for position schemes that place visual tokens on their grid."""
@@ -358,14 +365,12 @@ class Session:
         t0 = time.perf_counter()
         vis = self.image_tokens(image, keep, keep_ratio, prompt, scorer, raw_prompt)
         t1, t2 = t0 + vis["preprocess"], t0 + vis["preprocess"] + vis["vision"]
-        segments = plan(ids, self.layout)
-        embeds = splice(segments, [vis["embeds"]], self.embeddings)
+        embeds, pos = self.prompt_inputs(ids, vis)
         length = embeds.shape[1]
         if self.max_sequence and length >= self.max_sequence:
             raise InputError(f"the prompt is {length} tokens with {vis['kept']} visual tokens, at or past the model's "
                              f"{self.max_sequence} positions (shorten the prompt or keep fewer visual tokens)")
         mask = np.ones((1, length), np.int64)
-        pos = positions.prefill(self.positions, length, image=self._image_slot(segments, vis))
         logits, past = self._step(embeds, mask, pos, self._empty_past(1), self.prefill_graph if length > 1 else "decoder")
         next_pos = positions.next_position(pos)
         t3 = time.perf_counter()
