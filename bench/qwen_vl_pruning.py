@@ -7,8 +7,9 @@ Usage:
 The model is Qwen2.5-VL-3B-shaped at real widths with random weights (timing only; no accuracy claim): a vision tower
 of width 1280 (16 heads, MLP 3420, patch 14, windows of 112 px, 2 x 2 merger) with ``--vision-depth`` blocks (full
 attention in every fourth, the last included), and a language model of width 2048 (16 heads, 2 KV heads, MLP 11008)
-with ``--lm-layers`` layers and M-RoPE; the tokenizer is the tests' small one. A ``--side`` px square photo
-(scikit-image's astronaut, resized) is smart-resized to 896 x 896: 32 x 32 = 1,024 visual tokens. All keep ratios run
+with ``--lm-layers`` layers and M-RoPE; the tokenizer is the tests' small one. A ``--side`` px square image
+(``assets/shapes.png``, resized; content is irrelevant with random weights) is smart-resized to 896 x 896: 32 x 32 =
+1,024 visual tokens. All keep ratios run
 in one process, interleaved (``atp.runtime.benchmark``). Writes ``bench/results/qwen_vl_pruning_<precision>.md``.
 """
 
@@ -75,7 +76,6 @@ def main() -> int:
     args = ap.parse_args()
 
     from PIL import Image
-    from skimage import data
 
     from atp.runtime import Session
     from atp.runtime.benchmark import benchmark, machine_line
@@ -90,7 +90,7 @@ def main() -> int:
     if not (bundle / "manifest.json").exists():
         cmd = [sys.executable, "-m", "atp.cli", "onnx", str(ckpt), "--out", str(bundle), "--overwrite"]
         subprocess.run(cmd + (["--preset", args.preset] if args.preset else []), check=True)
-    image = Image.fromarray(data.astronaut()).resize((args.side, args.side), Image.Resampling.BICUBIC)
+    image = Image.open(ROOT / "assets" / "shapes.png").convert("RGB").resize((args.side, args.side), Image.Resampling.BICUBIC)
     session = Session(bundle, threads=args.threads)
     rep = benchmark(session, image, PROMPT, args.ratios, repeats=args.repeats, decode_tokens=4)
     lines = [

@@ -8,6 +8,11 @@ models) and ``present.{i}.key/value [B,Hkv,P+S,hd]``. Names follow
 onnxruntime-genai. Attention is written out here (rather than traced through
 transformers' cache classes) so the graph is plain ONNX and the KV layout is ours.
 
+Qwen3-style q / k norms (RMSNorm over each head before RoPE) are applied where the attention has them. With
+``deepstack`` levels (Qwen3-VL DeepStack), ``deepstack_embeds [L, B, S, D]`` follows ``position_ids`` and level i is
+added to the hidden states after decoder layer i (zero rows where a position holds no visual token: the same as
+transformers' masked add).
+
 With ``kv_dtype="int8"`` the cache is int8 with one fp32 scale per (batch, head, token)
 (:mod:`atp.calibration.kv`): each layer has ``past_key_values.{i}.key``, ``.key_scale``,
 ``.value``, ``.value_scale`` (and the same ``present.*``); new keys/values are quantized when
@@ -44,7 +49,7 @@ class LlamaLikeDecoder(nn.Module):
     """
 
     def __init__(self, language_model: nn.Module, lm_head: nn.Module, config, kv_dtype: str = "float32",
-                 all_logits: bool = False):
+                 all_logits: bool = False, deepstack: int = 0):
         super().__init__()
         if kv_dtype not in ("float32", "int8"):
             raise ValueError(f"kv_dtype must be float32 or int8, got {kv_dtype!r}")
@@ -58,16 +63,28 @@ class LlamaLikeDecoder(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.max_positions = int(getattr(config, "max_position_embeddings", None) or 4096)  # RoPE cache length (fused graph)
+        self.deepstack = int(deepstack)  # DeepStack levels: deepstack_embeds [L, B, S, D] after position_ids
+        if self.deepstack > len(self.layers):
+            raise ValueError(f"{self.deepstack} DeepStack levels but only {len(self.layers)} decoder layers")
 
     @property
     def kv_per_layer(self) -> int:
         """Cache tensors per layer: key, value (float32) or key, key_scale, value, value_scale (int8)."""
         return 4 if self.kv_dtype == "int8" else 2
 
+    @staticmethod
+    def _qk(attn, x, heads: int, kv_heads: int, head_dim: int):
+        """Queries and keys ``[B, H, S, hd]`` before RoPE (with the attention's q / k norms where it has them)."""
+        b, s, _ = x.shape
+        q = attn.q_proj(x).view(b, s, heads, head_dim)
+        k = attn.k_proj(x).view(b, s, kv_heads, head_dim)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return q.transpose(1, 2), k.transpose(1, 2)
+
     def _attention(self, attn, x, cos, sin, past, bias):
         b, s, _ = x.shape
-        q = attn.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self._qk(attn, x, self.num_heads, self.num_kv_heads, self.head_dim)
         v = attn.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * cos + _rotate_half(q) * sin
@@ -111,8 +128,7 @@ class LlamaLikeDecoder(nn.Module):
             h = h + lyr.mlp(lyr.post_attention_layernorm(h))
         attn = self.layers[layer].self_attn
         x = self.layers[layer].input_layernorm(h)
-        q = attn.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self._qk(attn, x, self.num_heads, self.num_kv_heads, self.head_dim)
         c, s = cos.unsqueeze(1), sin.unsqueeze(1)
         q = (q * c + _rotate_half(q) * s)[:, :, t - n_queries:]
         k = k * c + _rotate_half(k) * s
@@ -120,7 +136,8 @@ class LlamaLikeDecoder(nn.Module):
         probs = torch.softmax(scores + bias[:, :, t - n_queries:], dim=-1)
         return probs.mean(dim=1)
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+    def forward(self, inputs_embeds, attention_mask, position_ids, *rest):
+        deepstack, past = (rest[0], rest[1:]) if self.deepstack else (None, rest)
         s = inputs_embeds.shape[1]
         total = attention_mask.shape[1]
         past_len = total - s
@@ -138,6 +155,8 @@ class LlamaLikeDecoder(nn.Module):
             a, cache = self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, past[n * i:n * (i + 1)], bias)
             h = h + a
             h = h + layer.mlp(layer.post_attention_layernorm(h))
+            if i < self.deepstack:
+                h = h + deepstack[i]
             presents += cache
         logits = self.lm_head(self.norm(h if self.all_logits else h[:, -1:]))
         return (logits, *presents)

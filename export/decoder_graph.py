@@ -90,11 +90,29 @@ def rope_caches(module, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(cos[:, :half]), np.ascontiguousarray(sin[:, :half])
 
 
-def _mrope(g: _G, cos_n: str, sin_n: str, sections: list[int], hd: int) -> tuple[str, str]:
+def mrope_axes(module) -> np.ndarray | None:
+    """``[head_dim / 2]``: which position axis (t, h, w) each rotary frequency reads, asked of the model's own rotary
+    embedding (Qwen2.5-VL: contiguous sections; Qwen3-VL: interleaved); None for 1-D rotary."""
+    if getattr(module.rotary_emb, "mrope_section", None) is None:
+        return None
+    half = module.head_dim // 2
+    axis = np.full(half, -1)
+    x = torch.zeros(1, 1, module.head_dim)
+    with torch.no_grad():
+        for a in range(3):
+            pos = torch.zeros(3, 1, 1, dtype=torch.int64)
+            pos[a] = 1
+            sin = module.rotary_emb(x, pos)[1][0, 0, :half].numpy()
+            axis[np.abs(sin) > 0] = a
+    if (axis < 0).any():
+        raise ConfigError("cannot tell which position axis every M-RoPE frequency reads")
+    return axis
+
+
+def _mrope(g: _G, cos_n: str, sin_n: str, axis: np.ndarray, hd: int) -> tuple[str, str]:
     """M-RoPE (Qwen2-VL): ``cos, sin [B, S, 1, head_dim]`` for ``position_ids [3, B, S]``, rotary frequency j taking
-    the position of axis a(j) (``sections``: how many frequencies each of t, h, w takes, in order), from the 1-D
-    caches: ``sum_a Gather(cache, pos[a]) * onehot_a``."""
-    axis = np.repeat(np.arange(3), sections)
+    the position of axis ``axis[j]`` (:func:`mrope_axes`), from the 1-D caches: ``sum_a Gather(cache, pos[a]) *
+    onehot_a``."""
     pos = [g.node("Gather", ["position_ids", g.const(f"mrope.axis{a}", np.array(a, np.int64))], name=f"mrope/pos{a}", axis=0)[0]
            for a in range(3)]
     out = []
@@ -108,6 +126,14 @@ def _mrope(g: _G, cos_n: str, sin_n: str, sections: list[int], hd: int) -> tuple
         full = g.node("Concat", [half, half], name=f"mrope/{name}/concat", axis=-1)[0]
         out.append(g.node("Unsqueeze", [full, g.const(f"mrope.{name}.axes", np.array([2], np.int64))], name=f"mrope/{name}/unsq")[0])
     return out[0], out[1]
+
+
+def _head_norm(g: _G, x: str, norm, heads: int, hd: int, name: str) -> str:
+    """RMSNorm over each head of ``x [B, S, heads * hd]`` (Qwen3's q / k norms)."""
+    xh = g.node("Reshape", [x, g.const(f"{name}.heads_shape", np.array([0, 0, heads, hd], np.int64))], name=f"{name}/Reshape")[0]
+    y = g.node("RMSNormalization", [xh, g.const(f"{name}.weight", norm.weight.detach().float().numpy())], name=f"{name}/RMSNorm",
+               axis=-1, epsilon=_eps(norm))[0]
+    return g.node("Reshape", [y, g.const(f"{name}.flat_shape", np.array([0, 0, heads * hd], np.int64))], name=f"{name}/Flat")[0]
 
 
 def _rotate(g: _G, x: str, heads: int, hd: int, rope: tuple[str, str], name: str) -> str:
@@ -138,8 +164,8 @@ def build_fused_decoder(module, max_positions: int | None = None, opset: int = 2
     g = _G()
     cos, sin = rope_caches(module, max_positions or module.max_positions)
     cos_n, sin_n = g.const("rope.cos_cache", cos), g.const("rope.sin_cache", sin)
-    sections = getattr(module.rotary_emb, "mrope_section", None)
-    rope = _mrope(g, cos_n, sin_n, list(sections), hd) if sections else None  # M-RoPE: rotary outside the attention op
+    axis = mrope_axes(module)
+    rope = _mrope(g, cos_n, sin_n, axis, hd) if axis is not None else None  # M-RoPE: rotary outside the attention op
     # seqlens_k = (number of real tokens) - 1 per row, total_sequence_length = mask length (int32 scalar).
     msum = g.node("ReduceSum", ["attention_mask", g.const("axes1", np.array([1], np.int64))], name="mask/ReduceSum", keepdims=0)[0]
     last = g.node("Sub", [msum, g.const("one_i64", np.array(1, np.int64))], name="mask/Sub")[0]
@@ -168,6 +194,9 @@ def build_fused_decoder(module, max_positions: int | None = None, opset: int = 2
         q = _linear(g, x, attn.q_proj, f"{p}.q_proj")
         k = _linear(g, x, attn.k_proj, f"{p}.k_proj")
         v = _linear(g, x, attn.v_proj, f"{p}.v_proj")
+        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before RoPE
+            q = _head_norm(g, q, attn.q_norm, hq, hd, f"{p}.q_norm")
+            k = _head_norm(g, k, attn.k_norm, hkv, hd, f"{p}.k_norm")
         rotary = [cos_n, sin_n, "position_ids"]
         if rope is not None:
             q, k, rotary = _rotate(g, q, hq, hd, rope, f"{p}/q"), _rotate(g, k, hkv, hd, rope, f"{p}/k"), []
@@ -187,6 +216,10 @@ def build_fused_decoder(module, max_positions: int | None = None, opset: int = 2
         sl = g.node("Mul", [gt, sg], name=f"{p}/SiLU")[0]
         hm = g.node("Mul", [sl, up], name=f"{p}/Mul")[0]
         pending = _linear(g, hm, mlp.down_proj, f"{p}.down_proj")
+        if i < module.deepstack:  # DeepStack level i joins the residual stream after layer i
+            level = g.node("Gather", ["deepstack_embeds", g.const(f"deepstack.{i}", np.array(i, np.int64))],
+                           name=f"deepstack.{i}/Gather", axis=0)[0]
+            pending = g.node("Add", [pending, level], name=f"deepstack.{i}/Add")[0]
     gamma = g.const("norm.weight", module.norm.weight.detach().float().numpy())
     xf = g.node("SkipSimplifiedLayerNormalization", [pending, h, gamma], ["final_norm", "", "", ""], domain=MS,
                 name="norm", epsilon=_eps(module.norm))[0]
@@ -202,6 +235,8 @@ def build_fused_decoder(module, max_positions: int | None = None, opset: int = 2
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence"]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64,
                                             ["batch", "sequence"] if rope is None else [3, "batch", "sequence"])]
+    if module.deepstack:
+        inputs.append(helper.make_tensor_value_info("deepstack_embeds", f, [module.deepstack, "batch", "sequence", d]))
     outputs = [helper.make_tensor_value_info("logits", f, ["batch", 1, vocab])]
     for i in range(len(layers)):
         for part in ("key", "value"):

@@ -57,10 +57,19 @@ def _decoder_example(adapter, batch: int = 2, seq: int = 3, past: int = 2, kv_dt
     pos = torch.arange(past, past + seq, dtype=torch.int64).expand(batch, -1).contiguous()
     if adapter.positions().axes == 3:  # M-RoPE: [3, B, S], the axes apart so the graph cannot fold them
         pos = torch.stack([pos, pos + 1, pos + 2])
+    extra = []
+    if info.get("deepstack_levels"):  # DeepStack: [L, B, S, D] added after the first L decoder layers
+        extra = [torch.randn(info["deepstack_levels"], batch, seq, info["hidden_size"], generator=g) * 0.02]
     kv = [torch.randn(batch, info["num_kv_heads"], past, info["head_dim"], generator=g) for _ in range(2 * info["num_layers"])]
     if kv_dtype == "int8":
         kv = [t for x in kv for t in quantize_kv_torch(x)]
-    return (embeds, mask, pos, *kv)
+    return (embeds, mask, pos, *extra, *kv)
+
+
+def decoder_input_names(adapter, past: list[str]) -> list[str]:
+    """A decoder graph's input names, in order (``deepstack_embeds`` for DeepStack language models)."""
+    extra = ["deepstack_embeds"] if adapter.model_info().get("deepstack_levels") else []
+    return ["inputs_embeds", "attention_mask", "position_ids", *extra, *past]
 
 
 def kv_names(num_layers: int, kv_dtype: str = "float32") -> tuple[list[str], list[str]]:
@@ -98,8 +107,10 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
         _vision_example(adapter, scorer, clip=clip, keep=auto.k_max if auto is not None else None),
         staging / file,
         input_names=inputs,
-        output_names=["image_embeds", "kept_index"] + (["kept_count"] if auto is not None else []),
+        output_names=["image_embeds", "kept_index"] + (["kept_count"] if auto is not None else []) +
+                     (["deepstack_embeds"] if getattr(module, "deepstack_levels", 0) else []),
         dynamic_axes={**vin.dynamic_axes, "text_embeds": {0: "batch"}, "image_embeds": {0: "batch", 1: "keep"},
+                      "deepstack_embeds": {1: "batch", 2: "keep"},
                       "prompt_prefix": {0: "batch", 1: "prefix_length"}, "prompt_suffix": {0: "batch", 1: "suffix_length"},
                       "kept_index": {0: "batch", 1: "dominant" if merging else "keep"}, "kept_count": {0: "batch"}},
         opset=cfg.opset,
@@ -110,6 +121,10 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
              "tower": {"type": type(module.tower).__name__, "saliency": module.saliency_kind,
                        "saliency_definition": SALIENCY_KINDS[module.saliency_kind]},
              "gate_position": module.gate_position}
+    if getattr(module, "deepstack_levels", 0):
+        graph["deepstack"] = {"levels": module.deepstack_levels, "output": "deepstack_embeds [L, 1, K, D]",
+                              "rule": "level l's features of the same kept tokens; the decoder adds level l after its "
+                                      "layer l at the kept tokens' places (decoder input deepstack_embeds [L, B, S, D])"}
     if auto is not None:
         graph["keep_input"] = "keep (upper bound on K for the request; the runtime passes k_max unless told otherwise)"
         graph["auto_keep"] = {**auto.to_dict(), "output": "kept_count",
@@ -148,7 +163,7 @@ def decoder_axes(past: list[str], present: list[str], position_axes: int = 1) ->
     of ``position_ids`` (3: M-RoPE ``[3, B, S]``)."""
     pos = {0: "batch", 1: "sequence"} if position_axes == 1 else {1: "batch", 2: "sequence"}
     axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "position_ids": pos, "logits": {0: "batch"}}
+            "position_ids": pos, "deepstack_embeds": {1: "batch", 2: "sequence"}, "logits": {0: "batch"}}
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in past})
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in present})
     return axes
@@ -169,7 +184,7 @@ def _export_decoder(adapter, staging: Path, cfg: ExportConfig, module=None, plan
             module if module is not None else adapter.decoder_module(kv_dtype=q.kv),
             _decoder_example(adapter, kv_dtype=q.kv),
             staging / DECODER_FILE,
-            input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
+            input_names=decoder_input_names(adapter, past),
             output_names=["logits", *present],
             dynamic_axes=axes,
             opset=cfg.opset,
@@ -241,6 +256,11 @@ def _validate(adapter, scorers: dict, graphs: dict, staging: Path, clip=None, de
         embeds, idx = got[0], got[1]
         same = idx.shape == tuple(ref_idx.shape) and all(set(a) == set(b) for a, b in zip(idx.tolist(), ref_idx.tolist()))
         report[key] = {"max_abs_diff": float(np.abs(embeds - ref_embeds.numpy()).max()) if same else None, "same_kept_index": same}
+        if same and "deepstack_embeds" in [o["name"] for o in graphs[key]["outputs"]]:
+            diff = float(np.abs(got[-1] - ref[-1].numpy()).max())
+            report[key]["deepstack_max_abs_diff"] = diff
+            if diff > 1e-3:
+                raise AtpError(f"validation failed: the DeepStack outputs of {key} differ from PyTorch ({report[key]})")
         if vm is not None and not same and idx.shape == tuple(ref_idx.shape):
             # int8 graphs: ORT rounds a few activation codes one step off the fake-quant reference (its own float
             # order), which can swap near-tied tokens; most of the kept set must still agree

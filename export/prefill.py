@@ -29,14 +29,14 @@ PREFILL_KEY = "decoder_prefill"
 def export_prefill(adapter, staging: Path, cfg) -> tuple[dict, object]:
     """Write ``decoder_prefill.onnx`` into ``staging``; returns (manifest graph entry, fake-quant reference module)."""
     from atp.calibration.salience import decoder_linears
-    from atp.export.exporter import _decoder_example, decoder_axes, kv_names
+    from atp.export.exporter import _decoder_example, decoder_axes, decoder_input_names, kv_names
     from atp.export.onnx_utils import describe_io, export_module, external_files
     from atp.export.quantize_vision import fake_quant_vision, quantize_vision_int8
 
     module = adapter.decoder_module(kv_dtype="float32")
     past, present = kv_names(adapter.model_info()["num_layers"])
     path = staging / PREFILL_FILE
-    export_module(module, _decoder_example(adapter), path, input_names=["inputs_embeds", "attention_mask", "position_ids", *past],
+    export_module(module, _decoder_example(adapter), path, input_names=decoder_input_names(adapter, past),
                   output_names=["logits", *present], dynamic_axes=decoder_axes(past, present, adapter.positions().axes), opset=cfg.opset,
                   external_data_threshold=cfg.external_data_threshold, fixed_output_dims={"logits": {1: 1}})
     model = onnx.load(str(path), load_external_data=True)

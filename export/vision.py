@@ -74,19 +74,22 @@ class VisionGate(nn.Module):
     def context(self, pixel_values: torch.Tensor, keep: torch.Tensor, text_embeds: torch.Tensor | None = None,
                 prompt_prefix: torch.Tensor | None = None, prompt_suffix: torch.Tensor | None = None,
                 layout: tuple = ()) -> VisionContext:
+        return self._context(pixel_values, keep, text_embeds, prompt_prefix, prompt_suffix, layout)[0]
+
+    def _context(self, pixel_values, keep, text_embeds, prompt_prefix, prompt_suffix, layout) -> tuple[VisionContext, TowerOutput]:
         out = self.tower_output(pixel_values, *layout)
         probe = self.lm_probe.attention_probe if self.lm_probe is not None else None
         clip = (lambda: self.clip_patches(pixel_values)) if self.clip_patches is not None else None
         return VisionContext(features=out.features, saliency=out.saliency, project=self.projector, keep=keep,
                              text_embeds=text_embeds, prompt_prefix=prompt_prefix, prompt_suffix=prompt_suffix,
                              lm_attention=probe, clip_patches=clip, key_metric=out.key_metric,
-                             saliency_kind=out.saliency_kind, _projected=out.projected)
+                             saliency_kind=out.saliency_kind, _projected=out.projected), out
 
     def forward(self, pixel_values: torch.Tensor, *rest: torch.Tensor):
         layout, keep, extra = rest[:self.layout_inputs], rest[self.layout_inputs], list(rest[self.layout_inputs + 1:])
         text_embeds = extra.pop(0) if self.scorer.needs_text else None
         prefix, suffix = (extra.pop(0), extra.pop(0)) if self.lm_probe is not None else (None, None)
-        ctx = self.context(pixel_values, keep, text_embeds, prefix, suffix, layout)
+        ctx, out = self._context(pixel_values, keep, text_embeds, prefix, suffix, layout)
         if self.auto_keep is not None:
             index, count = auto_topk_ascending(self.scorer(ctx), keep, self.auto_keep)
             if ctx._projected is not None:
@@ -99,6 +102,9 @@ class VisionGate(nn.Module):
             merged = slice_rows(self.scorer.merge(ctx, index, c), c)
             return self.projector(torch.cat([gather_tokens(ctx.features, index), merged], dim=1)), index
         index = topk_ascending(self.scorer(ctx), keep)
+        if out.deepstack is not None:  # DeepStack: each level's features of the same kept tokens, [L, B, K, D]
+            levels = torch.stack([gather_tokens(level, index) for level in out.deepstack])
+            return gather_tokens(ctx._projected, index), index, levels
         if ctx._projected is not None:  # the scorer already projected every token: gather, do not project twice
             return gather_tokens(ctx._projected, index), index
         return self.projector(gather_tokens(ctx.features, index)), index
@@ -183,12 +189,19 @@ class MergerGate(VisionGate):
     merger runs on every patch; a token's saliency is the sum of its m^2 patches', its keys their mean, its features
     their concatenation (the merger's input). ``kept_index`` indexes the N tokens."""
 
-    layout_inputs = 3
     gate_position = "after_connector"
 
-    def tower_output(self, pixel_values: torch.Tensor, patch_pos: torch.Tensor, window_index: torch.Tensor,
-                     window_inverse: torch.Tensor) -> TowerOutput:
-        out = self.tower(pixel_values, patch_pos, window_index, window_inverse)
+    def __init__(self, tower: Tower, connector: nn.Module, scorer: Scorer, **kw):
+        super().__init__(tower, connector, scorer, **kw)
+        self.layout_inputs = len(tower.layout_inputs)  # the tower's own (Qwen2.5-VL: windows; Qwen3-VL: position taps)
+
+    @property
+    def deepstack_levels(self) -> int:
+        """DeepStack levels the graph outputs (``deepstack_embeds [L, 1, K, D]``), 0 for none."""
+        return int(getattr(self.tower, "deepstack_levels", 0))
+
+    def tower_output(self, pixel_values: torch.Tensor, *layout: torch.Tensor) -> TowerOutput:
+        out = self.tower(pixel_values, *layout)
         unit = int(self.projector.hidden_size // out.features.shape[-1])  # m^2 patches per merged token
 
         def group(x):  # [1, P, ...] -> [1, N, m^2, ...]
@@ -197,4 +210,5 @@ class MergerGate(VisionGate):
         feats = out.features
         return TowerOutput(features=feats.reshape(1, -1, unit * feats.shape[-1]), grid=out.grid,
                            saliency=lambda: group(out.saliency()).sum(dim=2), saliency_kind=out.saliency_kind,
-                           key_metric=lambda: group(out.key_metric()).mean(dim=2), projected=self.projector(feats[0])[None])
+                           key_metric=lambda: group(out.key_metric()).mean(dim=2), projected=self.projector(feats[0])[None],
+                           deepstack=out.deepstack)

@@ -79,15 +79,15 @@ def benchmark(session, image, prompt: str, keep_ratios, repeats: int = 5, decode
     cases = []
     for r in keep_ratios:  # K is a share of this image's N (multi-view and dynamic-resolution images have their own)
         vis = session.image_tokens(image, None, r, prompt, scorer)
-        embeds, pos = session.prompt_inputs(ids, vis)
-        cases.append({"keep_ratio": r, "k": vis["k"], "n": vis["n"], "embeds": embeds, "positions": pos, "vision": [],
+        embeds, pos, extra = session.prompt_inputs(ids, vis)
+        cases.append({"keep_ratio": r, "k": vis["k"], "n": vis["n"], "embeds": embeds, "positions": pos, "extra": extra, "vision": [],
                       "prefill": [], "ttft": [], "decode": []})
 
     def once(c):
         c["vision"].append(session.image_tokens(image, c["k"], None, prompt, scorer)["vision"] * 1e3)
         n = c["embeds"].shape[1]
         t = time.perf_counter()
-        session._step(c["embeds"], np.ones((1, n), np.int64), c["positions"], session._empty_past(1))
+        session._step(c["embeds"], np.ones((1, n), np.int64), c["positions"], {**session._empty_past(1), **c["extra"]})
         c["prefill"].append((time.perf_counter() - t) * 1e3)
         res = session.generate(image, prompt, keep=c["k"], max_new_tokens=decode_tokens, ignore_eos=True, scorer=scorer)
         c["ttft"].append(res.timings["ttft"])

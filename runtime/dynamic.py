@@ -35,8 +35,11 @@ class DynamicSpec:
         temporal: Temporal patch size (frames per patch; a still image is repeated).
         min_pixels: Fewest pixels after the resize.
         max_pixels: Most pixels after the resize.
-        window: Windowed-attention block side, in merged tokens (``window_size // merge // patch``).
+        window: Windowed-attention block side, in merged tokens (``window_size // merge // patch``; Qwen2.5-VL), or 0
+            (every block attends over the whole image: Qwen3-VL).
         resample: Pillow filter of the resize (3 = BICUBIC).
+        position_grid: Side of a learned square position-embedding table the tower resamples to each image's patch
+            grid (bilinear, corners aligned: Qwen3-VL's 48), or 0 (none: Qwen2.5-VL).
     """
 
     patch: int
@@ -46,15 +49,17 @@ class DynamicSpec:
     max_pixels: int
     window: int
     resample: int = 3
+    position_grid: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "DynamicSpec":
         return cls(int(d["patch"]), int(d["merge"]), int(d["temporal"]), int(d["min_pixels"]), int(d["max_pixels"]),
-                   int(d["window"]), int(d.get("resample", 3)))
+                   int(d["window"]), int(d.get("resample", 3)), int(d.get("position_grid", 0)))
 
     def to_dict(self) -> dict:
         return {"patch": self.patch, "merge": self.merge, "temporal": self.temporal, "min_pixels": self.min_pixels,
                 "max_pixels": self.max_pixels, "window": self.window, "resample": self.resample,
+                "position_grid": self.position_grid,
                 "order": "patches block-major (each merged token's merge x merge patches consecutive), tokens in raster "
                          "order of the merged grid"}
 
@@ -131,6 +136,11 @@ def vision_layout(grid: tuple[int, int], spec: DynamicSpec) -> dict[str, np.ndar
     r, c = np.divmod(np.arange(rows * cols, dtype=np.int64), cols)  # merged token -> (row, col)
     q = np.arange(unit, dtype=np.int64)
     pos = np.stack([(r[:, None] * m + q[None] // m).reshape(-1), (c[:, None] * m + q[None] % m).reshape(-1)], axis=1)
+    out = {"patch_pos": np.ascontiguousarray(pos)}
+    if spec.position_grid:
+        out.update(position_taps(pos, (rows * m, cols * m), spec.position_grid))
+    if not win:
+        return out
     per_row = -(-cols // win)
     window = (r // win) * per_row + c // win
     order = np.argsort(window, kind="stable")  # merged tokens window by window, raster order inside
@@ -146,4 +156,23 @@ def vision_layout(grid: tuple[int, int], spec: DynamicSpec) -> dict[str, np.ndar
     index.reshape(-1)[flat.reshape(-1)] = patches.reshape(-1)
     inverse = np.empty(rows * cols * unit, np.int64)
     inverse[patches.reshape(-1)] = flat.reshape(-1)
-    return {"patch_pos": np.ascontiguousarray(pos), "window_index": index, "window_inverse": inverse}
+    return {**out, "window_index": index, "window_inverse": inverse}
+
+
+def position_taps(pos: np.ndarray, size: tuple[int, int], side: int) -> dict[str, np.ndarray]:
+    """``pos_index [P, 4]`` int64 / ``pos_weight [P, 4]`` float32: the bilinear (corners aligned) taps of a
+    ``side x side`` learned position table at each patch of a ``size = (rows, cols)`` patch grid (``pos`` = each
+    patch's (row, col)), in float32 exactly as transformers' ``get_vision_interpolation_indices_and_weights``."""
+
+    def axis(index: np.ndarray, n: int):
+        src = index.astype(np.float32) * np.float32(side - 1) / np.float32(max(n - 1, 1))
+        floor = np.floor(src)
+        taps = np.clip(floor.astype(np.int64)[:, None] + np.arange(2), 0, side - 1)
+        weights = np.clip(np.float32(1) - np.abs(src[:, None] - floor[:, None] - np.arange(2, dtype=np.float32)), 0, None)
+        return taps, weights.astype(np.float32)
+
+    ht, hw = axis(pos[:, 0], size[0])
+    wt, ww = axis(pos[:, 1], size[1])
+    index = (ht[:, :, None] * side + wt[:, None, :]).reshape(-1, 4)
+    weight = (hw[:, :, None] * ww[:, None, :]).reshape(-1, 4)
+    return {"pos_index": np.ascontiguousarray(index), "pos_weight": np.ascontiguousarray(weight, dtype=np.float32)}

@@ -107,6 +107,8 @@ class Session:
             self._anyres = AnyresSpec.from_dict(self.manifest["preprocessing"]["anyres"])
             self._newline = _load_table(self.path / self.layout.newline).astype(np.float32).reshape(1, -1)
         self._n_layers, self._n_kv, self._head_dim = spec.num_layers, spec.num_kv_heads, spec.head_dim
+        levels = int(self.manifest["model"].get("deepstack_levels", 0) or 0)  # DeepStack: zero rows in decode steps
+        self._decode_extra = {"deepstack_embeds": np.zeros((levels, 1, 1, spec.hidden_size), np.float32)} if levels else {}
 
     # ------------------------------------------------------------------ pieces
     def resolve_keep(self, keep: int | None = None, keep_ratio: float | None = None, n: int | None = None) -> int:
@@ -185,7 +187,7 @@ class Session:
                 "prompt_suffix": np.asarray(table[after], np.float32)[None]}
 
     def run_vision(self, pixels: np.ndarray, keep: int, prompt: str, scorer: str | None = None, raw_prompt: bool = False,
-                   layout: dict[str, np.ndarray] | None = None):
+                   layout: dict[str, np.ndarray] | None = None, outputs: dict | None = None):
         """(image_embeds, kept_index) for a request; feeds the prompt embedding where the scorer needs it, and the
         layout inputs (``token_index`` of an anyres image, :meth:`image_tokens`) where the graph takes them.
 
@@ -199,14 +201,16 @@ class Session:
             text = np.repeat(self.text_embeds(prompt, graph), images, axis=0)
         if self.needs_prompt(graph):
             extra.update({k: np.repeat(v, images, axis=0) for k, v in self.prompt_sequence(prompt, raw_prompt).items()})
-        return self.backend.run_vision(pixels, keep, graph, text, extra or None)
+        if outputs is None:
+            return self.backend.run_vision(pixels, keep, graph, text, extra or None)
+        return self.backend.run_vision(pixels, keep, graph, text, extra or None, outputs=outputs)
 
     def image_tokens(self, image, keep: int | None, keep_ratio: float | None, prompt: str, scorer: str | None = None,
                      raw_prompt: bool = False) -> dict:
         """Preprocess one image and run its vision graph: ``{"embeds": [L, D]`` what goes in the image slot (kept
         tokens, plus newline rows for anyres layouts), ``"kept_index"``, ``"n"`` (this image's visual tokens),
-        ``"k"``, ``"grid"`` (the merged grid of a dynamic-resolution image, else None), and the preprocess / vision
-        times in seconds}."""
+        ``"k"``, ``"grid"`` (the merged grid of a dynamic-resolution image, else None), ``"deepstack"`` (``[L, K,
+        D]`` DeepStack levels of the kept tokens, else None), and the preprocess / vision times in seconds}."""
         from atp.runtime.preprocess import preprocess_views
 
         t0 = time.perf_counter()
@@ -232,8 +236,10 @@ class Session:
             n = (len(markers) - 1) * self.layout.tokens_per_tile
         k = self.resolve_keep(keep, keep_ratio, n)
         t1 = time.perf_counter()
-        image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt, layout)
+        more = {} if "deepstack_embeds" in self.spec.graphs[self.vision_graph(scorer)].outputs else None
+        image_embeds, kept_index = self.run_vision(pixels, k, prompt, scorer, raw_prompt, layout, more)
         embeds, kept_index = image_embeds[0], kept_index[0]
+        deepstack = more["deepstack_embeds"][:, 0] if more else None  # [L, K, D] DeepStack levels of the kept tokens
         k = int((kept_index >= 0).sum())  # an auto-K graph keeps <= k (its kept_count); padding only past it
         if k < len(kept_index):
             embeds, kept_index = embeds[:k], kept_index[:k]
@@ -248,19 +254,26 @@ class Session:
         # visual tokens the LM reads (VisionZip merge: dominant + contextual; multi-view: K, not the newline / marker rows)
         kept = k if self.layout.kind != "fixed" else len(embeds)
         return {"embeds": embeds, "kept_index": kept_index, "n": n, "k": k, "kept": kept, "grid": grid,
-                "preprocess": t1 - t0, "vision": time.perf_counter() - t1}
+                "deepstack": deepstack, "preprocess": t1 - t0, "vision": time.perf_counter() - t1}
 
     def inputs_embeds(self, ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
         """``[1, L, D]``: the prompt's token embeddings with the K visual tokens spliced in per the bundle's token
         layout (:mod:`atp.runtime.prompt`)."""
         return splice(plan(ids, self.layout), [image_embeds], self.embeddings)
 
-    def prompt_inputs(self, ids: list[int], vis: dict) -> tuple[np.ndarray, np.ndarray]:
+    def prompt_inputs(self, ids: list[int], vis: dict) -> tuple[np.ndarray, np.ndarray, dict]:
         """The prefill step's ``inputs_embeds [1, L, D]`` (prompt ``ids`` with one image's slot from
-        :meth:`image_tokens` spliced in) and ``position_ids`` (:mod:`atp.runtime.positions`)."""
+        :meth:`image_tokens` spliced in), ``position_ids`` (:mod:`atp.runtime.positions`) and the decoder's other
+        inputs (DeepStack: ``deepstack_embeds [L, 1, S, D]``, the kept tokens' levels at their places, zeros elsewhere)."""
         segments = plan(ids, self.layout)
         embeds = splice(segments, [vis["embeds"]], self.embeddings)
-        return embeds, positions.prefill(self.positions, embeds.shape[1], image=self._image_slot(segments, vis))
+        slot = self._image_slot(segments, vis)
+        extra = {}
+        if vis.get("deepstack") is not None:
+            ds = np.zeros((vis["deepstack"].shape[0], 1, embeds.shape[1], embeds.shape[2]), np.float32)
+            ds[:, 0, slot.start:slot.start + vis["deepstack"].shape[1]] = vis["deepstack"]
+            extra["deepstack_embeds"] = ds
+        return embeds, positions.prefill(self.positions, embeds.shape[1], image=slot), extra
 
     @staticmethod
     def _image_slot(segments, vis: dict):
@@ -365,13 +378,14 @@ class Session:
         t0 = time.perf_counter()
         vis = self.image_tokens(image, keep, keep_ratio, prompt, scorer, raw_prompt)
         t1, t2 = t0 + vis["preprocess"], t0 + vis["preprocess"] + vis["vision"]
-        embeds, pos = self.prompt_inputs(ids, vis)
+        embeds, pos, extra = self.prompt_inputs(ids, vis)
         length = embeds.shape[1]
         if self.max_sequence and length >= self.max_sequence:
             raise InputError(f"the prompt is {length} tokens with {vis['kept']} visual tokens, at or past the model's "
                              f"{self.max_sequence} positions (shorten the prompt or keep fewer visual tokens)")
         mask = np.ones((1, length), np.int64)
-        logits, past = self._step(embeds, mask, pos, self._empty_past(1), self.prefill_graph if length > 1 else "decoder")
+        logits, past = self._step(embeds, mask, pos, {**self._empty_past(1), **extra},
+                                  self.prefill_graph if length > 1 else "decoder")
         next_pos = positions.next_position(pos)
         t3 = time.perf_counter()
         out: list[int] = []
@@ -387,7 +401,7 @@ class Session:
             s = time.perf_counter()
             mask = np.ones((1, length + len(out)), np.int64)
             logits, past = self._step(self.embeddings[[token]][None].astype(np.float32), mask,
-                                      positions.step(self.positions, next_pos + len(out) - 1), past)
+                                      positions.step(self.positions, next_pos + len(out) - 1), {**past, **self._decode_extra})
             decode_times.append(time.perf_counter() - s)
         t4 = time.perf_counter()
         ms = 1000.0

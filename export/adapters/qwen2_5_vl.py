@@ -86,9 +86,18 @@ class Qwen25VLAdapter(LlavaAdapter):
         ip, vc = self.processor.image_processor, self.vision_config
         size = ip.size if isinstance(ip.size, dict) else {k: getattr(ip.size, k, None) for k in ("shortest_edge", "longest_edge")}
         resample = getattr(ip, "resample", 3)
-        merge, patch = int(vc.spatial_merge_size), int(vc.patch_size)
-        return DynamicSpec(patch, merge, int(vc.temporal_patch_size), int(size["shortest_edge"]), int(size["longest_edge"]),
-                           int(vc.window_size) // merge // patch, int(getattr(resample, "value", resample)))
+        return DynamicSpec(int(vc.patch_size), int(vc.spatial_merge_size), int(vc.temporal_patch_size),
+                           int(size["shortest_edge"]), int(size["longest_edge"]), self._window(),
+                           int(getattr(resample, "value", resample)), self._position_grid())
+
+    def _window(self) -> int:
+        """Windowed-attention block side in merged tokens (0: no windows)."""
+        vc = self.vision_config
+        return int(vc.window_size) // int(vc.spatial_merge_size) // int(vc.patch_size)
+
+    def _position_grid(self) -> int:
+        """Side of the tower's learned position table (0: none)."""
+        return 0
 
     @property
     def num_visual_tokens(self) -> int:
@@ -140,10 +149,13 @@ class Qwen25VLAdapter(LlavaAdapter):
     def _vision_model(self):
         return self.model.model.visual
 
-    def tower(self):
-        from atp.export.towers.qwen2_5_vl import Qwen25VisionTower
+    def tower_class(self):
+        from atp.export.towers import tower_class
 
-        return Qwen25VisionTower(self._vision_model(), self.vision_config)
+        return tower_class(self.vision_config)
+
+    def tower(self):
+        return self.tower_class()(self._vision_model(), self.vision_config)
 
     @property
     def connector(self) -> torch.nn.Module:
@@ -157,11 +169,10 @@ class Qwen25VLAdapter(LlavaAdapter):
         spec = self.dynamic_spec()
         lay = vision_layout(EXAMPLE_GRID, spec)
         g = torch.Generator().manual_seed(0)
-        p = len(lay["window_inverse"])
+        p = len(lay["patch_pos"])
         px = torch.randn(p, spec.patch_dim, generator=g)
-        axes = {"pixel_values": {0: "patches"}, "patch_pos": {0: "patches"}, "window_index": {0: "windows"},
-                "window_inverse": {0: "patches"}}
-        names = ("pixel_values", "patch_pos", "window_index", "window_inverse")
+        names = ("pixel_values", *self.tower_class().layout_inputs)
+        axes = {n: {0: "windows" if n == "window_index" else "patches"} for n in names}
         return VisionInputs(names, axes, (px, *(torch.from_numpy(lay[n]) for n in names[1:])), images=1,
                             tokens=EXAMPLE_GRID[0] * EXAMPLE_GRID[1])
 

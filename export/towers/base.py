@@ -33,6 +33,9 @@ class TowerOutput:
         key_metric: Callable returning ``[B, N, head_dim]`` feature-layer keys, mean over heads (VisionZip's merge).
         projected: ``[B, N, D]`` the connector's output over the same N tokens, where the gate sits after the
             connector (LLaVA-OneVision resizes projected tokens); None otherwise.
+        deepstack: ``[L, B, N, D]`` DeepStack features (Qwen3-VL): per token, L more language-model-space features
+            (intermediate tower layers through their own mergers) that join the LM's hidden states after its first L
+            layers; gathered with the same kept indices. None otherwise.
     """
 
     features: torch.Tensor
@@ -41,6 +44,7 @@ class TowerOutput:
     saliency_kind: str
     key_metric: Callable[[], torch.Tensor]
     projected: torch.Tensor | None = None
+    deepstack: torch.Tensor | None = None
 
 
 class Tower(nn.Module):

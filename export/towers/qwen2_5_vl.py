@@ -34,6 +34,7 @@ class Qwen25VisionTower(Tower):
     model_types = ("qwen2_5_vl_vision",)
     has_cls = False
     saliency_kind = "attention_received"
+    layout_inputs = ("patch_pos", "window_index", "window_inverse")  # after pixel_values (atp.runtime.dynamic)
 
     def __init__(self, visual, vision_config, feature_layer: int = -1, drop_cls: bool = False):
         super().__init__()
@@ -42,7 +43,8 @@ class Qwen25VisionTower(Tower):
         self.patch_embed = visual.patch_embed
         self.rotary = visual.rotary_pos_emb
         self.blocks = visual.blocks
-        self.full = frozenset(int(i) for i in vision_config.fullatt_block_indexes)
+        full = getattr(vision_config, "fullatt_block_indexes", None)  # None: every block attends over the image (Qwen3-VL)
+        self.full = frozenset(range(len(self.blocks)) if full is None else (int(i) for i in full))
         if len(self.blocks) - 1 not in self.full:  # the saliency is the last block's attention over the whole image
             raise ValueError("the Qwen2.5-VL tower reads its saliency at a full-attention last block "
                              "(fullatt_block_indexes must hold the last block)")

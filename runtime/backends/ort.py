@@ -83,12 +83,18 @@ class _OrtBackend:
         return model.SerializeToString()
 
     def run_vision(self, pixel_values: np.ndarray, keep: int, graph: str = "vision",
-                   text_embeds: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   text_embeds: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None,
+                   outputs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(image_embeds, kept_index) of a vision graph; the graph's other outputs (``kept_count``,
+        ``deepstack_embeds``) go into ``outputs`` by name when a dict is given."""
         feeds = {"pixel_values": pixel_values, "keep": np.array(keep, dtype=np.int64)}
         if text_embeds is not None:
             feeds["text_embeds"] = text_embeds
         feeds.update(extra or {})
-        embeds, index, *_ = self._session(graph).run(None, feeds)  # auto-K graphs add kept_count (= rows of index >= 0)
+        sess = self._session(graph)
+        embeds, index, *rest = sess.run(None, feeds)  # auto-K graphs add kept_count (= rows of index >= 0)
+        if outputs is not None:
+            outputs.update(zip([o.name for o in sess.get_outputs()[2:]], rest))
         return embeds, index
 
     def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

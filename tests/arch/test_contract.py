@@ -68,6 +68,12 @@ def _qwen2_5_vl(tmp):
     return build_tiny_qwen2_5_vl(tmp)
 
 
+def _qwen3_vl(tmp):
+    from tests.tiny import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(tmp)
+
+
 def _llava_onevision(tmp):
     from tests.tiny import build_tiny_llava_onevision
 
@@ -94,10 +100,12 @@ ARCHS = {
     # N is the largest (max_pixels 64 x 64: 8 x 8 merged tokens); each image has its own (smart resize)
     "qwen2.5-vl": (_qwen2_5_vl, "qwen2_5_vl", 64, "attention_received",
                    "dynamic resolution, window attention, 2 x 2 merger, M-RoPE (3-D positions), ChatML + system turn"),
+    "qwen3-vl": (_qwen3_vl, "qwen3_vl", 64, "attention_received",
+                 "dynamic resolution, learned + rotary positions, DeepStack, Qwen3 LM (q/k norms, interleaved M-RoPE)"),
 }
 GATE_POSITION = {"llava-onevision": "after_connector", "idefics3": "after_connector", "smolvlm": "after_connector",
-                 "qwen2.5-vl": "after_connector"}  # the others: before_connector
-POSITION_SCHEME = {"qwen2.5-vl": "mrope"}  # the others: 1d
+                 "qwen2.5-vl": "after_connector", "qwen3-vl": "after_connector"}  # the others: before_connector
+POSITION_SCHEME = {"qwen2.5-vl": "mrope", "qwen3-vl": "mrope"}  # the others: 1d
 
 
 def _hf_model(ckpt):
@@ -107,7 +115,8 @@ def _hf_model(ckpt):
 
     cls = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
            "llava_onevision": "LlavaOnevisionForConditionalGeneration", "idefics3": "Idefics3ForConditionalGeneration",
-           "smolvlm": "SmolVLMForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+           "smolvlm": "SmolVLMForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+           "qwen3_vl": "Qwen3VLForConditionalGeneration"}
     mt = json.loads((ckpt / "config.json").read_text())["model_type"]
     return getattr(transformers, cls[mt]).from_pretrained(ckpt, attn_implementation="eager").eval()
 
@@ -216,19 +225,19 @@ def _reference_saliency_and_features(model, px: torch.Tensor, index: np.ndarray 
 
 
 def _qwen_reference(model, px: torch.Tensor, size):
-    """Qwen2.5-VL: attention received at the last block, computed from the inputs transformers gives that block
-    (window-ordered hidden states, its rotary cos / sin; the last block attends over the whole image), summed over
-    each merged token's patches and put back in raster order with transformers' own window index; the merged
-    features are transformers' ``pooler_output``."""
+    """Qwen2.5-VL / Qwen3-VL: attention received at the last block, computed from the inputs transformers gives that
+    block (Qwen2.5-VL: window-ordered hidden states; its rotary cos / sin; the last block attends over the whole
+    image), summed over each merged token's patches and put back in raster order with transformers' own window
+    index; the merged features are transformers' ``pooler_output``."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
     from transformers.vision_utils import get_vision_window_index
 
     from atp.runtime.dynamic import DynamicSpec, smart_resize
 
     visual, vc = model.model.visual, model.config.vision_config
-    assert len(vc.fullatt_block_indexes) and vc.fullatt_block_indexes[-1] == len(visual.blocks) - 1
-    ip_size = (vc.patch_size * vc.spatial_merge_size)
-    spec = DynamicSpec(vc.patch_size, vc.spatial_merge_size, 2, 16 * 16, 64 * 64, vc.window_size // ip_size)
+    windows = hasattr(vc, "window_size")  # Qwen2.5-VL
+    assert not windows or vc.fullatt_block_indexes[-1] == len(visual.blocks) - 1
+    spec = DynamicSpec(vc.patch_size, vc.spatial_merge_size, 2, 16 * 16, 64 * 64, 1)
     h, w = smart_resize(*size, spec)
     thw = torch.tensor([[1, h // vc.patch_size, w // vc.patch_size]])
     seen = {}
@@ -246,8 +255,10 @@ def _qwen_reference(model, px: torch.Tensor, size):
         q, k = apply_rotary_pos_emb_vision(q, k, *seen["pe"])
         probs = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) * blk.attn.scaling, dim=-1)
     unit = vc.spatial_merge_size ** 2
+    per_token = probs.mean(dim=(0, 1)).reshape(-1, unit).sum(-1)  # window order (Qwen2.5-VL)
+    if not windows:
+        return per_token, merged
     window_index, _ = get_vision_window_index(thw, vc.spatial_merge_size, vc.window_size, vc.patch_size)
-    per_token = probs.mean(dim=(0, 1)).reshape(-1, unit).sum(-1)  # window order
     return per_token[torch.argsort(window_index)], merged
 
 
@@ -289,14 +300,37 @@ def test_pruned_answer_equals_the_hf_lm_on_the_same_pruned_sequence(arch):
             (max(sum(map(len, runs)) for runs in session.layout.markers.values()) if session.layout.markers else 0)
         seq = torch.from_numpy(session.inputs_embeds(ids, session.image_tokens(img, k, None, prompt)["embeds"]))
         pos = _pruned_positions(name, model, processor, img, prompt, ours.kept_index, seq.shape[1])
+        deepstack = _kept_deepstack(model, processor, img, ours.kept_index)
         out = []
         with torch.no_grad():
             for _ in range(8):
-                logits = model(inputs_embeds=seq, position_ids=pos).logits[0, -1]
+                logits = _reference_logits(model, seq, pos, deepstack, ids.index(session.layout.placeholder_id), k)
                 out.append(int(logits.argmax()))
                 seq = torch.cat([seq, model.get_input_embeddings().weight[out[-1]][None, None]], dim=1)
                 pos = torch.cat([pos, pos.amax(dim=-1, keepdim=True) + 1], dim=-1)  # each new token: largest + 1
         assert ours.token_ids == out, (name, k)
+
+
+def _kept_deepstack(model, processor, img, kept_index):
+    """Qwen3-VL: transformers' own DeepStack features of the kept tokens (one [K, D] per level); None elsewhere."""
+    if not hasattr(getattr(model.model, "visual", None), "deepstack_merger_list"):
+        return None
+    inputs = processor(images=img, text=_chat(processor, "hi"), return_tensors="pt")
+    with torch.no_grad():
+        feats = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).deepstack_features
+    return [f[list(kept_index)] for f in feats]
+
+
+def _reference_logits(model, seq, pos, deepstack, start: int, k: int):
+    """Last-position logits of the HF model on ``seq`` at ``pos``; with DeepStack (Qwen3-VL) through its language
+    model with the kept tokens' levels added at the image slot (``visual_pos_masks``), as transformers does."""
+    if deepstack is None:
+        return model(inputs_embeds=seq, position_ids=pos).logits[0, -1]
+    mask = torch.zeros(seq.shape[:2], dtype=torch.bool)
+    mask[0, start:start + k] = True
+    h = model.model.language_model(inputs_embeds=seq, position_ids=pos, visual_pos_masks=mask,
+                                   deepstack_visual_embeds=deepstack).last_hidden_state
+    return model.lm_head(h)[0, -1]
 
 
 def _pruned_positions(name, model, processor, img, prompt, kept_index, length) -> torch.Tensor:
@@ -391,7 +425,7 @@ def test_unsupported_anyres_variants_are_refused(tmp_path, capsys, arch_name, ed
     assert rc == 2 and re.search(needle, err) and "Traceback" not in err and not out.exists(), err
 
 
-@pytest.mark.parametrize("arch_name", ["llava-onevision", "smolvlm", "qwen2.5-vl"])
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "smolvlm", "qwen2.5-vl", "qwen3-vl"])
 def test_exports_without_torchvision(tmp_path, monkeypatch, arch_name):
     """LLaVA-OneVision's and SmolVLM's processors bundle a video processor that needs torchvision (absent from the
     main job's install): the adapter falls back to tokenizer + image processor + chat template, with the same prompt
@@ -415,7 +449,7 @@ def test_exports_without_torchvision(tmp_path, monkeypatch, arch_name):
     assert part.token_layout() == full.token_layout()
 
 
-@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3", "qwen2.5-vl"])
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3", "qwen2.5-vl", "qwen3-vl"])
 def test_retention_calibration_refuses_multi_view_architectures(tmp_path, capsys, arch_name):
     """Retention calibration runs one fixed view per image so far: a multi-view architecture is refused with what to
     do instead (exit 2, no artifact)."""
@@ -429,7 +463,7 @@ def test_retention_calibration_refuses_multi_view_architectures(tmp_path, capsys
     assert not out.exists() and not (tmp_path / "calib.partial").exists()
 
 
-@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3", "qwen2.5-vl"])
+@pytest.mark.parametrize("arch_name", ["llava-onevision", "idefics3", "qwen2.5-vl", "qwen3-vl"])
 def test_every_per_token_scorer_exports_and_runs_on_multi_view_images(tmp_path, arch_name):
     """The scorers a multi-view image supports (N varies per image) export (each graph validated against PyTorch by
     the exporter) and keep exactly K of this image's N tokens on images with different N."""
@@ -455,15 +489,17 @@ def test_every_per_token_scorer_exports_and_runs_on_multi_view_images(tmp_path, 
     assert len(ns) >= 2
 
 
-def test_qwen_fused_decoder_equals_transformers_and_the_traced_graph(tmp_path):
-    """M-RoPE in the fused decoder graph (rotary outside GroupQueryAttention, from [3, B, S] positions): fp32 greedy
-    ids equal transformers generate; int4 fused equals int4 traced (the same MatMulNBits weights); pruned runs too."""
+@pytest.mark.parametrize("name", ["qwen2.5-vl", "qwen3-vl"])
+def test_qwen_fused_decoder_equals_transformers_and_the_traced_graph(tmp_path, name):
+    """M-RoPE in the fused decoder graph (rotary outside GroupQueryAttention, from [3, B, S] positions; Qwen3-VL: the
+    interleaved axes, q / k norms and DeepStack adds): fp32 greedy ids equal transformers generate; int4 fused equals
+    int4 traced (the same MatMulNBits weights); pruned runs too."""
     from atp.config import ExportConfig, QuantConfig
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
     from atp.runtime import Session
 
-    ckpt = _qwen2_5_vl(tmp_path / "ckpt")
+    ckpt = ARCHS[name][0](tmp_path / "ckpt")
     sessions = {}
     for weights, graph in (("fp32", "fused"), ("int4", "fused"), ("int4", "traced")):
         out = tmp_path / f"{weights}-{graph}"
@@ -481,3 +517,23 @@ def test_qwen_fused_decoder_equals_transformers_and_the_traced_graph(tmp_path):
             a = sessions["int4", "fused"].generate(img, PROMPTS[1], keep=keep, max_new_tokens=10, ignore_eos=True)
             b = sessions["int4", "traced"].generate(img, PROMPTS[1], keep=keep, max_new_tokens=10, ignore_eos=True)
             assert a.token_ids == b.token_ids and a.kept_index == b.kept_index, (size, keep)
+
+
+def test_qwen3_deepstack_levels_equal_transformers(tmp_path):
+    """Qwen3-VL DeepStack: the vision graph's deepstack_embeds are transformers' own DeepStack features of the kept
+    tokens (atol 1e-5), at several sizes and K; keep = N and pruned answers are covered by the contract rows."""
+    from atp.export.adapters import adapter_for_checkpoint
+    from atp.export.exporter import export_bundle
+    from atp.runtime import Session
+
+    ckpt = _qwen3_vl(tmp_path / "ckpt")
+    export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), tmp_path / "b")
+    session, model, processor = Session(tmp_path / "b"), _hf_model(ckpt), _pil_processor(ckpt)
+    assert session.manifest["graphs"]["vision"]["deepstack"]["levels"] == 2
+    for size in SIZES:
+        img = random_image(4, size)
+        for k in (None, 3):
+            vis = session.image_tokens(img, k, None, "hi")
+            want = _kept_deepstack(model, processor, img, vis["kept_index"])
+            assert vis["deepstack"].shape == (2, vis["k"], 64)
+            np.testing.assert_allclose(vis["deepstack"], torch.stack(want).numpy(), atol=VISION_ATOL, rtol=0)

@@ -289,21 +289,24 @@ def test_siglip_bundle_matches_python(cpp_build, tmp_path):
         assert ours["prompt_tokens"] == ref.prompt_tokens
 
 
-@pytest.mark.parametrize("arch", ["next", "onevision", "idefics3", "smolvlm", "qwen2.5-vl"])
+@pytest.mark.parametrize("arch", ["next", "onevision", "idefics3", "smolvlm", "qwen2.5-vl", "qwen3-vl"])
 def test_anyres_bundle_matches_python(cpp_build, tmp_path, arch):
     """Multi-view images: LLaVA-NeXT and LLaVA-OneVision (anyres: Pillow-exact resizes, centred padding, tokens in
     base view + unpadded grid order, OneVision's bilinear taps of anyres_max, newline rows) and Idefics3 / SmolVLM
     (tiles + global view through Pillow's LANCZOS chain, marker runs between the views): the C++ runtime gates over
     this image's N and lays out the slot as Python does: same tokens, kept indices and prompt lengths, for images of
     several aspect ratios and several K. Qwen2.5-VL (dynamic resolution): smart resize, block-major patches, the
-    patch positions and windows, and M-RoPE positions for the kept tokens."""
+    patch positions and windows, and M-RoPE positions for the kept tokens; Qwen3-VL adds the learned position taps and
+    the DeepStack levels placed at the kept tokens."""
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
     from atp.runtime import Session
-    from tests.tiny import build_tiny_idefics3, build_tiny_llava_next, build_tiny_llava_onevision, build_tiny_qwen2_5_vl
+    from tests.tiny import (build_tiny_idefics3, build_tiny_llava_next, build_tiny_llava_onevision, build_tiny_qwen2_5_vl,
+                            build_tiny_qwen3_vl)
 
     build = {"next": build_tiny_llava_next, "onevision": build_tiny_llava_onevision, "idefics3": build_tiny_idefics3,
-             "smolvlm": lambda p: build_tiny_idefics3(p, family="smolvlm", longest=96), "qwen2.5-vl": build_tiny_qwen2_5_vl}[arch]
+             "smolvlm": lambda p: build_tiny_idefics3(p, family="smolvlm", longest=96), "qwen2.5-vl": build_tiny_qwen2_5_vl,
+             "qwen3-vl": build_tiny_qwen3_vl}[arch]
     ckpt = build(tmp_path / "ckpt")
     bundle = tmp_path / arch
     export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)

@@ -82,6 +82,21 @@ def test_vision_layout_equals_transformers(grid, window):
     np.testing.assert_array_equal(index.reshape(-1)[lay["window_inverse"]], np.arange(p))
 
 
+@pytest.mark.parametrize("grid", [(4, 6), (1, 26), (11, 5), (2, 2), (30, 1)])
+@pytest.mark.parametrize("side", [8, 48])
+def test_position_taps_equal_transformers(grid, side):
+    """Qwen3-VL: pos_index / pos_weight = transformers' bilinear (corners aligned) taps of the learned table, exactly."""
+    import torch
+    from transformers.vision_utils import get_vision_interpolation_indices_and_weights
+
+    lay = vision_layout(grid, DynamicSpec(16, 2, 2, 16, 10**9, 0, 3, side))
+    assert "window_index" not in lay  # no windows
+    index, weight = get_vision_interpolation_indices_and_weights(torch.tensor([[1, grid[0] * 2, grid[1] * 2]]), side,
+                                                                 "bilinear", True, 2)
+    np.testing.assert_array_equal(lay["pos_index"], index.numpy())
+    np.testing.assert_array_equal(lay["pos_weight"], weight.numpy())
+
+
 def test_mrope_positions_of_a_dense_prompt_equal_get_rope_index(tmp_path):
     """All tokens kept: positions.prefill equals transformers' get_rope_index on the tiny Qwen2.5-VL's chat prompt."""
     import torch

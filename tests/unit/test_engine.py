@@ -305,15 +305,16 @@ def test_anyres_vision_graph_builds_with_view_and_token_profiles(tmp_path, arch)
 
 
 @pytest.mark.trt
-def test_dynamic_resolution_vision_graph_builds_with_patch_profiles(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_dynamic_resolution_vision_graph_builds_with_patch_profiles(tmp_path, family):
     """Qwen2.5-VL: pixel_values [P, C*T*p*p], patch_pos [P, 2], window_inverse [P] and window_index [W, L] vary with
     the image; the profile spans
     one merged token's patches up to the pixel bound's N (min / opt / max), and TensorRT-RTX builds the graph."""
     from atp.export.adapters import adapter_for_checkpoint
     from atp.export.exporter import export_bundle
-    from tests.tiny import build_tiny_qwen2_5_vl
+    from tests.tiny import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 
-    ckpt = build_tiny_qwen2_5_vl(tmp_path / "ckpt")
+    ckpt = {"qwen2.5-vl": build_tiny_qwen2_5_vl, "qwen3-vl": build_tiny_qwen3_vl}[family](tmp_path / "ckpt")
     bundle = tmp_path / "qwen"
     export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)
     m = read_manifest(bundle)
@@ -322,9 +323,13 @@ def test_dynamic_resolution_vision_graph_builds_with_patch_profiles(tmp_path):
     patch_dim = 3 * dim["temporal"] * dim["patch"] ** 2
     opt = 4 * max(n // 2, m["pruning"]["default_keep"])
     assert prof["shapes"]["pixel_values"] == {"min": [4, patch_dim], "opt": [opt, patch_dim], "max": [4 * n, patch_dim]}
-    assert prof["shapes"]["patch_pos"]["max"] == [4 * n, 2] and prof["shapes"]["window_inverse"]["max"] == [4 * n]
-    length = dim["window"] ** 2 * 4
-    assert prof["shapes"]["window_index"] == {"min": [1, length], "opt": [max(1, n // 8), length], "max": [n, length]}
+    assert prof["shapes"]["patch_pos"]["max"] == [4 * n, 2]
+    if family == "qwen2.5-vl":  # windows
+        length = dim["window"] ** 2 * 4
+        assert prof["shapes"]["window_inverse"]["max"] == [4 * n]
+        assert prof["shapes"]["window_index"] == {"min": [1, length], "opt": [max(1, n // 8), length], "max": [n, length]}
+    else:  # the learned position table's taps
+        assert prof["shapes"]["pos_index"]["max"] == prof["shapes"]["pos_weight"]["max"] == [4 * n, 4]
     assert prof["values"]["keep"] == {"min": [1], "opt": [m["pruning"]["default_keep"]], "max": [n]}
     entry = E.build_bundle_engines(bundle, E.EngineConfig(target="desktop", graphs=("vision",)), builder=_rtx())
     assert (bundle / entry["graphs"]["vision"]["file"]).stat().st_size > 10_000

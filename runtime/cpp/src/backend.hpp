@@ -17,6 +17,7 @@ struct VisionOutput {
   std::vector<float> embeds;  // [K, D] (batch 1)
   std::vector<int64_t> kept;  // [K]
   int64_t k = 0, dim = 0;
+  std::vector<float> deepstack;  // [L, K, D] DeepStack levels of the kept tokens (Qwen3-VL), empty otherwise
 };
 
 /// KV cache and the decoder graph's run state for one request stream (owned by one context).
@@ -26,8 +27,10 @@ class DecoderState {
   /// Forget the KV cache (start of a request).
   virtual void reset() = 0;
   /// Feed n new token embeddings [n, D] at `positions` (position_ids, [axes, n] axis-major: axes 1 for "1d", 3 for
-  /// "mrope"; atp_impl positions.hpp); writes the last position's logits [V].
-  virtual void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) = 0;
+  /// "mrope"; atp_impl positions.hpp); `deepstack` [L, n, D] for DeepStack decoders (nullptr: zeros); writes the last
+  /// position's logits [V].
+  virtual void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits,
+                    const float* deepstack = nullptr) = 0;
 };
 
 class Backend {

@@ -142,8 +142,18 @@ class OrtBackend : public Backend {
         names.push_back(name);
       };
       add("patch_pos", dynamic->patch_pos, posshape, 2);
-      add("window_index", dynamic->window_index, winshape, 2);
-      add("window_inverse", dynamic->window_inverse, invshape, 1);
+      if (g.has_input("window_index")) {
+        add("window_index", dynamic->window_index, winshape, 2);
+        add("window_inverse", dynamic->window_inverse, invshape, 1);
+      }
+    }
+    int64_t tapshape[2] = {dynamic ? dynamic->patches() : 0, 4};
+    if (g.has_input("pos_index")) {  // Qwen3-VL: the learned position table's taps
+      if (!dynamic || dynamic->pos_index.size() != size_t(4 * views)) fail(ATP_ERR_INTERNAL, "vision graph takes pos_index but no taps were computed");
+      feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, const_cast<int64_t*>(dynamic->pos_index.data()), dynamic->pos_index.size(), tapshape, 2));
+      names.push_back("pos_index");
+      feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(dynamic->pos_weight.data()), dynamic->pos_weight.size(), tapshape, 2));
+      names.push_back("pos_weight");
     }
     int64_t ishape[2] = {layout ? int64_t(layout->size()) : 0, layout ? int64_t(layout->taps) : 0};
     const size_t irank = layout && layout->taps > 1 ? 2 : 1;
@@ -165,8 +175,9 @@ class OrtBackend : public Backend {
       feeds.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(text), size_t(m_.hidden_size), tshape, 2));
       names.push_back("text_embeds");
     }
-    const char* outs[2] = {"image_embeds", "kept_index"};
-    std::vector<Ort::Value> r = s.Run(Ort::RunOptions{nullptr}, names.data(), feeds.data(), feeds.size(), outs, 2);
+    const bool deepstack = std::find(g.outputs.begin(), g.outputs.end(), "deepstack_embeds") != g.outputs.end();
+    const char* outs[3] = {"image_embeds", "kept_index", "deepstack_embeds"};
+    std::vector<Ort::Value> r = s.Run(Ort::RunOptions{nullptr}, names.data(), feeds.data(), feeds.size(), outs, deepstack ? 3 : 2);
     VisionOutput v;
     auto es = r[0].GetTensorTypeAndShapeInfo().GetShape();
     if (es.size() != 3 || es[0] != 1) fail(ATP_ERR_BACKEND, "vision graph returned image_embeds of unexpected rank");
@@ -178,6 +189,13 @@ class OrtBackend : public Backend {
     auto ks = r[1].GetTensorTypeAndShapeInfo().GetShape();  // fewer than v.k when contextual (merged) tokens follow
     if (ks.size() != 2 || ks[0] != 1 || ks[1] > v.k) fail(ATP_ERR_BACKEND, "vision graph returned kept_index of unexpected shape");
     v.kept.assign(ki, ki + ks[1]);
+    if (deepstack) {  // [L, 1, K, D]
+      auto ds = r[2].GetTensorTypeAndShapeInfo().GetShape();
+      if (ds.size() != 4 || ds[0] != m_.deepstack_levels || ds[1] != 1 || ds[2] != v.k || ds[3] != v.dim)
+        fail(ATP_ERR_BACKEND, "vision graph returned deepstack_embeds of unexpected shape");
+      const float* d = r[2].GetTensorData<float>();
+      v.deepstack.assign(d, d + ds[0] * v.k * v.dim);
+    }
     return v;
   }
 
@@ -208,7 +226,8 @@ class OrtDecoder : public DecoderState {
         past_["past_key_values." + std::to_string(i) + "." + kv] = Ort::Value::CreateTensor<float>(alloc, shape, 4);
   }
 
-  void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) override {
+  void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits,
+            const float* deepstack) override {
     const Manifest& m = b_.m_;
     auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     int64_t total = past_len_ + n;
@@ -232,6 +251,13 @@ class OrtDecoder : public DecoderState {
         feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, mask_.data(), mask_.size(), mshape, 2));
       else if (name == "position_ids")
         feeds.push_back(Ort::Value::CreateTensor<int64_t>(mem, pos_.data(), pos_.size(), pshape, mrope ? 3 : 2));
+      else if (name == "deepstack_embeds") {  // [L, 1, n, D]: the given levels, or zeros (no visual token in this step)
+        const size_t count = size_t(m.deepstack_levels) * size_t(n) * size_t(m.hidden_size);
+        if (deepstack) ds_.assign(deepstack, deepstack + count);
+        else ds_.assign(count, 0.0f);
+        int64_t dshape[4] = {m.deepstack_levels, 1, n, m.hidden_size};
+        feeds.push_back(Ort::Value::CreateTensor<float>(mem, ds_.data(), ds_.size(), dshape, 4));
+      }
       else {
         auto it = past_.find(name);
         if (it == past_.end()) fail(ATP_ERR_BUNDLE, "decoder input " + name + " is not one the runtime knows how to feed");
@@ -264,6 +290,7 @@ class OrtDecoder : public DecoderState {
   std::vector<const char*> out_names_;
   std::map<std::string, Ort::Value> past_;
   std::vector<int64_t> mask_, pos_;
+  std::vector<float> ds_;
   int64_t past_len_ = 0;
 };
 

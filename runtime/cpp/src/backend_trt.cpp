@@ -97,7 +97,8 @@ class TrtDecoder : public DecoderState {
     if (stream_) cudaStreamDestroy(stream_);
   }
   void reset() override { past_ = 0; }
-  void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) override;
+  void step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits,
+            const float* deepstack) override;
 
  private:
   TrtBackend& b_;
@@ -228,7 +229,9 @@ TrtDecoder::TrtDecoder(TrtBackend& b) : b_(b) {
   for (auto& side : kv_) side.resize(size_t(2 * b.m_.num_layers));
 }
 
-void TrtDecoder::step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits) {
+void TrtDecoder::step(const float* embeds, int64_t n, const std::vector<int64_t>& positions, std::vector<float>& logits,
+                      const float* deepstack) {
+  if (deepstack || b_.m_.deepstack_levels) fail(ATP_ERR_UNSUPPORTED, "the TensorRT backend runs DeepStack decoders not yet (use the ort backend)");
   const Manifest& m = b_.m_;
   nvinfer1::ICudaEngine& e = *b_.engines_.at("decoder");
   nvinfer1::IExecutionContext* ctx = (past_ == 0 || e.getNbOptimizationProfiles() < 2) ? prefill_.get() : decode_.get();

@@ -134,6 +134,9 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
     out.head_dim = model.at("head_dim").get<int>();
     out.hidden_size = model.at("hidden_size").get<int>();
     out.eos_ids = model.at("eos_token_ids").get<std::vector<int32_t>>();
+    out.deepstack_levels = model.value("deepstack_levels", 0);
+    if (out.deepstack_levels < 0 || out.deepstack_levels > out.num_layers)
+      fail(ATP_ERR_BUNDLE, mpath + ": model.deepstack_levels must be in 0..num_layers");
     for (auto& [name, g] : m.at("graphs").items()) {
       GraphInfo gi;
       gi.file = g.at("file").get<std::string>();
@@ -256,11 +259,14 @@ Manifest read_manifest(const std::string& dir_in, bool verify) {
       ds.temporal = d.at("temporal").get<int>();
       ds.window = d.at("window").get<int>();
       ds.resample = d.value("resample", 3);
+      ds.position_grid = d.value("position_grid", 0);
       ds.min_pixels = d.at("min_pixels").get<int64_t>();
       ds.max_pixels = d.at("max_pixels").get<int64_t>();
-      if (ds.patch < 1 || ds.merge < 1 || ds.temporal < 1 || ds.window < 1 || ds.patch > 1024 || ds.merge > 16 || ds.temporal > 16 ||
+      if (ds.patch < 1 || ds.merge < 1 || ds.temporal < 1 || ds.window < 0 || ds.position_grid < 0 || ds.position_grid > 4096 ||
+          ds.patch > 1024 || ds.merge > 16 || ds.temporal > 16 ||
           ds.min_pixels < 1 || ds.max_pixels < ds.min_pixels || ds.max_pixels > int64_t(8192) * 8192)
-        fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.dynamic needs patch, merge, temporal, window >= 1 and pixel bounds in 1..67M");
+        fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.dynamic needs patch, merge, temporal >= 1, window >= 0, a position grid "
+                                     "in 0..4096 and pixel bounds in 1..67M");
     }
     auto size = s.at("image_size").get<std::vector<int>>();
     if (size.size() != 2) fail(ATP_ERR_BUNDLE, mpath + ": preprocessing.image_size must be [H, W]");

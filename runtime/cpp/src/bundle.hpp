@@ -25,6 +25,7 @@ struct Manifest {
   std::string dir;
   std::string raw_json;  // for backends that read their own sections (TensorRT engines)
   int num_layers = 0, num_kv_heads = 0, head_dim = 0, hidden_size = 0;
+  int deepstack_levels = 0;  // model.deepstack_levels (Qwen3-VL DeepStack): decoder input deepstack_embeds [L, 1, S, D]
   std::vector<int32_t> eos_ids;
   int num_visual_tokens = 0, default_keep = 0;
   std::map<std::string, std::string> scorers;  // retention scorer -> vision graph key (pruning.scorers)

@@ -51,7 +51,8 @@ DynamicLayout dynamic_layout(int rows, int cols, const DynamicSpec& spec) {
   d.rows = rows;
   d.cols = cols;
   const int m = spec.merge, unit = m * m, win = spec.window;
-  const int64_t P = int64_t(rows) * cols * unit, wrows = (rows + win - 1) / win, wcols = (cols + win - 1) / win;
+  const int64_t P = int64_t(rows) * cols * unit, wrows = win > 0 ? (rows + win - 1) / win : 0,
+                wcols = win > 0 ? (cols + win - 1) / win : 0;
   d.length = int64_t(win) * win * unit;
   d.windows = wrows * wcols;  // every window holds at least one token: the grid is cut into win x win blocks
   d.patch_pos.reserve(size_t(P) * 2);
@@ -61,6 +62,34 @@ DynamicLayout dynamic_layout(int rows, int cols, const DynamicSpec& spec) {
         d.patch_pos.push_back(int64_t(r) * m + q / m);
         d.patch_pos.push_back(int64_t(c) * m + q % m);
       }
+  if (spec.position_grid > 0) {  // bilinear taps of the learned table (atp.runtime.dynamic.position_taps)
+    const int side = spec.position_grid;
+    auto taps = [side](int64_t index, int64_t n, int64_t t[2], float w[2]) {
+      const float src = float(index) * float(side - 1) / float(std::max<int64_t>(n - 1, 1));
+      const float fl = std::floor(src);
+      for (int j = 0; j < 2; ++j) {
+        t[j] = std::min<int64_t>(std::max<int64_t>(int64_t(fl) + j, 0), side - 1);
+        w[j] = std::max(0.0f, 1.0f - std::fabs(src - fl - float(j)));
+      }
+    };
+    d.pos_index.reserve(size_t(P) * 4);
+    d.pos_weight.reserve(size_t(P) * 4);
+    for (int64_t p = 0; p < P; ++p) {
+      int64_t ht[2], wt[2];
+      float hw[2], ww[2];
+      taps(d.patch_pos[size_t(2 * p)], int64_t(rows) * m, ht, hw);
+      taps(d.patch_pos[size_t(2 * p + 1)], int64_t(cols) * m, wt, ww);
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+          d.pos_index.push_back(ht[a] * side + wt[b]);
+          d.pos_weight.push_back(hw[a] * ww[b]);
+        }
+    }
+  }
+  if (win < 1) {  // every block attends over the whole image
+    d.windows = d.length = 0;
+    return d;
+  }
   d.window_index.assign(size_t(d.windows * d.length), P);
   d.window_inverse.assign(size_t(P), 0);
   for (int64_t w = 0; w < d.windows; ++w) {  // windows row by row, tokens row by row inside, each token's patches together

@@ -246,20 +246,29 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   std::vector<float> logits;
   std::vector<int64_t> pos;
   const int axes = m.position_scheme == "mrope" ? 3 : 1;
+  int64_t image_start = 0;  // where the image slot begins in the spliced prompt
+  for (const Segment& s : segments) {
+    if (s.is_image()) break;
+    image_start += int64_t(s.ids.size());
+  }
   if (axes == 3) {  // kept tokens at their grid positions (positions.hpp)
-    ImageSlot slot_at{0, &v.kept, grid.first, grid.second};
-    for (const Segment& s : segments) {
-      if (s.is_image()) break;
-      slot_at.start += int64_t(s.ids.size());
-    }
+    ImageSlot slot_at{image_start, &v.kept, grid.first, grid.second};
     if (grid.second < 1) fail(ATP_ERR_BUNDLE, "manifest: mrope positions need a dynamic-resolution token layout");
     positions_mrope(slot_at, length, pos);
   } else {
     positions_1d(0, length, pos);
   }
   int64_t next = next_position(pos);
+  std::vector<float> deepstack;  // DeepStack (Qwen3-VL): [L, length, D], the kept tokens' levels at their places
+  if (!v.deepstack.empty()) {
+    const int64_t start = image_start;
+    const size_t D = size_t(m.hidden_size), K = size_t(v.k);
+    deepstack.assign(size_t(m.deepstack_levels) * size_t(length) * D, 0.0f);
+    for (size_t l = 0; l < size_t(m.deepstack_levels); ++l)
+      std::copy_n(v.deepstack.begin() + long(l * K * D), K * D, deepstack.begin() + long((l * size_t(length) + size_t(start)) * D));
+  }
   dec_->reset();
-  dec_->step(embeds.data(), length, pos, logits);
+  dec_->step(embeds.data(), length, pos, logits, deepstack.empty() ? nullptr : deepstack.data());
   auto t3 = Clock::now();
 
   out_.clear();
