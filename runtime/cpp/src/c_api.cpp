@@ -156,6 +156,8 @@ atp_status atp_bundle_get_layout(const atp_bundle* b, atp_token_layout* out) {
     full.kept_policy = m.layout.kept_policy.c_str();
     full.position_scheme = m.position_scheme.c_str();
     full.saliency = m.saliency.c_str();
+    full.kind = m.layout.kind.c_str();
+    full.deepstack_levels = m.deepstack_levels;
     const uint32_t n = std::min<uint32_t>(out->struct_size, uint32_t(sizeof(atp_token_layout)));
     std::memcpy(reinterpret_cast<char*>(out) + sizeof(uint32_t), reinterpret_cast<const char*>(&full) + sizeof(uint32_t),
                 n - sizeof(uint32_t));  // fields the caller's struct has; struct_size stays the caller's

@@ -164,6 +164,7 @@ static void bundle_checks(const fs::path& bundle) {
     CHECK(lay.struct_size == sizeof(lay) && lay.images == 1 && lay.tiles == 1 && lay.tokens_per_tile * lay.tiles == N);
     CHECK(lay.placeholder_id == info.image_token_id && std::string(lay.position_scheme) == "1d");
     CHECK(std::string(lay.kept_policy) == "global_topk_ascending" && std::string(lay.saliency) == "cls_attention");
+    CHECK(std::string(lay.kind) == "fixed" && lay.deepstack_levels == 0);
     atp_token_layout part{};
     part.struct_size = uint32_t(offsetof(atp_token_layout, placeholder_id));  // images, tiles, tokens_per_tile only
     part.placeholder_id = -7;

@@ -100,9 +100,11 @@ typedef struct atp_token_layout {
   int32_t placeholder_id;    /* image placeholder token id */
   const char* placeholder;   /* its text, e.g. "<image>" (owned by the bundle) */
   const char* kept_policy;   /* "global_topk_ascending" */
-  const char* position_scheme; /* "1d" */
+  const char* position_scheme; /* "1d", or "mrope" (Qwen2-VL M-RoPE: position_ids [3, B, S]) */
   const char* saliency;      /* what the default vision graph's gate reads: "cls_attention", "attention_received",
                                 or "" (bundles made before it was recorded) */
+  const char* kind;          /* how an image becomes tokens: "fixed", "anyres", "tiled" or "dynamic" (N per image) */
+  int32_t deepstack_levels;  /* DeepStack levels the decoder adds (Qwen3-VL), 0 for none */
 } atp_token_layout;
 ATP_API atp_status atp_bundle_get_layout(const atp_bundle* bundle, atp_token_layout* out);
 /* The bundle's tokenizer (owned by the bundle; do not close). */
