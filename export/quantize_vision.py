@@ -42,11 +42,41 @@ def vision_linears(module) -> dict:
     from torch import nn
 
     out = {}
-    for prefix, sub in (("layers", getattr(module.tower, "layers", None)), ("projector", module.projector)):
+    layers = getattr(module.tower, "layers", None) or getattr(module.tower, "blocks", None)  # Qwen-VL towers: blocks
+    for prefix, sub in (("layers", layers), ("projector", module.projector)):
         if sub is None:
             continue
         out.update({f"{prefix}.{n}": m for n, m in sub.named_modules() if isinstance(m, nn.Linear)})
     return out
+
+
+def _gemms_as_matmuls(model: onnx.ModelProto) -> None:
+    """Rewrite each ``Gemm(x, W, b)`` with ``transB = 1`` and an initializer ``W [N, K]`` (what ``torch.onnx`` makes of a
+    Linear on 2-D input: the Qwen-VL towers run on ``[P, D]``) as ``MatMul(x, W.T) + b``, the form the int8 rewrite
+    finds by weight."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    nodes = []
+    for node in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits or attrs.get("transB", 0) != 1
+                or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        name = f"{node.input[1]}/T"
+        if name not in inits:  # a weight read by several Gemms (the gate's score path) is transposed once
+            inits[name] = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[node.input[1]]).T), name)
+            g.initializer.append(inits[name])
+        mm = node.output[0] if len(node.input) < 3 or not node.input[2] else f"{node.name}/mm"
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [mm], name=f"{node.name}/MatMul"))
+        if mm != node.output[0]:
+            nodes.append(helper.make_node("Add", [mm, node.input[2]], [node.output[0]], name=f"{node.name}/Add"))
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
 
 
 def _dynamic_gemm(rw, x: str, q8: np.ndarray, s8: np.ndarray, out: str, base: str) -> list[onnx.NodeProto]:
@@ -74,6 +104,7 @@ def quantize_vision_int8(model: onnx.ModelProto, linears: dict, form: str = "int
     """
     if form not in VISION_FORMS:
         raise ValueError(f"vision int8 form must be one of {', '.join(VISION_FORMS)}, got {form!r}")
+    _gemms_as_matmuls(model)
     rw = _Rewriter(model, "ort", accuracy_level)
     keys = weight_keys({n: m.weight.detach().float().numpy() for n, m in linears.items()})
     users: dict[str, list[onnx.NodeProto]] = {}

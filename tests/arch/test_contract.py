@@ -537,3 +537,22 @@ def test_qwen3_deepstack_levels_equal_transformers(tmp_path):
             want = _kept_deepstack(model, processor, img, vis["kept_index"])
             assert vis["deepstack"].shape == (2, vis["k"], 64)
             np.testing.assert_allclose(vis["deepstack"], torch.stack(want).numpy(), atol=VISION_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl", "qwen3-vl"])
+def test_qwen_cpu_preset_quantizes_the_tower(tmp_path, capsys, name):
+    """--preset cpu on the Qwen-VL towers (their linears run on [P, D], which torch.onnx writes as Gemm): every tower
+    and merger linear becomes W8A8 but the last block's qkv, which the gate's score path shares; the exporter
+    validates the graph against its fake-quant reference, and a pruned run keeps K of this image's N."""
+    import json
+
+    from atp.cli import main
+    from atp.runtime import Session
+
+    ckpt = ARCHS[name][0](tmp_path / "ckpt")
+    assert main(["onnx", str(ckpt), "--out", str(tmp_path / "b"), "--preset", "cpu"]) == 0
+    w = json.loads((tmp_path / "b" / "manifest.json").read_text())["graphs"]["vision"]["weights"]
+    last = {"qwen2.5-vl": "layers.3.attn.qkv", "qwen3-vl": "layers.2.attn.qkv"}[name]
+    assert w["kept_fp32"] == {last: "shared with the gate's score path"} and w["quantized_layers"] >= 10, w
+    vis = Session(tmp_path / "b").image_tokens(random_image(1, SIZES[2]), None, 0.25, "hi")
+    assert vis["k"] == len(vis["kept_index"]) == max(1, -(-vis["n"] // 4))
