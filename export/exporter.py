@@ -115,7 +115,8 @@ def _export_vision_graph(adapter, scorer, staging: Path, cfg: ExportConfig, file
                       "kept_index": {0: "batch", 1: "dominant" if merging else "keep"}, "kept_count": {0: "batch"}},
         opset=cfg.opset,
         external_data_threshold=cfg.external_data_threshold,
-        fixed_output_dims={"image_embeds": {2: int(adapter.model_info()["hidden_size"])}},  # the padding mask hides it
+        fixed_output_dims={"image_embeds": {2: int(adapter.model_info()["hidden_size"])},  # the padding mask hides it
+                           "deepstack_embeds": {0: int(getattr(module, "deepstack_levels", 0)), 3: int(adapter.model_info()["hidden_size"])}},
     )
     graph = {"file": file, **describe_io(io), "keep_input": "keep", "kept_index_order": "ascending",
              "tower": {"type": type(module.tower).__name__, "saliency": module.saliency_kind,

@@ -57,14 +57,23 @@ class Qwen25VLAdapter(LlavaAdapter):
         if (tc.rope_parameters or {}).get("rope_type", "default") != "default":
             raise CheckpointError(f"rope_type {tc.rope_parameters.get('rope_type')!r} is not supported for M-RoPE yet")
 
-    def _check_supported(self) -> None:
-        self.check_config(self.config)
+    def _check_processor(self) -> None:
+        """Refuse an image processor that does not make Qwen2-VL patches (``pixel_values`` + ``image_grid_thw``)."""
         ip, vc = self.processor.image_processor, self.vision_config
-        theirs = (int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size))
+        sizes = [getattr(ip, a, None) for a in ("patch_size", "merge_size", "temporal_patch_size")]
+        if None in sizes or not isinstance(getattr(ip, "size", None), dict) and not hasattr(ip.size, "longest_edge"):
+            raise CheckpointError(f"the checkpoint's image processor ({type(ip).__name__}) does not make {self.title} "
+                                  "patches (pixel_values + image_grid_thw); a Qwen2-VL image processor is needed")
+        theirs = tuple(int(v) for v in sizes)
         ours = (int(vc.patch_size), int(vc.spatial_merge_size), int(vc.temporal_patch_size))
         if theirs != ours:
             raise CheckpointError(f"the image processor's patch / merge / temporal sizes {theirs} differ from the vision "
                                   f"tower's {ours}")
+
+    def _check_supported(self) -> None:
+        self.check_config(self.config)
+        self._check_processor()
+        vc = self.vision_config
         if vc.window_size % self.dynamic_spec().factor:
             raise CheckpointError(f"window_size {vc.window_size} is not a whole number of merged tokens")
         if len(vc.fullatt_block_indexes) == 0 or vc.depth - 1 not in vc.fullatt_block_indexes:

@@ -29,12 +29,8 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
 
     def _check_supported(self) -> None:
         self.check_config(self.config)
-        ip, vc = self.processor.image_processor, self.vision_config
-        theirs = (int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size))
-        ours = (int(vc.patch_size), int(vc.spatial_merge_size), int(vc.temporal_patch_size))
-        if theirs != ours:
-            raise CheckpointError(f"the image processor's patch / merge / temporal sizes {theirs} differ from the vision "
-                                  f"tower's {ours}")
+        self._check_processor()
+        vc = self.vision_config
         side = int(vc.num_position_embeddings ** 0.5)
         if side * side != vc.num_position_embeddings:
             raise CheckpointError(f"num_position_embeddings {vc.num_position_embeddings} is not a square grid")

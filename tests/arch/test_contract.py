@@ -425,6 +425,42 @@ def test_unsupported_anyres_variants_are_refused(tmp_path, capsys, arch_name, ed
     assert rc == 2 and re.search(needle, err) and "Traceback" not in err and not out.exists(), err
 
 
+@pytest.mark.parametrize("arch_name,edit,needle", [
+    ("qwen2.5-vl", {"text_config.rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 2, 2]}},
+     r"mrope_section \[2, 2, 2\] must split head_dim / 2 = 8"),
+    ("qwen2.5-vl", {"processor.image_processor_type": "CLIPImageProcessor", "processor.merge_size": None,
+                    "processor.temporal_patch_size": None}, "a Qwen2-VL image processor is needed"),
+    ("qwen3-vl", {"processor.image_processor_type": "SiglipImageProcessor", "processor.merge_size": None},
+     "a Qwen2-VL image processor is needed"),
+    ("qwen2.5-vl", {"model_type": "qwen2_vl"}, "atp exports: .*qwen2_5_vl"),
+])
+def test_unsupported_qwen_variants_are_refused(tmp_path, capsys, arch_name, edit, needle):
+    """A bad M-RoPE split, an image processor that makes no Qwen2-VL patches (no merge / temporal sizes, so no
+    image_grid_thw) or another Qwen-VL generation: exit 2 with the reason, nothing written."""
+    import json
+    import shutil
+
+    from atp.cli import main
+
+    src = ARCHS[arch_name][0](tmp_path / "src")
+    ckpt = tmp_path / "edited"
+    shutil.copytree(src, ckpt)
+    for key, value in edit.items():
+        part, _, field = key.rpartition(".")
+        name = "processor_config.json" if part == "processor" else "config.json"
+        cfg = json.loads((ckpt / name).read_text())
+        node = cfg["image_processor"] if part == "processor" else cfg.get(part, cfg) if part else cfg
+        if value is None:
+            node.pop(field)
+        else:
+            node[field] = value
+        (ckpt / name).write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    rc = main(["onnx", str(ckpt), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(needle, err) and "Traceback" not in err and not out.exists(), err
+
+
 @pytest.mark.parametrize("arch_name", ["llava-onevision", "smolvlm", "qwen2.5-vl", "qwen3-vl"])
 def test_exports_without_torchvision(tmp_path, monkeypatch, arch_name):
     """LLaVA-OneVision's and SmolVLM's processors bundle a video processor that needs torchvision (absent from the
