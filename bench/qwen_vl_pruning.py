@@ -28,19 +28,14 @@ PROMPT = "What is in this picture? Describe it."
 
 def build_checkpoint(out: Path, vision_depth: int, lm_layers: int) -> Path:
     """Save a seeded random Qwen2.5-VL-3B-shaped checkpoint (real widths, fewer blocks) with its processor to ``out``."""
-    import torch
-    import transformers
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    from tests.tiny import QWEN_VL_TEMPLATE, build_tokenizer
+    from tests.tiny import QWEN_VL_TEMPLATE, save_qwen, qwen_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                                              "<|video_pad|>"), image_token="<|image_pad|>")
-    tok.eos_token = "<|im_end|>"
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    tok, ids = qwen_tokenizer(out)
     vc = Qwen2_5_VLVisionConfig(depth=vision_depth, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
                                 window_size=112, out_hidden_size=2048,
                                 fullatt_block_indexes=list(range(3, vision_depth, 4)) or [vision_depth - 1])
@@ -50,17 +45,9 @@ def build_checkpoint(out: Path, vision_depth: int, lm_layers: int) -> Path:
                               num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=32768,
                               rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    cfg = transformers.Qwen2_5_VLConfig(vision_config=vc.to_dict(), text_config=tc.to_dict(),
-                                        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                                        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(0)
-    transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(out)
     size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}  # the real processor's bounds
-    ip = Qwen2VLImageProcessorPil(size=size)
-    proc = transformers.Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(size=size),
-                                            chat_template=QWEN_VL_TEMPLATE)
-    proc.save_pretrained(out)
-    return out
+    return save_qwen(out, "Qwen2_5_VL", vc, tc, tok, ids, 0, Qwen2VLImageProcessorPil(size=size),
+                      Qwen2VLVideoProcessor(size=size), QWEN_VL_TEMPLATE)
 
 
 def main() -> int:

@@ -274,41 +274,54 @@ QWEN_VL_TEMPLATE = (
 )
 
 
+def qwen_tokenizer(out: Path):
+    """The tests' BPE with Qwen-VL's special tokens: (tokenizer, {token: id} of the image / video / vision markers)."""
+    tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                                              "<|video_pad|>"), image_token="<|image_pad|>")
+    tok.eos_token = "<|im_end|>"
+    return tok, {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+
+
+def save_qwen(out: Path, family: str, vc, tc, tok, ids: dict, seed: int, image_processor, video_processor, template: str):
+    """Build the seeded ``{family}ForConditionalGeneration`` (``Qwen2_5_VL`` / ``Qwen3VL``) from vision / text configs
+    and save it with its processor to ``out``."""
+    import torch
+    import transformers
+
+    cfg = getattr(transformers, f"{family}Config")(
+        vision_config=vc.to_dict(), text_config=tc.to_dict(), image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{family}ForConditionalGeneration")(cfg).eval()
+    _spread(model)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    getattr(transformers, f"{family}Processor")(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                                                chat_template=template).save_pretrained(out)
+    return out
+
+
 def build_tiny_qwen2_5_vl(out: Path, seed: int = 1, patch: int = 4, window: int = 16, max_pixels: int = 64 * 64) -> Path:
     """A seeded random ``Qwen2_5_VLForConditionalGeneration``: the Qwen2.5-VL vision transformer (patch ``patch``,
     temporal patch 2, 2 x 2 merger, windows of ``window`` px, layers 1 and 3 of 4 with full attention), a Qwen2.5-VL
     text model (M-RoPE sections 2/3/3 of head_dim 16), ``Qwen2VLImageProcessorPil`` (smart resize to multiples of
     2 * patch between 16 x 16 and ``max_pixels``) and a ChatML template with the default system turn, saved to ``out``."""
-    import torch
-    import transformers
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                                              "<|video_pad|>"), image_token="<|image_pad|>")
-    tok.eos_token = "<|im_end|>"
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    tok, ids = qwen_tokenizer(out)
     vc = Qwen2_5_VLVisionConfig(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=patch,
                                 window_size=window, out_hidden_size=64, fullatt_block_indexes=[1, 3])
     tc = _text_config(Qwen2_5_VLTextConfig, tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                     "mrope_section": [2, 3, 3]})
-    cfg = transformers.Qwen2_5_VLConfig(vision_config=vc.to_dict(), text_config=tc.to_dict(),
-                                        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                                        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(seed)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    _spread(model)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
     size = {"shortest_edge": 16 * 16, "longest_edge": max_pixels}
     ip = Qwen2VLImageProcessorPil(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
     vp = Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
-    proc = transformers.Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=QWEN_VL_TEMPLATE)
-    proc.save_pretrained(out)
-    return out
+    return save_qwen(out, "Qwen2_5_VL", vc, tc, tok, ids, seed, ip, vp, QWEN_VL_TEMPLATE)
 
 
 # Qwen3-VL's template (ChatML without a default system turn)
@@ -322,35 +335,20 @@ def build_tiny_qwen3_vl(out: Path, seed: int = 1, patch: int = 4, max_pixels: in
     learned 8 x 8 position table, full attention, 3 blocks with DeepStack levels after blocks 0 and 1, 2 x 2 merger), a
     Qwen3-VL text model (q / k norms, interleaved M-RoPE 2/3/3 of head_dim 16, 3 layers), ``Qwen2VLImageProcessorPil``
     and a ChatML template, saved to ``out``."""
-    import torch
-    import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig, Qwen3VLVisionConfig
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out, extra_special=("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                                              "<|video_pad|>"), image_token="<|image_pad|>")
-    tok.eos_token = "<|im_end|>"
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    tok, ids = qwen_tokenizer(out)
     vc = Qwen3VLVisionConfig(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=patch, out_hidden_size=64,
                              num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
     tc = _text_config(Qwen3VLTextConfig, tok, head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                              "mrope_section": [2, 3, 3], "mrope_interleaved": True})
     tc.num_hidden_layers = 3
-    cfg = transformers.Qwen3VLConfig(vision_config=vc.to_dict(), text_config=tc.to_dict(),
-                                     image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                                     vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(seed)
-    model = transformers.Qwen3VLForConditionalGeneration(cfg).eval()
-    _spread(model)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
     size = {"shortest_edge": 16 * 16, "longest_edge": max_pixels}
     ip = Qwen2VLImageProcessorPil(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2,
                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     vp = Qwen3VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
-    proc = transformers.Qwen3VLProcessor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=QWEN3_VL_TEMPLATE)
-    proc.save_pretrained(out)
-    return out
+    return save_qwen(out, "Qwen3VL", vc, tc, tok, ids, seed, ip, vp, QWEN3_VL_TEMPLATE)

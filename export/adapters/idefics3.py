@@ -45,13 +45,8 @@ class Idefics3Adapter(LlavaAdapter):
 
     @classmethod
     def check_config(cls, config) -> None:
-        tc, vc = config.text_config, config.vision_config
-        if tc.model_type not in cls.text_model_types:
-            raise CheckpointError(f"unsupported {config.model_type} language model {tc.model_type!r}; supported: "
-                                  f"{', '.join(cls.text_model_types)}")
-        from atp.export.towers import tower_class
-
-        tower_class(vc)
+        vc = config.vision_config
+        cls.check_lm_and_tower(config)
         side = vc.image_size // vc.patch_size
         s = int(config.scale_factor)
         if s < 1 or side % s:
@@ -73,14 +68,6 @@ class Idefics3Adapter(LlavaAdapter):
     @property
     def language_model(self) -> torch.nn.Module:
         return self.model.model.text_model
-
-    @property
-    def feature_layer(self) -> int:
-        return -1
-
-    @property
-    def has_cls(self) -> bool:
-        return False
 
     @property
     def _per_view(self) -> int:

@@ -97,6 +97,18 @@ class LlavaAdapter(Adapter):
         return cls.hf_class
 
     @classmethod
+    def check_lm_and_tower(cls, config) -> None:
+        """Refuse a language model this adapter does not list, or a tower no file reads, naming what is supported.
+
+        Raises:
+            CheckpointError: the text config's model_type or the vision config's tower is not supported.
+        """
+        tt = config.text_config.model_type
+        if tt not in cls.text_model_types:
+            raise CheckpointError(f"unsupported {cls.title} language model {tt!r}; supported: {', '.join(cls.text_model_types)}")
+        tower_class(config.vision_config)  # raises for a tower no file reads
+
+    @classmethod
     def check_config(cls, config) -> None:
         """Refuse LLaVA variants atp does not export, naming what is supported.
 
@@ -105,9 +117,7 @@ class LlavaAdapter(Adapter):
         """
         tc, vc = config.text_config, config.vision_config
         tt, vt = tc.model_type, vc.model_type
-        if tt not in cls.text_model_types:
-            raise CheckpointError(f"unsupported LLaVA language model {tt!r}; supported: {', '.join(cls.text_model_types)}")
-        tower_class(vc)  # raises for a tower no file reads
+        cls.check_lm_and_tower(config)
         if not isinstance(config.vision_feature_layer, int):
             raise CheckpointError("multi-layer vision_feature_layer (a list) is not supported yet; use a single layer")
         if config.vision_feature_select_strategy not in ("default", "full"):
@@ -173,17 +183,22 @@ class LlavaAdapter(Adapter):
             "cost": self.cost_model(),
         }
 
-    def cost_model(self) -> dict:
-        """Sizes for analytic FLOP counts (``atp-export bench``): what runs per image and per token."""
+    def _vision_cost(self) -> tuple[int, int]:
+        """(tower layers that run, tokens they run on) per view, for :meth:`cost_model`."""
         vc = self.vision_config
         n_layers = len(self._vision_model().encoder.layers)
         fl = self.feature_layer
-        used = fl if fl >= 0 else n_layers + 1 + fl
+        return fl if fl >= 0 else n_layers + 1 + fl, (vc.image_size // vc.patch_size) ** 2 + (1 if self.has_cls else 0)
+
+    def cost_model(self) -> dict:
+        """Sizes for analytic FLOP counts (``atp-export bench``): what runs per image and per token."""
+        vc = self.vision_config
+        used, tokens = self._vision_cost()
         lm = self.language_model
         linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
         return {
             "vision_layers_used": int(used),
-            "vision_tokens": int((vc.image_size // vc.patch_size) ** 2 + (1 if self.has_cls else 0)),
+            "vision_tokens": int(tokens),
             "vision_hidden": int(vc.hidden_size),
             "vision_intermediate": int(vc.intermediate_size),
             "patch_size": int(vc.patch_size),
@@ -247,8 +262,8 @@ class LlavaAdapter(Adapter):
 
     @property
     def feature_layer(self) -> int:
-        """The tower layer the connector reads (``hidden_states`` index)."""
-        return int(self.config.vision_feature_layer)
+        """The tower layer the connector reads (``hidden_states`` index; the last one where the config names none)."""
+        return int(getattr(self.config, "vision_feature_layer", -1))
 
     def _vision_model(self):
         tower = self.model.model.vision_tower

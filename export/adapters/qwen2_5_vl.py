@@ -40,13 +40,8 @@ class Qwen25VLAdapter(LlavaAdapter):
 
     @classmethod
     def check_config(cls, config) -> None:
-        tc, vc = config.text_config, config.vision_config
-        if tc.model_type not in cls.text_model_types:
-            raise CheckpointError(f"unsupported Qwen2.5-VL language model {tc.model_type!r}; supported: "
-                                  f"{', '.join(cls.text_model_types)}")
-        from atp.export.towers import tower_class
-
-        tower_class(vc)
+        tc = config.text_config
+        cls.check_lm_and_tower(config)
         if getattr(tc, "use_sliding_window", False):
             raise CheckpointError("Qwen2.5-VL with sliding-window attention in the language model is not supported yet")
         head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
@@ -81,14 +76,6 @@ class Qwen25VLAdapter(LlavaAdapter):
                                   f"block (fullatt_block_indexes {list(vc.fullatt_block_indexes)}, depth {vc.depth})")
 
     # ------------------------------------------------------------------ facts
-    @property
-    def feature_layer(self) -> int:
-        return -1
-
-    @property
-    def has_cls(self) -> bool:
-        return False
-
     def dynamic_spec(self):
         from atp.runtime.dynamic import DynamicSpec
 
@@ -123,20 +110,9 @@ class Qwen25VLAdapter(LlavaAdapter):
     def image_token(self) -> str:
         return getattr(self.processor, "image_token", None) or "<|image_pad|>"
 
-    def cost_model(self) -> dict:
-        vc = self.vision_config
-        lm = self.language_model
-        linear = sum(m.weight.numel() for m in lm.layers.modules() if isinstance(m, torch.nn.Linear))
-        return {
-            "vision_layers_used": int(vc.depth),
-            "vision_tokens": int(self.num_visual_tokens * vc.spatial_merge_size ** 2),
-            "vision_hidden": int(vc.hidden_size),
-            "vision_intermediate": int(vc.intermediate_size),
-            "patch_size": int(vc.patch_size),
-            "projector_params": int(sum(p.numel() for p in self.connector.parameters())),
-            "lm_linear_params": int(linear),
-            "lm_head_params": int(self.model.lm_head.weight.numel()),
-        }
+    def _vision_cost(self) -> tuple[int, int]:
+        vc = self.vision_config  # every block, on the patches of an image at max_pixels
+        return int(vc.depth), self.num_visual_tokens * int(vc.spatial_merge_size) ** 2
 
     def preprocessing(self) -> dict:
         pre = super().preprocessing()
