@@ -10,7 +10,9 @@ attention in every fourth, the last included), and a language model of width 204
 with ``--lm-layers`` layers and M-RoPE; the tokenizer is the tests' small one. A ``--side`` px square image
 (``assets/shapes.png``, resized; content is irrelevant with random weights) is smart-resized to 896 x 896: 32 x 32 =
 1,024 visual tokens. All keep ratios run
-in one process, interleaved (``atp.runtime.benchmark``). Writes ``bench/results/qwen_vl_pruning_<precision>.md``.
+in one process, interleaved (``atp.runtime.benchmark``). Writes
+``bench/results/qwen_vl_pruning_v<vision depth>-l<LM layers>_<precision>.md``. Qwen2.5-VL-3B itself has 32 vision
+blocks and 36 LM layers: ``--vision-depth 8 --lm-layers 9`` keeps that ratio at a quarter of the depth.
 """
 
 from __future__ import annotations
@@ -89,8 +91,8 @@ def main() -> int:
         "small tokenizer (so the LM head is small)",
         f"- image: {args.side} x {args.side} px -> N = {rep['rows'][0]['n']} visual tokens; {args.repeats} repeats after a "
         "warm-up, ratios interleaved; median (min..max); `x` = speed-up against keep 1 in the same run",
-        f"- date: {dt.date.today().isoformat()}; command: `python bench/qwen_vl_pruning.py --repeats {args.repeats}"
-        f"{' --preset ' + args.preset if args.preset else ''}`",
+        f"- date: {dt.date.today().isoformat()}; command: `python bench/qwen_vl_pruning.py --repeats {args.repeats} "
+        f"--vision-depth {args.vision_depth} --lm-layers {args.lm_layers}{' --preset ' + args.preset if args.preset else ''}`",
         "",
         "| keep ratio | K | prompt tokens | vision ms | prefill ms | prefill x | TTFT ms | TTFT x |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -102,7 +104,7 @@ def main() -> int:
                      f"{r['ttft_ms']:.0f} ({r['ttft_spread_ms'][0]:.0f}..{r['ttft_spread_ms'][1]:.0f}) | {1 / v['ttft']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = ROOT / "bench" / "results" / f"qwen_vl_pruning_{label}.md"
+    out = ROOT / "bench" / "results" / f"qwen_vl_pruning_v{args.vision_depth}-l{args.lm_layers}_{label}.md"
     out.write_text(text)
     print(f"written to {out}", file=sys.stderr)
     return 0
