@@ -380,13 +380,14 @@ class Session:
         t1, t2 = t0 + vis["preprocess"], t0 + vis["preprocess"] + vis["vision"]
         embeds, pos, extra = self.prompt_inputs(ids, vis)
         length = embeds.shape[1]
-        if self.max_sequence and length >= self.max_sequence:
-            raise InputError(f"the prompt is {length} tokens with {vis['kept']} visual tokens, at or past the model's "
-                             f"{self.max_sequence} positions (shorten the prompt or keep fewer visual tokens)")
+        next_pos = positions.next_position(pos)  # >= length: M-RoPE keeps the pruned tokens' positions free
+        if self.max_sequence and next_pos >= self.max_sequence:
+            raise InputError(f"the prompt is {length} tokens with {vis['kept']} visual tokens and reaches position "
+                             f"{next_pos - 1}, at or past the model's {self.max_sequence} positions (shorten the prompt or "
+                             "keep fewer visual tokens)")
         mask = np.ones((1, length), np.int64)
         logits, past = self._step(embeds, mask, pos, {**self._empty_past(1), **extra},
                                   self.prefill_graph if length > 1 else "decoder")
-        next_pos = positions.next_position(pos)
         t3 = time.perf_counter()
         out: list[int] = []
         decode_times = []
@@ -395,7 +396,7 @@ class Session:
             out.append(token)
             if (token in self.eos_ids and not ignore_eos) or len(out) >= max_new_tokens:
                 break
-            if self.max_sequence and length + len(out) >= self.max_sequence:
+            if self.max_sequence and next_pos + len(out) >= self.max_sequence:
                 log.info("stopped at the model's %d positions", self.max_sequence)
                 break
             s = time.perf_counter()

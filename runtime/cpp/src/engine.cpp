@@ -258,7 +258,10 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   } else {
     positions_1d(0, length, pos);
   }
-  int64_t next = next_position(pos);
+  int64_t next = next_position(pos);  // >= length: M-RoPE keeps the pruned tokens' positions free
+  if (limit > 0 && next >= limit)
+    fail(ATP_ERR_OUT_OF_RANGE, "the prompt reaches position " + std::to_string(next - 1) + ", past the model's " +
+                                   std::to_string(limit) + " positions (shorten the prompt or lower keep)");
   std::vector<float> deepstack;  // DeepStack (Qwen3-VL): [L, length, D], the kept tokens' levels at their places
   if (!v.deepstack.empty()) {
     const int64_t start = image_start;
@@ -278,7 +281,7 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
     int32_t token = sampler(logits, out_);
     out_.push_back(token);
     bool stop = (!p.sampling.ignore_eos && std::find(m.eos_ids.begin(), m.eos_ids.end(), token) != m.eos_ids.end()) ||
-                int(out_.size()) >= p.sampling.max_new_tokens || (limit > 0 && length + int64_t(out_.size()) >= limit);
+                int(out_.size()) >= p.sampling.max_new_tokens || (limit > 0 && next + 1 >= limit);  // next >= the cache length
     if (on_token) {
       std::string raw = b_.tokenizer().decode_bytes(out_, true);
       // Hold back a trailing incomplete UTF-8 sequence until the next token completes it (flush at the end);
