@@ -302,14 +302,23 @@ def save_qwen(out: Path, family: str, vc, tc, tok, ids: dict, seed: int, image_p
     return out
 
 
+def _qwen2_processors(patch: int, max_pixels: int):
+    """The tiny models' ``Qwen2VLImageProcessorPil`` and video processor: smart resize to multiples of 2 * ``patch``
+    between 16 x 16 and ``max_pixels``."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    size = {"shortest_edge": 16 * 16, "longest_edge": max_pixels}
+    return (Qwen2VLImageProcessorPil(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2),
+            Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2))
+
+
 def build_tiny_qwen2_5_vl(out: Path, seed: int = 1, patch: int = 4, window: int = 16, max_pixels: int = 64 * 64) -> Path:
     """A seeded random ``Qwen2_5_VLForConditionalGeneration``: the Qwen2.5-VL vision transformer (patch ``patch``,
     temporal patch 2, 2 x 2 merger, windows of ``window`` px, layers 1 and 3 of 4 with full attention), a Qwen2.5-VL
     text model (M-RoPE sections 2/3/3 of head_dim 16), ``Qwen2VLImageProcessorPil`` (smart resize to multiples of
     2 * patch between 16 x 16 and ``max_pixels``) and a ChatML template with the default system turn, saved to ``out``."""
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLVisionConfig
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -318,10 +327,7 @@ def build_tiny_qwen2_5_vl(out: Path, seed: int = 1, patch: int = 4, window: int 
                                 window_size=window, out_hidden_size=64, fullatt_block_indexes=[1, 3])
     tc = _text_config(Qwen2_5_VLTextConfig, tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                     "mrope_section": [2, 3, 3]})
-    size = {"shortest_edge": 16 * 16, "longest_edge": max_pixels}
-    ip = Qwen2VLImageProcessorPil(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
-    vp = Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
-    return save_qwen(out, "Qwen2_5_VL", vc, tc, tok, ids, seed, ip, vp, QWEN_VL_TEMPLATE)
+    return save_qwen(out, "Qwen2_5_VL", vc, tc, tok, ids, seed, *_qwen2_processors(patch, max_pixels), QWEN_VL_TEMPLATE)
 
 
 # Qwen3-VL's template (ChatML without a default system turn)
@@ -352,3 +358,18 @@ def build_tiny_qwen3_vl(out: Path, seed: int = 1, patch: int = 4, max_pixels: in
                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     vp = Qwen3VLVideoProcessor(size=size, patch_size=patch, merge_size=2, temporal_patch_size=2)
     return save_qwen(out, "Qwen3VL", vc, tc, tok, ids, seed, ip, vp, QWEN3_VL_TEMPLATE)
+
+
+def build_tiny_qwen2_vl(out: Path, seed: int = 1, patch: int = 4, max_pixels: int = 64 * 64) -> Path:
+    """A seeded random ``Qwen2VLForConditionalGeneration``: the Qwen2-VL vision transformer (patch ``patch``,
+    LayerNorm blocks, full attention, 3 blocks, 2 x 2 merger), a Qwen2-VL text model (M-RoPE 2/3/3 of head_dim 16),
+    ``Qwen2VLImageProcessorPil`` and Qwen2.5-VL's ChatML template, saved to ``out``."""
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok, ids = qwen_tokenizer(out)
+    vc = Qwen2VLVisionConfig(depth=3, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=4, patch_size=patch)
+    tc = _text_config(Qwen2VLTextConfig, tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                 "mrope_section": [2, 3, 3]})
+    return save_qwen(out, "Qwen2VL", vc, tc, tok, ids, seed, *_qwen2_processors(patch, max_pixels), QWEN_VL_TEMPLATE)

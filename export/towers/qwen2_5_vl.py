@@ -85,8 +85,8 @@ class Qwen25VisionTower(Tower):
         h = h + blk.attn.proj(self._attend(blk, h, cos, sin, windows))
         return h + blk.mlp(blk.norm2(h))
 
-    def forward(self, pixel_values: torch.Tensor, patch_pos: torch.Tensor, window_index: torch.Tensor,
-                window_inverse: torch.Tensor) -> TowerOutput:
+    def forward(self, pixel_values: torch.Tensor, patch_pos: torch.Tensor, window_index: torch.Tensor | None = None,
+                window_inverse: torch.Tensor | None = None) -> TowerOutput:
         h = self.patch_embed(pixel_values)
         cos, sin = self.rotary(h, patch_pos)  # [P, head_dim]
         cos, sin = cos[None].float(), sin[None].float()
@@ -104,3 +104,12 @@ class Qwen25VisionTower(Tower):
 
         return TowerOutput(features=h[None], grid=(0, 0), saliency=saliency, saliency_kind=self.saliency_kind,
                            key_metric=keys)
+
+
+@TOWERS.register("qwen2_vl")
+class Qwen2VisionTower(Qwen25VisionTower):
+    """Qwen2-VL's tower (``qwen2_vl_vision``): LayerNorm blocks, every one attending over the whole image, so the same
+    computation without the window inputs: ``(pixel_values [P, C*T*p*p], patch_pos [P, 2]) -> TowerOutput``."""
+
+    model_types = ("qwen2_vl_vision",)
+    layout_inputs = ("patch_pos",)

@@ -68,6 +68,12 @@ def _qwen2_5_vl(tmp):
     return build_tiny_qwen2_5_vl(tmp)
 
 
+def _qwen2_vl(tmp):
+    from tests.tiny import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp)
+
+
 def _qwen3_vl(tmp):
     from tests.tiny import build_tiny_qwen3_vl
 
@@ -100,12 +106,15 @@ ARCHS = {
     # N is the largest (max_pixels 64 x 64: 8 x 8 merged tokens); each image has its own (smart resize)
     "qwen2.5-vl": (_qwen2_5_vl, "qwen2_5_vl", 64, "attention_received",
                    "dynamic resolution, window attention, 2 x 2 merger, M-RoPE (3-D positions), ChatML + system turn"),
+    "qwen2-vl": (_qwen2_vl, "qwen2_vl", 64, "attention_received",
+                 "dynamic resolution, full-attention LayerNorm tower, 2 x 2 merger, M-RoPE, ChatML + system turn"),
     "qwen3-vl": (_qwen3_vl, "qwen3_vl", 64, "attention_received",
                  "dynamic resolution, learned + rotary positions, DeepStack, Qwen3 LM (q/k norms, interleaved M-RoPE)"),
 }
 GATE_POSITION = {"llava-onevision": "after_connector", "idefics3": "after_connector", "smolvlm": "after_connector",
-                 "qwen2.5-vl": "after_connector", "qwen3-vl": "after_connector"}  # the others: before_connector
-POSITION_SCHEME = {"qwen2.5-vl": "mrope", "qwen3-vl": "mrope"}  # the others: 1d
+                 "qwen2.5-vl": "after_connector", "qwen2-vl": "after_connector",
+                 "qwen3-vl": "after_connector"}  # the others: before_connector
+POSITION_SCHEME = {"qwen2.5-vl": "mrope", "qwen2-vl": "mrope", "qwen3-vl": "mrope"}  # the others: 1d
 
 
 def _hf_model(ckpt):
@@ -116,7 +125,7 @@ def _hf_model(ckpt):
     cls = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
            "llava_onevision": "LlavaOnevisionForConditionalGeneration", "idefics3": "Idefics3ForConditionalGeneration",
            "smolvlm": "SmolVLMForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-           "qwen3_vl": "Qwen3VLForConditionalGeneration"}
+           "qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration"}
     mt = json.loads((ckpt / "config.json").read_text())["model_type"]
     return getattr(transformers, cls[mt]).from_pretrained(ckpt, attn_implementation="eager").eval()
 
@@ -432,7 +441,7 @@ def test_unsupported_anyres_variants_are_refused(tmp_path, capsys, arch_name, ed
                     "processor.temporal_patch_size": None}, "a Qwen2-VL image processor is needed"),
     ("qwen3-vl", {"processor.image_processor_type": "SiglipImageProcessor", "processor.merge_size": None},
      "a Qwen2-VL image processor is needed"),
-    ("qwen2.5-vl", {"model_type": "qwen2_vl"}, "atp exports: .*qwen2_5_vl"),
+    ("qwen2.5-vl", {"model_type": "qwen3_vl_moe"}, "atp exports: .*qwen2_5_vl"),
 ])
 def test_unsupported_qwen_variants_are_refused(tmp_path, capsys, arch_name, edit, needle):
     """A bad M-RoPE split, an image processor that makes no Qwen2-VL patches (no merge / temporal sizes, so no

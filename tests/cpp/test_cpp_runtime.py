@@ -289,7 +289,7 @@ def test_siglip_bundle_matches_python(cpp_build, tmp_path):
         assert ours["prompt_tokens"] == ref.prompt_tokens
 
 
-@pytest.mark.parametrize("arch", ["next", "onevision", "idefics3", "smolvlm", "qwen2.5-vl", "qwen3-vl"])
+@pytest.mark.parametrize("arch", ["next", "onevision", "idefics3", "smolvlm", "qwen2.5-vl", "qwen2-vl", "qwen3-vl"])
 def test_anyres_bundle_matches_python(cpp_build, tmp_path, arch):
     """Multi-view images: LLaVA-NeXT and LLaVA-OneVision (anyres: Pillow-exact resizes, centred padding, tokens in
     base view + unpadded grid order, OneVision's bilinear taps of anyres_max, newline rows) and Idefics3 / SmolVLM
@@ -302,11 +302,11 @@ def test_anyres_bundle_matches_python(cpp_build, tmp_path, arch):
     from atp.export.exporter import export_bundle
     from atp.runtime import Session
     from tests.tiny import (build_tiny_idefics3, build_tiny_llava_next, build_tiny_llava_onevision, build_tiny_qwen2_5_vl,
-                            build_tiny_qwen3_vl)
+                            build_tiny_qwen2_vl, build_tiny_qwen3_vl)
 
     build = {"next": build_tiny_llava_next, "onevision": build_tiny_llava_onevision, "idefics3": build_tiny_idefics3,
              "smolvlm": lambda p: build_tiny_idefics3(p, family="smolvlm", longest=96), "qwen2.5-vl": build_tiny_qwen2_5_vl,
-             "qwen3-vl": build_tiny_qwen3_vl}[arch]
+             "qwen2-vl": build_tiny_qwen2_vl, "qwen3-vl": build_tiny_qwen3_vl}[arch]
     ckpt = build(tmp_path / "ckpt")
     bundle = tmp_path / arch
     export_bundle(adapter_for_checkpoint(ckpt).from_checkpoint(ckpt), bundle, validate=False)
