@@ -601,3 +601,27 @@ def test_qwen_cpu_preset_quantizes_the_tower(tmp_path, capsys, name):
     assert w["kept_fp32"] == {last: "shared with the gate's score path"} and w["quantized_layers"] >= 10, w
     vis = Session(tmp_path / "b").image_tokens(random_image(1, SIZES[2]), None, 0.25, "hi")
     assert vis["k"] == len(vis["kept_index"]) == max(1, -(-vis["n"] // 4))
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl", "qwen3-vl"])
+def test_qwen_mixed_precision_and_int8_kv(tmp_path, name):
+    """calibrate --bits, then a mixed int4 / int8 decoder with an int8 KV cache (traced graph, M-RoPE; Qwen3-VL with
+    DeepStack): ONNX Runtime matches the PyTorch fake-quant reference with the same quantized cache. The cache every
+    layer writes (keys carry the M-RoPE rotation; later layers see the DeepStack adds) within 1e-4; the logits within
+    5% of their scale, because MatMulNBits at accuracy level 4 (the shipped fast path) computes with int8 activations
+    and the reference does not (about 1-2% on these tiny random models). A pruned run keeps K of this image's N."""
+    import json
+
+    from atp.cli import main
+    from atp.runtime import Session
+
+    ckpt = ARCHS[name][0](tmp_path / "ckpt")
+    assert main(["calibrate", str(ckpt), "--bits", "5", "--out", str(tmp_path / "calib")]) == 0
+    assert main(["onnx", str(ckpt), "--out", str(tmp_path / "b"), "--weights", "mixed", "--calibration",
+                 str(tmp_path / "calib"), "--kv-cache", "int8"]) == 0
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    rep = m["validation"]["decoder"]
+    assert m["precision"]["kv"] == "int8" and m["precision"]["weights"].startswith("mixed-")
+    assert rep["present_max_abs_diff"] <= 1e-4 and rep["logits_max_abs_diff"] <= 0.05 * rep["logits_scale"], rep
+    out = Session(tmp_path / "b").generate(random_image(3, SIZES[1]), PROMPTS[0], keep=4, max_new_tokens=6, ignore_eos=True)
+    assert out.kept == 4 and len(out.token_ids) == 6
