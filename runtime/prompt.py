@@ -72,6 +72,11 @@ def spliced_length(segments: list[Segment], kept: list[int]) -> int:
     return sum(kept[s.image] if s.is_image else len(s.ids) for s in segments)
 
 
+def image_start(segments: list[Segment]) -> int:
+    """Index in the spliced sequence where the first image slot begins (its first visual token)."""
+    return sum(len(s.ids) for s in segments[:next(i for i, s in enumerate(segments) if s.is_image)])
+
+
 def splice(segments: list[Segment], images: list[np.ndarray], table) -> np.ndarray:
     """``[1, L, D]`` float32 inputs embeddings: text runs from ``table`` (the bundle's embedding table), image slots
     from ``images[i]`` (``[K_i, D]`` kept visual tokens of image i, in the vision graph's order)."""

@@ -15,7 +15,7 @@ from atp.errors import ConfigError, InputError
 from atp.manifest import parse
 from atp.registry import BACKENDS
 from atp.runtime import positions
-from atp.runtime.prompt import plan, splice, spliced_length, text_around_image
+from atp.runtime.prompt import image_start, plan, splice, text_around_image
 from atp.runtime.sampling import Sampler, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -282,8 +282,7 @@ class Session:
             return None
         from atp.runtime.positions import ImageSlot
 
-        start = spliced_length(segments[:next(i for i, s in enumerate(segments) if s.is_image)], [])
-        return ImageSlot(start, vis["kept_index"], vis["grid"])
+        return ImageSlot(image_start(segments), vis["kept_index"], vis["grid"])
 
     @property
     def scorers(self) -> list[str]:

@@ -103,8 +103,8 @@ class Qwen25VLAdapter(LlavaAdapter):
     @property
     def image_size(self) -> int:
         """The side of the largest square view (informational: every image takes its own size)."""
-        f = self.dynamic_spec().factor
-        return int(self.dynamic_spec().max_pixels ** 0.5) // f * f
+        spec = self.dynamic_spec()
+        return int(spec.max_pixels ** 0.5) // spec.factor * spec.factor
 
     @property
     def image_token(self) -> str:

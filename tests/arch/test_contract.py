@@ -32,58 +32,25 @@ SIZES = [(32, 32), (40, 24), (24, 56)]  # (H, W): square, portrait, landscape; r
 PROMPTS = ["what colour is the circle", "how many shapes are in the image"]
 
 
-def _llava(tmp):
-    from tests.tiny import build_tiny_llava
+def _tiny(builder: str, **kw):
+    """A checkpoint builder of tests/tiny.py, imported when a row runs (transformers loads only then)."""
+    def build(tmp):
+        import tests.tiny
 
-    return build_tiny_llava(tmp)
+        return getattr(tests.tiny, builder)(tmp, **kw)
 
-
-def _llava_siglip(tmp):
-    from tests.tiny import build_tiny_llava_siglip
-
-    return build_tiny_llava_siglip(tmp)
+    return build
 
 
-def _llava_next(tmp):
-    from tests.tiny import build_tiny_llava_next
-
-    return build_tiny_llava_next(tmp)
-
-
-def _idefics3(tmp):
-    from tests.tiny import build_tiny_idefics3
-
-    return build_tiny_idefics3(tmp)
-
-
-def _smolvlm(tmp):
-    from tests.tiny import build_tiny_idefics3
-
-    return build_tiny_idefics3(tmp, family="smolvlm", longest=96)
-
-
-def _qwen2_5_vl(tmp):
-    from tests.tiny import build_tiny_qwen2_5_vl
-
-    return build_tiny_qwen2_5_vl(tmp)
-
-
-def _qwen2_vl(tmp):
-    from tests.tiny import build_tiny_qwen2_vl
-
-    return build_tiny_qwen2_vl(tmp)
-
-
-def _qwen3_vl(tmp):
-    from tests.tiny import build_tiny_qwen3_vl
-
-    return build_tiny_qwen3_vl(tmp)
-
-
-def _llava_onevision(tmp):
-    from tests.tiny import build_tiny_llava_onevision
-
-    return build_tiny_llava_onevision(tmp)
+_llava = _tiny("build_tiny_llava")
+_llava_siglip = _tiny("build_tiny_llava_siglip")
+_llava_next = _tiny("build_tiny_llava_next")
+_llava_onevision = _tiny("build_tiny_llava_onevision")
+_idefics3 = _tiny("build_tiny_idefics3")
+_smolvlm = _tiny("build_tiny_idefics3", family="smolvlm", longest=96)
+_qwen2_vl = _tiny("build_tiny_qwen2_vl")
+_qwen2_5_vl = _tiny("build_tiny_qwen2_5_vl")
+_qwen3_vl = _tiny("build_tiny_qwen3_vl")
 
 
 # name -> (builder, architecture in the manifest, N, saliency kind, what the row checks)

@@ -246,13 +246,9 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
   std::vector<float> logits;
   std::vector<int64_t> pos;
   const int axes = m.position_scheme == "mrope" ? 3 : 1;
-  int64_t image_start = 0;  // where the image slot begins in the spliced prompt
-  for (const Segment& s : segments) {
-    if (s.is_image()) break;
-    image_start += int64_t(s.ids.size());
-  }
+  const int64_t start = image_start(segments);  // where the image slot begins in the spliced prompt (prompt.hpp)
   if (axes == 3) {  // kept tokens at their grid positions (positions.hpp)
-    ImageSlot slot_at{image_start, &v.kept, grid.first, grid.second};
+    ImageSlot slot_at{start, &v.kept, grid.first, grid.second};
     if (grid.second < 1) fail(ATP_ERR_BUNDLE, "manifest: mrope positions need a dynamic-resolution token layout");
     positions_mrope(slot_at, length, pos);
   } else {
@@ -264,7 +260,6 @@ void Context::generate(const GenerateParams& p, const TokenFn& on_token) {
                                    std::to_string(limit) + " positions (shorten the prompt or lower keep)");
   std::vector<float> deepstack;  // DeepStack (Qwen3-VL): [L, length, D], the kept tokens' levels at their places
   if (!v.deepstack.empty()) {
-    const int64_t start = image_start;
     const size_t D = size_t(m.hidden_size), K = size_t(v.k);
     deepstack.assign(size_t(m.deepstack_levels) * size_t(length) * D, 0.0f);
     for (size_t l = 0; l < size_t(m.deepstack_levels); ++l)

@@ -40,6 +40,15 @@ std::vector<Segment> plan(const std::vector<int32_t>& ids, const TokenLayout& la
   return out;
 }
 
+int64_t image_start(const std::vector<Segment>& segments) {
+  int64_t n = 0;
+  for (const Segment& s : segments) {
+    if (s.is_image()) break;
+    n += int64_t(s.ids.size());
+  }
+  return n;
+}
+
 int64_t spliced_length(const std::vector<Segment>& segments, const std::vector<int64_t>& kept) {
   int64_t n = 0;
   for (const Segment& s : segments) n += s.is_image() ? kept[size_t(s.image)] : int64_t(s.ids.size());

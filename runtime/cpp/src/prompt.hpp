@@ -32,6 +32,9 @@ struct Segment {
 /// holds exactly layout.images placeholders.
 std::vector<Segment> plan(const std::vector<int32_t>& ids, const TokenLayout& layout, const std::string& what);
 
+/// Index in the spliced sequence where the first image slot begins (its first visual token).
+int64_t image_start(const std::vector<Segment>& segments);
+
 /// Length of the spliced sequence with kept[i] visual tokens for image i.
 int64_t spliced_length(const std::vector<Segment>& segments, const std::vector<int64_t>& kept);
 
